@@ -1,0 +1,15 @@
+"""Trinity's vector index layer: FAISS-shaped Flat and IVF indexes on blocked storage,
+plus the primitives the continuous-batching engine drives (assign, scan, running top-k)."""
+
+from trinity.index.blocks import BlockedLists
+from trinity.index.flat import FlatIndex
+from trinity.index.ivf import IVFIndex
+from trinity.index.metric import Metric, get_metric
+from trinity.index.persist import IndexFormatError, load_index, save_index
+from trinity.index.scan import ProbeChunk, scan
+from trinity.index.topk import RunningTopK
+
+__all__ = [
+    "BlockedLists", "FlatIndex", "IVFIndex", "IndexFormatError", "Metric", "ProbeChunk",
+    "RunningTopK", "get_metric", "load_index", "save_index", "scan",
+]

@@ -1,0 +1,175 @@
+"""Behaviour shared by every Trinity index: ids, add/remove, validation, persistence hooks.
+
+Subclasses decide which list a vector goes to (:meth:`_assign_lists`) and how a batch
+of queries is searched (:meth:`search`).  Storage is always :class:`BlockedLists`.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import torch
+
+from trinity.index.blocks import BlockedLists
+from trinity.index.inputs import ArrayLike, as_ids, as_matrix, check_k
+from trinity.index.metric import Metric, get_metric
+
+
+def resolve_device_dtype(device: str | torch.device, dtype: torch.dtype | str | None) -> tuple[torch.device, torch.dtype]:
+    """Validate the storage device/dtype pair (fp32 on CPU; fp32/fp16/bf16 on CUDA)."""
+    dev = torch.device(device)
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: CUDA requested but torch.cuda.is_available() is False")
+    if isinstance(dtype, str):
+        dtype = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+                 "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}.get(dtype)
+        if dtype is None:
+            raise ValueError("dtype: expected float32, float16 or bfloat16")
+    dtype = dtype or torch.float32
+    allowed = (torch.float32,) if dev.type == "cpu" else (torch.float32, torch.float16, torch.bfloat16)
+    if dtype not in allowed:
+        raise ValueError(f"dtype: {dtype} storage is not supported on {dev.type}; use one of {allowed}")
+    return dev, dtype
+
+
+class BaseIndex:
+    """Common state: dimension, metric, blocked storage and the id -> slot map."""
+
+    kind = "base"
+
+    def __init__(self, dim: int, num_lists: int, block_size: int, metric: str | Metric,
+                 device: str | torch.device, dtype: torch.dtype | str | None) -> None:
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise ValueError(f"dim: must be a positive int, got {dim!r}")
+        self.dim = int(dim)
+        self.metric = get_metric(metric)
+        self.device, self.dtype = resolve_device_dtype(device, dtype)
+        self.lists = BlockedLists(num_lists, self.dim, block_size, dtype=self.dtype,
+                                  device=self.device, with_aux=self.metric.uses_norms)
+        self._slot_of: dict[int, int] = {}
+        self._next_id = 0
+        # NOTE: one writer at a time; searches may run concurrently with each other, and
+        # callers that mix searches with writes (the engine) serialise them themselves.
+        self.write_lock = threading.RLock()
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def ntotal(self) -> int:
+        """Number of stored vectors."""
+        return len(self._slot_of)
+
+    @property
+    def is_trained(self) -> bool:
+        return True
+
+    def __len__(self) -> int:
+        return self.ntotal
+
+    def __contains__(self, vid: int) -> bool:
+        return int(vid) in self._slot_of
+
+    # ------------------------------------------------------------------ writes
+    def add(self, x: ArrayLike, ids: ArrayLike | None = None) -> np.ndarray:
+        """Add vectors; return their int64 ids.
+
+        With ``ids=None`` fresh ids are allocated; explicit ids replace any stored vector
+        with the same id (upsert).
+        """
+        if not self.is_trained:
+            raise ValueError(f"{type(self).__name__}: add before train")
+        vecs = as_matrix(x, self.dim, name="x", device=self.device, dtype=torch.float32)
+        id_arr = as_ids(ids, vecs.shape[0])
+        with self.write_lock:
+            if id_arr is None:
+                id_arr = np.arange(self._next_id, self._next_id + vecs.shape[0], dtype=np.int64)
+            else:
+                existing = [i for i in id_arr.tolist() if i in self._slot_of]
+                if existing:
+                    self.remove(existing)
+            vecs = self.metric.prepare_vectors(vecs)
+            lists = self._assign_lists(vecs)
+            aux = self.metric.vector_aux(vecs) if self.metric.uses_norms else None
+            slots = self.lists.append(lists, vecs, aux, id_arr)
+            self._slot_of.update(zip(id_arr.tolist(), slots.tolist()))
+            self._next_id = max(self._next_id, int(id_arr.max()) + 1)
+        return id_arr
+
+    def add_with_ids(self, x: ArrayLike, ids: ArrayLike) -> np.ndarray:
+        """FAISS spelling of ``add(x, ids)``."""
+        return self.add(x, ids)
+
+    def remove(self, ids: ArrayLike | list[int]) -> int:
+        """Remove ids (unknown ids are ignored); return how many were removed."""
+        arr = np.atleast_1d(np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids))
+        if arr.size and arr.dtype.kind not in "iu":
+            raise ValueError(f"ids: expected integer ids, got dtype {arr.dtype}")
+        with self.write_lock:
+            present = [i for i in dict.fromkeys(arr.astype(np.int64).tolist()) if i in self._slot_of]
+            if not present:
+                return 0
+            slots = np.array([self._slot_of.pop(i) for i in present], dtype=np.int64)
+            self._slot_of.update(self.lists.remove_slots(slots))
+        return len(present)
+
+    remove_ids = remove
+
+    def reconstruct(self, ids: ArrayLike | list[int]) -> np.ndarray:
+        """Stored vectors for ``ids`` (after metric preparation, e.g. normalised for cosine)."""
+        arr = np.atleast_1d(np.asarray(ids, dtype=np.int64))
+        missing = [i for i in arr.tolist() if i not in self._slot_of]
+        if missing:
+            raise KeyError(f"ids not found: {missing[:10]}")
+        slots = torch.tensor([self._slot_of[i] for i in arr.tolist()], device=self.device)
+        return self.lists.vectors.view(-1, self.dim).index_select(0, slots).float().cpu().numpy()
+
+    def ids(self) -> np.ndarray:
+        """All stored ids (unordered)."""
+        return np.fromiter(self._slot_of.keys(), dtype=np.int64, count=len(self._slot_of))
+
+    # ------------------------------------------------------------------ search helpers
+    def _prepare_search(self, q: ArrayLike, k: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        k = check_k(k)
+        queries = as_matrix(q, self.dim, name="queries", device=self.device, dtype=torch.float32)
+        return self.metric.prepare_queries(queries), self.metric.query_offset(queries), k
+
+    def prepare_queries(self, q: ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validate ``q`` and map it to the internal scoring space: ``(queries, offsets)``."""
+        prepared, offset, _ = self._prepare_search(q, 1)
+        return prepared, offset
+
+    # ------------------------------------------------------------------ persistence hooks
+    def _assign_lists(self, vecs: torch.Tensor) -> np.ndarray:
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able constructor parameters (manifest)."""
+        return {"dim": self.dim, "metric": self.metric.name, "block_size": self.lists.block_size,
+                "dtype": str(self.dtype).removeprefix("torch.")}
+
+    def state_arrays(self) -> dict[str, torch.Tensor]:
+        arrays = self.lists.state_arrays()
+        arrays["next_id"] = torch.tensor([self._next_id], dtype=torch.int64)
+        return arrays
+
+    def load_state_arrays(self, arrays: dict[str, torch.Tensor]) -> None:
+        self.lists.load_state(arrays)
+        ids = self.lists.slot_ids.view(-1).cpu().numpy()
+        slots = np.nonzero(ids >= 0)[0]
+        self._slot_of = dict(zip(ids[slots].tolist(), slots.tolist()))
+        self._next_id = int(arrays["next_id"][0])
+
+    def save(self, path: str) -> None:
+        """Atomically write the index to directory ``path`` (see :mod:`trinity.index.persist`)."""
+        from trinity.index.persist import save_index
+
+        save_index(self, path)
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Storage bytes by purpose, plus ``raw_vectors`` (ntotal * dim * element size)."""
+        out = self.lists.memory_bytes()
+        out["raw_vectors"] = self.ntotal * self.dim * self.lists.vectors.element_size()
+        return out

@@ -1,0 +1,128 @@
+"""Inverted-file index over blocked lists.
+
+``search`` = coarse assignment (top-``nprobe`` lists per query, best first) + one
+:func:`~trinity.index.scan.scan` over all probes.  The engine drives the same two
+primitives itself -- ``assign`` once per request, ``scan`` over bounded chunks of probes
+per iteration -- which is why they are public.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from trinity.index.base import BaseIndex
+from trinity.index.inputs import ArrayLike, as_matrix, check_k
+from trinity.index.kmeans import kmeans
+from trinity.index.metric import Metric
+from trinity.index.scan import ProbeChunk, scan
+from trinity.index.topk import RunningTopK
+
+DEFAULT_IVF_BLOCK_SIZE = 32
+#: Queries per internal search batch; bounds per-call buffers (pairs x k), not the index.
+_SEARCH_BATCH = 256
+
+
+class IVFIndex(BaseIndex):
+    """IVF-Flat with a FAISS-style API (``train``, ``add``, ``search``, ``remove``)."""
+
+    kind = "ivf"
+
+    def __init__(self, dim: int, nlist: int, metric: str | Metric = "ip", device: str | torch.device = "cpu",
+                 dtype: torch.dtype | str | None = None, block_size: int = DEFAULT_IVF_BLOCK_SIZE,
+                 nprobe: int = 8, scan_backend: str = "auto") -> None:
+        if isinstance(nlist, bool) or not isinstance(nlist, (int, np.integer)) or nlist < 1:
+            raise ValueError(f"nlist: must be a positive int, got {nlist!r}")
+        super().__init__(dim, int(nlist), block_size, metric, device, dtype)
+        self.nlist = int(nlist)
+        self.nprobe = min(int(nprobe), self.nlist)
+        self.scan_backend = scan_backend
+        self.centroids: torch.Tensor | None = None  # (nlist, dim) float32, internal space
+        self._centroid_aux: torch.Tensor | None = None
+
+    @property
+    def is_trained(self) -> bool:
+        return self.centroids is not None
+
+    def train(self, x: ArrayLike, *, niter: int = 20, seed: int = 0) -> None:
+        """Train the coarse quantizer with k-means on ``x`` (at least ``nlist`` rows)."""
+        vecs = self.metric.prepare_vectors(as_matrix(x, self.dim, name="x", device=self.device, dtype=torch.float32))
+        self.set_centroids(kmeans(vecs, self.nlist, niter=niter, seed=seed, spherical=self.metric.normalizes))
+
+    def set_centroids(self, centroids: ArrayLike) -> None:
+        """Install externally trained centroids (e.g. shared with a peer index)."""
+        c = as_matrix(centroids, self.dim, name="centroids", device=self.device, dtype=torch.float32)
+        if c.shape[0] != self.nlist:
+            raise ValueError(f"centroids: expected {self.nlist} rows, got {c.shape[0]}")
+        if self.ntotal:
+            raise ValueError("centroids: cannot change the quantizer of a non-empty index")
+        self.centroids = c
+        self._centroid_aux = self.metric.vector_aux(c)
+
+    def _assign_lists(self, vecs: torch.Tensor) -> np.ndarray:
+        return self.assign_prepared(self.metric.prepare_queries(vecs), 1)[:, 0]
+
+    def assign(self, q: ArrayLike, nprobe: int | None = None) -> np.ndarray:
+        """Top-``nprobe`` list ids per query, best first: ``(n, nprobe)`` int64."""
+        queries, _ = self.prepare_queries(q)
+        return self.assign_prepared(queries, self._nprobe(nprobe))
+
+    def assign_prepared(self, queries: torch.Tensor, nprobe: int | np.ndarray) -> np.ndarray:
+        """Like :meth:`assign` for queries already in the internal space.
+
+        ``nprobe`` may be an int or a per-query array; entries past a query's own nprobe
+        are ``-1``.
+        """
+        if not self.is_trained:
+            raise ValueError("IVFIndex: search or add before train")
+        per_query = np.broadcast_to(np.asarray(nprobe, dtype=np.int64), (queries.shape[0],))
+        width = int(per_query.max())
+        scores = torch.mm(queries.float(), self.centroids.t()) + self._centroid_aux
+        probes = torch.topk(scores, width, dim=1).indices.cpu().numpy()
+        probes[np.arange(width)[None, :] >= per_query[:, None]] = -1
+        return probes
+
+    def _nprobe(self, nprobe: int | None) -> int:
+        if nprobe is None:
+            return self.nprobe
+        return min(check_k(nprobe, name="nprobe", max_k=1 << 20), self.nlist)
+
+    def search(self, q: ArrayLike, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Approximate top-``k``: ``(D, I)`` of shape ``(n, k)``, best first, ``-1`` padded."""
+        queries, offset, k = self._prepare_search(q, k)
+        nprobe = self._nprobe(nprobe)
+        if not self.is_trained:
+            raise ValueError("IVFIndex: search before train")
+        d_out, i_out = [], []
+        for s in range(0, queries.shape[0], _SEARCH_BATCH):
+            qb = queries[s:s + _SEARCH_BATCH]
+            topk = RunningTopK.empty(qb.shape[0], k, device=self.device)
+            self.scan(qb, ProbeChunk.from_probes(self.assign_prepared(qb, nprobe)), topk)
+            d, i = topk.to_results(self.metric, offset[s:s + _SEARCH_BATCH])
+            d_out.append(d)
+            i_out.append(i)
+        return np.concatenate(d_out), np.concatenate(i_out)
+
+    def scan(self, queries: torch.Tensor, chunk: ProbeChunk, topk: RunningTopK) -> None:
+        """Scan a CSR set of probes for prepared queries, merging into ``topk`` in place."""
+        scan(self.lists, queries, chunk, topk, backend=self.scan_backend)
+
+    def list_sizes(self) -> np.ndarray:
+        """Vectors per inverted list."""
+        return self.lists.list_len.copy()
+
+    # ------------------------------------------------------------------ persistence
+    def config(self) -> dict:
+        return {**super().config(), "nlist": self.nlist, "nprobe": self.nprobe}
+
+    def state_arrays(self) -> dict[str, torch.Tensor]:
+        arrays = super().state_arrays()
+        if self.centroids is not None:
+            arrays["centroids"] = self.centroids.cpu()
+        return arrays
+
+    def load_state_arrays(self, arrays: dict[str, torch.Tensor]) -> None:
+        if "centroids" in arrays:
+            self.centroids = arrays["centroids"].to(self.device, torch.float32).contiguous()
+            self._centroid_aux = self.metric.vector_aux(self.centroids)
+        super().load_state_arrays(arrays)

@@ -1,0 +1,197 @@
+"""The scan primitive: score a CSR set of (query, list[, block range]) pairs against
+blocked inverted lists and merge the results into each query's running top-k.
+
+Scanning IVF lists is memory bound, so the CPU kernel works **list-major**: pairs are
+grouped by list, and each block of a probed list is read once for every query that
+probes it in this call.  Each pair first keeps a private top-k (so threads never share
+a row), then a second pass merges pair results into the running rows with the total
+order of :mod:`trinity.index.topk` -- which makes any chunking of the pairs return
+exactly what one full scan returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import torch
+
+from trinity.index.blocks import BlockedLists
+from trinity.index.metric import SCORE_SENTINEL
+from trinity.index.topk import RunningTopK, insert, merge_dense_torch
+
+
+@dataclass(frozen=True)
+class ProbeChunk:
+    """A CSR set of probes: the pairs of query row ``i`` are ``query_ptr[i]:query_ptr[i+1]``.
+
+    Each pair names a list and, optionally, a half-open range of that list's blocks
+    (``block_start``/``block_end``; ``None`` means the whole list), which lets a caller
+    cut one big list across several scan calls.
+    """
+
+    query_ptr: np.ndarray
+    list_ids: np.ndarray
+    block_start: np.ndarray | None = None
+    block_end: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.query_ptr.ndim != 1 or self.query_ptr.size < 1 or self.query_ptr[-1] != self.list_ids.size:
+            raise ValueError("ProbeChunk: query_ptr must be a CSR pointer ending at len(list_ids)")
+        if (self.block_start is None) != (self.block_end is None):
+            raise ValueError("ProbeChunk: give both block_start and block_end, or neither")
+
+    @classmethod
+    def from_probes(cls, probes: np.ndarray) -> ProbeChunk:
+        """Build from a dense ``(nq, nprobe)`` assignment, ``-1`` entries skipped."""
+        probes = np.asarray(probes)
+        mask = probes >= 0
+        ptr = np.zeros(probes.shape[0] + 1, dtype=np.int64)
+        np.cumsum(mask.sum(axis=1), out=ptr[1:])
+        return cls(ptr, probes[mask].astype(np.int64))
+
+    @property
+    def num_queries(self) -> int:
+        return self.query_ptr.size - 1
+
+    @property
+    def num_pairs(self) -> int:
+        return self.list_ids.size
+
+    def block_ranges(self, lists: BlockedLists) -> tuple[np.ndarray, np.ndarray]:
+        """Per-pair ``[start, end)`` block ranges clipped to the lists' current sizes."""
+        nb = lists.num_list_blocks(self.list_ids)
+        if self.block_start is None:
+            return np.zeros_like(nb), nb
+        return np.minimum(self.block_start, nb), np.minimum(self.block_end, nb)
+
+    def num_vectors(self, lists: BlockedLists) -> int:
+        """Vectors this chunk scans (the scan budget unit)."""
+        start, end = self.block_ranges(lists)
+        lens = lists.list_len[self.list_ids]
+        last = np.minimum(end * lists.block_size, lens)
+        return int(np.maximum(last - start * lists.block_size, 0).sum())
+
+
+def scan(lists: BlockedLists, queries: torch.Tensor, chunk: ProbeChunk, topk: RunningTopK,
+         backend: str = "auto") -> None:
+    """Scan ``chunk`` for prepared ``queries`` and merge into ``topk`` in place.
+
+    ``queries`` are already in the internal scoring space (``Metric.prepare_queries``);
+    row ``i`` of ``queries`` and of ``topk`` belongs to the pairs of CSR row ``i``.
+    ``backend`` is ``"numba"`` (CPU, list-major), ``"torch"`` (any device) or ``"auto"``.
+    """
+    if chunk.num_queries != queries.shape[0] or topk.num_rows != queries.shape[0]:
+        raise ValueError("scan: queries, chunk and running top-k must have the same rows")
+    if chunk.num_pairs == 0:
+        return
+    if backend == "auto":
+        backend = "numba" if lists.device.type == "cpu" and lists.dtype == torch.float32 else "torch"
+    if backend == "numba":
+        _scan_numba(lists, queries, chunk, topk)
+    elif backend == "torch":
+        _scan_torch(lists, queries, chunk, topk)
+    else:
+        raise ValueError(f"unknown scan backend {backend!r}")
+
+
+# --------------------------------------------------------------------------- CPU (numba)
+def _scan_numba(lists: BlockedLists, queries: torch.Tensor, chunk: ProbeChunk, topk: RunningTopK) -> None:
+    pair_q = np.repeat(np.arange(chunk.num_queries), np.diff(chunk.query_ptr))
+    b0, b1 = chunk.block_ranges(lists)
+    order = np.argsort(chunk.list_ids, kind="stable")
+    grp_lists, grp_start = np.unique(chunk.list_ids[order], return_index=True)
+    grp_ptr = np.append(grp_start, order.size).astype(np.int64)
+    ks = topk.k.numpy()
+    out_s = np.empty((chunk.num_pairs, topk.max_k), dtype=np.float32)
+    out_i = np.empty((chunk.num_pairs, topk.max_k), dtype=np.int64)
+    aux = lists.aux.numpy() if lists.aux is not None else np.zeros((1, 1), dtype=np.float32)
+    _scan_pairs(np.ascontiguousarray(queries.numpy()), pair_q, ks[pair_q], b0.astype(np.int64),
+                b1.astype(np.int64), order, grp_ptr, grp_lists.astype(np.int64), lists.block_table,
+                lists.list_len, lists.vectors.numpy(), aux, lists.aux is not None,
+                lists.slot_ids.numpy(), out_s, out_i)
+    _merge_pairs(topk.scores.numpy(), topk.ids.numpy(), ks, chunk.query_ptr, out_s, out_i)
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def _scan_pairs(q, pair_q, pair_k, pair_b0, pair_b1, order, grp_ptr, grp_lists, block_table,
+                list_len, vecs, aux, use_aux, slot_ids, out_s, out_i):  # pragma: no cover
+    bs = vecs.shape[1]
+    dim = vecs.shape[2]
+    for g in numba.prange(grp_lists.shape[0]):
+        lst = grp_lists[g]
+        n = list_len[lst]
+        lo = n
+        hi = 0
+        for t in range(grp_ptr[g], grp_ptr[g + 1]):
+            p = order[t]
+            out_s[p, :] = -np.inf
+            out_i[p, :] = -1
+            lo = min(lo, pair_b0[p])
+            hi = max(hi, pair_b1[p])
+        for b in range(lo, hi):
+            blk = block_table[lst, b]
+            cnt = min(bs, n - b * bs)
+            for j in range(cnt):
+                vid = slot_ids[blk, j]
+                extra = aux[blk, j] if use_aux else 0.0
+                for t in range(grp_ptr[g], grp_ptr[g + 1]):
+                    p = order[t]
+                    if b < pair_b0[p] or b >= pair_b1[p]:
+                        continue
+                    qr = pair_q[p]
+                    s = np.float32(0.0)
+                    for d in range(dim):
+                        s += q[qr, d] * vecs[blk, j, d]
+                    insert(out_s[p], out_i[p], pair_k[p], s + extra, vid)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _merge_pairs(top_s, top_i, ks, query_ptr, out_s, out_i):  # pragma: no cover
+    for r in numba.prange(top_s.shape[0]):
+        k = ks[r]
+        for p in range(query_ptr[r], query_ptr[r + 1]):
+            for j in range(k):
+                if out_i[p, j] < 0:
+                    break
+                insert(top_s[r], top_i[r], k, out_s[p, j], out_i[p, j])
+
+
+# --------------------------------------------------------------------------- any device (torch)
+def _scan_torch(lists: BlockedLists, queries: torch.Tensor, chunk: ProbeChunk, topk: RunningTopK) -> None:
+    """Gather probed blocks, score with one batched matmul, merge with ``torch.topk``."""
+    dev = lists.device
+    bs = lists.block_size
+    block_table, list_len = lists.device_tables()
+    b0, b1 = (torch.from_numpy(a.astype(np.int64)).to(dev) for a in chunk.block_ranges(lists))
+    counts = torch.from_numpy(np.diff(chunk.query_ptr)).to(dev)
+    pair_q = torch.repeat_interleave(torch.arange(chunk.num_queries, device=dev), counts)
+    pair_l = torch.from_numpy(chunk.list_ids).to(dev)
+    nblk = (b1 - b0).clamp_min(0)
+    e_pair = torch.repeat_interleave(torch.arange(chunk.num_pairs, device=dev), nblk)
+    if e_pair.numel() == 0:
+        return
+    first = torch.cumsum(nblk, 0) - nblk
+    e_col = b0[e_pair] + torch.arange(e_pair.numel(), device=dev) - first[e_pair]
+    e_list = pair_l[e_pair]
+    e_blk = block_table[e_list, e_col].long()
+    e_q = pair_q[e_pair]
+    scores = torch.bmm(lists.vectors[e_blk], queries[e_q].to(lists.dtype).unsqueeze(-1)).squeeze(-1).float()
+    if lists.aux is not None:
+        scores += lists.aux[e_blk]
+    pos = e_col[:, None] * bs + torch.arange(bs, device=dev)[None, :]
+    valid = pos < list_len[e_list][:, None]
+    ids = lists.slot_ids[e_blk].masked_fill(~valid, -1)
+    scores = scores.masked_fill(~valid, SCORE_SENTINEL)
+    # Entries are query-major, so each query's entries are contiguous: lay them out densely.
+    q_entries = torch.bincount(e_q, minlength=chunk.num_queries)
+    q_first = torch.cumsum(q_entries, 0) - q_entries
+    slot = torch.arange(e_q.numel(), device=dev) - q_first[e_q]
+    width = int(q_entries.max()) * bs
+    dense_s = torch.full((chunk.num_queries, width), SCORE_SENTINEL, device=dev)
+    dense_i = torch.full((chunk.num_queries, width), -1, dtype=torch.int64, device=dev)
+    cols = slot[:, None] * bs + torch.arange(bs, device=dev)[None, :]
+    dense_s[e_q[:, None].expand_as(cols), cols] = scores
+    dense_i[e_q[:, None].expand_as(cols), cols] = ids
+    merge_dense_torch(topk, dense_s, dense_i)
