@@ -110,6 +110,18 @@ def insert(row_s, row_i, k: int, s: float, vid: int) -> None:
     """Insert ``(s, vid)`` into a row sorted best-first of length ``k`` if it beats the last slot."""
     if not better(s, vid, row_s[k - 1], row_i[k - 1]):
         return
+    # NOTE: an id can reach the same row twice only if the index changed mid-scan (a
+    # vector moved by a removal, or upserted); keep the better copy, never a duplicate.
+    for t in range(k):
+        if row_i[t] == vid:
+            if not s > row_s[t]:
+                return
+            for u in range(t, k - 1):
+                row_s[u] = row_s[u + 1]
+                row_i[u] = row_i[u + 1]
+            row_s[k - 1] = -np.inf
+            row_i[k - 1] = -1
+            break
     j = k - 1
     while j > 0 and better(s, vid, row_s[j - 1], row_i[j - 1]):
         row_s[j] = row_s[j - 1]

@@ -1,0 +1,15 @@
+"""Continuous-batching, stage-aware vector search engine."""
+
+from trinity.engine.collections import Collections, CollectionStats, UnknownCollectionError
+from trinity.engine.config import SchedulerConfig
+from trinity.engine.engine import EngineClosedError, SearchEngine
+from trinity.engine.plan import IterationPlan, NewRequest, RunnerOutput, ScanWork
+from trinity.engine.request import RequestStatus, SearchRequest, SearchResult, Stage
+from trinity.engine.runner import SearchRunner
+from trinity.engine.scheduler import Scheduler
+
+__all__ = [
+    "CollectionStats", "Collections", "EngineClosedError", "IterationPlan", "NewRequest", "RequestStatus",
+    "RunnerOutput", "ScanWork", "Scheduler", "SchedulerConfig", "SearchEngine", "SearchRequest",
+    "SearchResult", "SearchRunner", "Stage", "UnknownCollectionError",
+]

@@ -1,0 +1,44 @@
+"""Engine and scheduler configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Knobs of the stage-aware, deadline-driven continuous-batching scheduler.
+
+    Attributes:
+        target_iteration_ms: wanted duration of one iteration; the vector budget adapts
+            to it from measured iteration times (a few ms on CPU, 1-2 ms on GPU).
+        initial_budget_vectors: budget before any measurement.
+        min_budget_vectors / max_budget_vectors: clamp for the adaptive budget.
+        max_num_running: requests holding runner state at once (like ``max_num_seqs``).
+        max_num_waiting: bound of the admission queue; beyond it requests are rejected.
+        stage_aware: ``False`` gives FIFO continuous batching (the ablation baseline).
+        aging_s: a waiting request is promoted one stage per ``aging_s`` seconds of
+            waiting, which bounds starvation of background work.
+        deadline_policy: ``"partial"`` returns best-so-far at the deadline;
+            ``"reject"`` also rejects at admission requests that clearly cannot finish.
+        budget_ewma: smoothing of the measured scan rate.
+    """
+
+    target_iteration_ms: float = 4.0
+    initial_budget_vectors: int = 200_000
+    min_budget_vectors: int = 4_096
+    max_budget_vectors: int = 8_000_000
+    max_num_running: int = 512
+    max_num_waiting: int = 20_000
+    stage_aware: bool = True
+    aging_s: float = 0.25
+    deadline_policy: str = "partial"
+    budget_ewma: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.deadline_policy not in ("partial", "reject"):
+            raise ValueError("deadline_policy: expected 'partial' or 'reject'")
+        if not 0 < self.min_budget_vectors <= self.initial_budget_vectors <= self.max_budget_vectors:
+            raise ValueError("budget: need 0 < min <= initial <= max")
+        if self.target_iteration_ms <= 0 or self.max_num_running < 1 or self.max_num_waiting < 1:
+            raise ValueError("target_iteration_ms, max_num_running and max_num_waiting must be positive")

@@ -1,0 +1,214 @@
+"""The search engine: a loop thread running ``schedule -> run -> update`` iterations.
+
+Callers submit from any thread (``submit`` / ``search_sync``) or from asyncio
+(``await engine.search(...)``); submissions and aborts go through an inbox that the loop
+drains at each iteration boundary, so the scheduler and runner are single-threaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+
+import numpy as np
+
+from trinity.engine.collections import Collections
+from trinity.engine.config import SchedulerConfig
+from trinity.engine.metrics import EngineMetrics
+from trinity.engine.request import RequestStatus, SearchRequest, SearchResult, Stage
+from trinity.engine.runner import SearchRunner
+from trinity.engine.scheduler import Finished, Scheduler
+from trinity.index.base import BaseIndex
+from trinity.index.inputs import check_k
+
+_IDLE_WAIT_S = 0.05
+
+
+class EngineClosedError(RuntimeError):
+    """The engine is shut down (or shutting down) and takes no new requests."""
+
+
+class SearchEngine:
+    """Continuous-batching vector search over several collections.
+
+    Args:
+        config: scheduler configuration.
+        runner: anything with ``run(plan) -> RunnerOutput`` (the real
+            :class:`SearchRunner` by default; the simulator plugs in a cost model).
+        start: start the loop thread now (``False`` lets tests drive :meth:`step`).
+    """
+
+    def __init__(self, config: SchedulerConfig | None = None, *, collections: Collections | None = None,
+                 runner=None, clock=time.monotonic, start: bool = True) -> None:
+        self.config = config or SchedulerConfig()
+        self.collections = collections or Collections()
+        self.clock = clock
+        self.scheduler = Scheduler(self.config, self.collections, clock)
+        self.runner = runner or SearchRunner(self.collections)
+        self.metrics = EngineMetrics()
+        self._inbox: deque[tuple[str, object]] = deque()
+        self._futures: dict[str, Future] = {}
+        self._cv = threading.Condition()
+        self._closing = False
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        if start:
+            self.start()
+
+    # ------------------------------------------------------------------ collections
+    def add_collection(self, name: str, index: BaseIndex) -> None:
+        self.collections.add(name, index)
+
+    def drop_collection(self, name: str) -> BaseIndex:
+        """Remove a collection; its in-flight requests finish with an error."""
+        return self.collections.remove(name)
+
+    # ------------------------------------------------------------------ submission
+    def submit(self, collection: str, query, k: int, *, nprobe: int | None = None,
+               stage: str | Stage = Stage.PREFILL, deadline_ms: float | None = None,
+               request_id: str | None = None) -> Future:
+        """Queue one query; the future resolves to a :class:`SearchResult`.
+
+        Raises ``ValueError`` (bad input, unknown collection) or :class:`EngineClosedError`.
+        """
+        index = self.collections.get(collection)
+        k = check_k(k)
+        if nprobe is not None:
+            nprobe = check_k(nprobe, name="nprobe", max_k=1 << 20)
+        if deadline_ms is not None and (not math.isfinite(deadline_ms) or deadline_ms <= 0):
+            raise ValueError(f"deadline_ms: must be a positive number, got {deadline_ms}")
+        prepared, _ = index.prepare_queries(query)  # validates dim / NaN / dtype
+        if prepared.shape[0] != 1:
+            raise ValueError(f"query: expected one vector, got {prepared.shape[0]}")
+        now = self.clock()
+        req = SearchRequest(collection, np.asarray(query, dtype=np.float32).reshape(-1), k, nprobe,
+                            Stage.parse(stage), None if deadline_ms is None else now + deadline_ms / 1e3,
+                            arrival_time=now)
+        if request_id is not None:
+            req.request_id = request_id
+        fut: Future = Future()
+        with self._cv:
+            if self._closing:
+                raise EngineClosedError("engine is shutting down")
+            if req.request_id in self._futures:
+                raise ValueError(f"request_id: {req.request_id!r} is already in flight")
+            self._futures[req.request_id] = fut
+            self._inbox.append(("add", req))
+            self._cv.notify()
+        fut.request_id = req.request_id  # type: ignore[attr-defined]
+        return fut
+
+    def search_sync(self, collection: str, query, k: int, **kwargs) -> SearchResult:
+        """Blocking search."""
+        return self.submit(collection, query, k, **kwargs).result()
+
+    async def search(self, collection: str, query, k: int, **kwargs) -> SearchResult:
+        """Async search; cancelling the awaiting task aborts the request."""
+        fut = self.submit(collection, query, k, **kwargs)
+        try:
+            return await asyncio.wrap_future(fut)
+        except asyncio.CancelledError:
+            self.abort(fut.request_id)  # type: ignore[attr-defined]
+            raise
+
+    def abort(self, request_id: str) -> None:
+        """Abort a request; its future resolves with status ``aborted``."""
+        with self._cv:
+            self._inbox.append(("abort", request_id))
+            self._cv.notify()
+
+    # ------------------------------------------------------------------ the loop
+    def step(self) -> list[SearchResult]:
+        """Run one iteration (drain inbox, schedule, run, update); return finished results."""
+        with self._cv:
+            inbox, self._inbox = self._inbox, deque()
+        for kind, item in inbox:
+            if kind == "add":
+                self.scheduler.add_request(item)
+            else:
+                self.scheduler.abort(item)
+        finished = self.scheduler.pop_finished()
+        plan = self.scheduler.schedule()
+        finished += self.scheduler.pop_finished()
+        if not plan.is_empty:
+            preempted_before = self.scheduler.num_preemptions
+            out = self.runner.run(plan)
+            finished += self.scheduler.update_from_output(plan, out)
+            m = self.metrics
+            m.iterations.inc()
+            m.iteration_time.observe(out.duration_s)
+            scanned = sum(out.vectors_scanned.values())
+            m.vectors_scanned.inc(scanned)
+            m.iteration_vectors.observe(scanned)
+            m.budget.set(self.scheduler.budget_vectors)
+            m.preemptions.inc(self.scheduler.num_preemptions - preempted_before)
+        self.metrics.observe_queues(list(self.scheduler.requests.values()))
+        return [self._resolve(f) for f in finished]
+
+    def _resolve(self, finished: Finished) -> SearchResult:
+        req, scores, ids = finished
+        missed = req.deadline is not None and req.finish_time > req.deadline and req.status in (
+            RequestStatus.FINISHED_COMPLETE, RequestStatus.FINISHED_PARTIAL)
+        if ids is None:
+            ids = np.full(req.k, -1, dtype=np.int64)
+            sentinel = self.collections.get(req.collection).metric.sentinel if req.collection in self.collections else math.nan
+            scores = np.full(req.k, sentinel, dtype=np.float32)
+        first = req.first_scan_time if req.first_scan_time is not None else req.finish_time
+        result = SearchResult(req.request_id, ids, scores, req.status, req.fraction_scanned, req.stage,
+                              (first - req.arrival_time) * 1e3, (req.finish_time - req.arrival_time) * 1e3,
+                              req.num_iterations, req.num_preemptions, missed, req.message)
+        self.metrics.observe_finished(req, missed)
+        with self._cv:
+            fut = self._futures.pop(req.request_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(result)
+        return result
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="trinity-engine", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                if self._stop:
+                    return
+                if not self._inbox and not self.scheduler.has_work:
+                    self._cv.wait(_IDLE_WAIT_S)
+                    continue
+            self.step()
+
+    def shutdown(self, drain: bool = True, timeout_s: float = 10.0) -> None:
+        """Stop taking requests; drain (up to ``timeout_s``) or fail what is pending."""
+        with self._cv:
+            self._closing = True
+            self._cv.notify()
+        end = time.monotonic() + timeout_s
+        while drain and self._thread is not None and time.monotonic() < end:
+            with self._cv:
+                if not self._inbox and not self.scheduler.has_work:
+                    break
+            time.sleep(0.001)
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+            self._thread = None
+        with self._cv:
+            pending, self._futures = self._futures, {}
+            self._inbox.clear()
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(EngineClosedError("engine shut down before the request finished"))
+
+    def __enter__(self) -> SearchEngine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()

@@ -1,0 +1,55 @@
+"""Prometheus metrics of one engine (own registry, so several engines can coexist)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from trinity.engine.request import RequestStatus, SearchRequest, Stage
+
+_LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.012, 0.016, 0.02, 0.03, 0.05,
+                      0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
+_ITERATION_BUCKETS_S = (0.0005, 0.001, 0.002, 0.003, 0.004, 0.006, 0.008, 0.012, 0.02, 0.05, 0.1)
+
+
+class EngineMetrics:
+    """Per-stage latency, queue depth, iteration time and scan volume, preemptions,
+    partial results, rejections and deadline misses."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.latency = Histogram("trinity_search_latency_seconds", "Arrival to result, per stage",
+                                 ["stage"], buckets=_LATENCY_BUCKETS_S, registry=r)
+        self.queue_time = Histogram("trinity_search_queue_seconds", "Arrival to first scan, per stage",
+                                    ["stage"], buckets=_LATENCY_BUCKETS_S, registry=r)
+        self.finished = Counter("trinity_search_finished_total", "Finished requests by stage and status",
+                                ["stage", "status"], registry=r)
+        self.deadline_misses = Counter("trinity_search_deadline_misses_total",
+                                       "Results delivered after their deadline", ["stage"], registry=r)
+        self.queue_depth = Gauge("trinity_engine_queue_depth", "Active requests by stage and state",
+                                 ["stage", "state"], registry=r)
+        self.iteration_time = Histogram("trinity_engine_iteration_seconds", "Duration of one iteration",
+                                        buckets=_ITERATION_BUCKETS_S, registry=r)
+        self.vectors_scanned = Counter("trinity_engine_vectors_scanned_total", "Query-vector pairs scanned",
+                                       registry=r)
+        self.iteration_vectors = Histogram("trinity_engine_iteration_vectors", "Vectors scanned per iteration",
+                                           buckets=(1e3, 4e3, 1.6e4, 6.4e4, 2.56e5, 1e6, 4e6), registry=r)
+        self.budget = Gauge("trinity_engine_budget_vectors", "Current per-iteration scan budget", registry=r)
+        self.preemptions = Counter("trinity_engine_preemptions_total", "Requests deferred at an iteration boundary",
+                                   registry=r)
+        self.iterations = Counter("trinity_engine_iterations_total", "Iterations run", registry=r)
+
+    def observe_finished(self, req: SearchRequest, deadline_missed: bool) -> None:
+        stage = req.stage.name.lower()
+        self.finished.labels(stage, req.status.value).inc()
+        if req.status in (RequestStatus.FINISHED_COMPLETE, RequestStatus.FINISHED_PARTIAL):
+            self.latency.labels(stage).observe(req.finish_time - req.arrival_time)
+        if deadline_missed:
+            self.deadline_misses.labels(stage).inc()
+
+    def observe_queues(self, requests: list[SearchRequest]) -> None:
+        counts = {(s, st): 0 for s in Stage for st in ("waiting", "running", "preempted")}
+        for r in requests:
+            counts[(r.stage, r.status.value)] = counts.get((r.stage, r.status.value), 0) + 1
+        for (stage, state), n in counts.items():
+            self.queue_depth.labels(stage.name.lower(), state).set(n)

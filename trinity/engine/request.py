@@ -1,0 +1,126 @@
+"""Search request state, owned by the scheduler.
+
+One progress counter per request (``num_units_done`` of ``num_units_total``) replaces
+phases: a *unit* is one probed IVF list or one flat chunk.  The running top-k itself
+lives with the runner (device state); the scheduler only tracks progress and policy.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class Stage(enum.IntEnum):
+    """Where a retrieval comes from; lower is more urgent."""
+
+    DECODE = 0
+    PREFILL = 1
+    BACKGROUND = 2
+
+    @classmethod
+    def parse(cls, value: str | int | Stage) -> Stage:
+        if isinstance(value, Stage):
+            return value
+        if isinstance(value, str):
+            try:
+                return cls[value.upper()]
+            except KeyError:
+                raise ValueError(f"stage: expected one of {[s.name.lower() for s in cls]}, got {value!r}") from None
+        return cls(value)
+
+
+class RequestStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    PREEMPTED = "preempted"
+    FINISHED_COMPLETE = "complete"
+    FINISHED_PARTIAL = "partial"  # deadline reached: best-so-far answer
+    FINISHED_ABORTED = "aborted"
+    FINISHED_REJECTED = "rejected"  # infeasible deadline or overload at admission
+    FINISHED_ERROR = "error"
+
+    @property
+    def finished(self) -> bool:
+        return self.name.startswith("FINISHED")
+
+
+_ids = itertools.count()
+
+
+def new_request_id() -> str:
+    return f"req-{next(_ids)}"
+
+
+@dataclass
+class SearchRequest:
+    """One query against one collection, from admission to result."""
+
+    collection: str
+    query: np.ndarray  # (dim,) float32, as given by the user
+    k: int
+    nprobe: int | None = None  # IVF probes wanted; None = collection default
+    stage: Stage = Stage.PREFILL
+    deadline: float | None = None  # absolute time.monotonic(); None = no deadline
+    request_id: str = field(default_factory=new_request_id)
+    arrival_time: float = field(default_factory=time.monotonic)
+
+    status: RequestStatus = RequestStatus.WAITING
+    num_units_total: int = 0  # probes (IVF) or chunks (flat) wanted; set at admission
+    num_units_done: int = 0
+    num_vectors_scanned: int = 0
+    num_preemptions: int = 0
+    num_iterations: int = 0
+    first_scan_time: float | None = None
+    finish_time: float | None = None
+    unit_costs: np.ndarray | None = None  # vectors per unit (IVF: probed list sizes), known after assignment
+    seen_chunks: np.ndarray | None = None  # flat only: which chunks this request has scanned
+    est_unit_cost: float = 0.0  # vectors per unit before assignment is known
+    message: str = ""  # why it finished the way it did (rejection reason, error, ...)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status.finished
+
+    @property
+    def num_units_left(self) -> int:
+        return self.num_units_total - self.num_units_done
+
+    @property
+    def fraction_scanned(self) -> float:
+        return 1.0 if self.num_units_total == 0 else self.num_units_done / self.num_units_total
+
+    def cost_of_next(self, num_units: int) -> int:
+        """Vectors scanned by the next ``num_units`` units (estimated before assignment)."""
+        if self.unit_costs is None:
+            return int(round(num_units * self.est_unit_cost))
+        return int(self.unit_costs[self.num_units_done:self.num_units_done + num_units].sum())
+
+    def remaining_cost(self) -> int:
+        return self.cost_of_next(self.num_units_left)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What a caller gets back.  ``partial`` is never silent: it says how much was scanned."""
+
+    request_id: str
+    ids: np.ndarray  # (k,) int64, -1 padded
+    scores: np.ndarray  # (k,) float32, user units (IP / squared L2), sentinel padded
+    status: RequestStatus
+    fraction_scanned: float
+    stage: Stage
+    queue_ms: float  # arrival -> first scan
+    total_ms: float  # arrival -> finish
+    num_iterations: int
+    num_preemptions: int
+    deadline_missed: bool = False
+    message: str = ""
+
+    @property
+    def partial(self) -> bool:
+        return self.status is not RequestStatus.FINISHED_COMPLETE

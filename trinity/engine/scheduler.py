@@ -1,0 +1,264 @@
+"""Stage-aware, deadline-driven continuous-batching scheduler (policy only).
+
+Each iteration :meth:`Scheduler.schedule` hands out a budget of *vectors scanned*
+(adapted so one iteration lasts about ``target_iteration_ms``) to active requests in
+priority order -- (aged stage, deadline, arrival) when stage-aware, arrival when FIFO.
+Requests that got work last iteration but not this one are *preempted*: they keep their
+probe cursor and (in the runner) their running top-k, so nothing is recomputed.  A
+request whose deadline falls before the next iteration could end is finished with its
+best-so-far answer (``partial``); nothing ever misses silently.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from trinity.engine.collections import Collections
+from trinity.engine.config import SchedulerConfig
+from trinity.engine.plan import IterationPlan, NewRequest, RunnerOutput, ScanWork
+from trinity.engine.request import RequestStatus, SearchRequest
+
+Finished = tuple[SearchRequest, "np.ndarray | None", "np.ndarray | None"]  # (request, scores, ids)
+
+
+class Scheduler:
+    """Owns request progress and policy; never touches index data."""
+
+    def __init__(self, config: SchedulerConfig, collections: Collections,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.collections = collections
+        self.clock = clock
+        self.requests: dict[str, SearchRequest] = {}  # active, in admission order
+        self.joined: set[str] = set()  # the runner holds state for these
+        self.budget_vectors = config.initial_budget_vectors
+        self.scan_rate: float | None = None  # vectors per second, EWMA over full iterations
+        self.iteration_s = config.target_iteration_ms / 1e3  # EWMA of iteration durations
+        self.iteration = 0
+        self.num_admitted = 0
+        self.num_finished = 0
+        self.num_preemptions = 0
+        self._flat_cursor: dict[str, int] = {}
+        self._windows: dict[str, tuple[int, ...]] = {}
+        self._to_free: list[str] = []
+        self._finished: list[Finished] = []
+
+    # ------------------------------------------------------------------ admission
+    def add_request(self, req: SearchRequest) -> None:
+        """Admit ``req`` (or finish it at once as rejected / empty); see ``pop_finished``."""
+        now = self.clock()
+        self.num_admitted += 1
+        self.requests[req.request_id] = req
+        stats = self.collections.stats(req.collection)
+        if stats.kind == "ivf":
+            req.num_units_total = min(req.nprobe or stats.default_nprobe, stats.num_units)
+        else:
+            req.num_units_total = stats.num_units
+            req.seen_chunks = np.zeros(stats.num_units, dtype=bool)
+        req.est_unit_cost = stats.unit_cost
+        waiting = len(self.requests) - len(self.joined)
+        if waiting > self.config.max_num_waiting:
+            self._finish(req, RequestStatus.FINISHED_REJECTED, message="overloaded: admission queue is full")
+        elif req.deadline is not None and req.deadline <= now:
+            self._finish(req, RequestStatus.FINISHED_REJECTED, message="deadline already passed at admission")
+        elif self._clearly_infeasible(req, now):
+            self._finish(req, RequestStatus.FINISHED_REJECTED, message="deadline infeasible at admission")
+        elif req.num_units_total == 0:
+            self._finish(req, RequestStatus.FINISHED_COMPLETE)  # empty collection
+
+    def _clearly_infeasible(self, req: SearchRequest, now: float) -> bool:
+        if self.config.deadline_policy != "reject" or req.deadline is None or not self.scan_rate:
+            return False
+        return now + self.iteration_s + req.remaining_cost() / self.scan_rate > req.deadline
+
+    def abort(self, request_id: str) -> bool:
+        """Abort an active request; its runner state is freed at the next iteration."""
+        req = self.requests.get(request_id)
+        if req is None:
+            return False
+        self._finish(req, RequestStatus.FINISHED_ABORTED, message="aborted")
+        return True
+
+    def pop_finished(self) -> list[Finished]:
+        """Requests finished outside an iteration (rejections, aborts, expiries)."""
+        out, self._finished = self._finished, []
+        return out
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.requests or self._to_free)
+
+    def next_deadline(self) -> float | None:
+        deadlines = [r.deadline for r in self.requests.values() if r.deadline is not None]
+        return min(deadlines, default=None)
+
+    # ------------------------------------------------------------------ one iteration
+    def schedule(self) -> IterationPlan:
+        """Plan the next iteration."""
+        now = self.clock()
+        self.iteration += 1
+        self._windows = {}
+        free, self._to_free = tuple(self._to_free), []
+        finish_partial = []
+        for req in list(self.requests.values()):
+            if req.deadline is not None and now + self.iteration_s >= req.deadline:
+                if req.request_id in self.joined:
+                    finish_partial.append(req.request_id)
+                else:
+                    self._finish(req, RequestStatus.FINISHED_PARTIAL, message="deadline reached before any scan")
+        closing = set(finish_partial)
+        candidates = [r for r in self.requests.values() if r.request_id not in closing]
+        candidates.sort(key=lambda r: self._priority(r, now))
+        budget_left, planned = self.budget_vectors, 0
+        work: list[ScanWork] = []
+        new: list[NewRequest] = []
+        num_joined = len(self.joined) - len(closing)
+        for req in candidates:
+            if budget_left <= 0:
+                break
+            joined = req.request_id in self.joined
+            if not joined and num_joined >= self.config.max_num_running:
+                continue
+            planned_item = self._plan_item(req, budget_left, first=not work)
+            if planned_item is None:
+                continue
+            item, cost = planned_item
+            work.append(item)
+            planned += cost
+            budget_left -= cost
+            if not joined:
+                num_joined += 1
+                new.append(NewRequest(req.request_id, req.collection, req.query, req.k, req.num_units_total))
+        scheduled = {w.request_id for w in work}
+        for req in candidates:
+            if req.request_id in scheduled:
+                req.status = RequestStatus.RUNNING
+            elif req.status is RequestStatus.RUNNING:
+                req.status = RequestStatus.PREEMPTED
+                req.num_preemptions += 1
+                self.num_preemptions += 1
+        return IterationPlan(self.iteration, tuple(new), tuple(work), tuple(finish_partial), free,
+                             self.budget_vectors, planned)
+
+    def _priority(self, req: SearchRequest, now: float) -> tuple[float, ...]:
+        if not self.config.stage_aware:
+            return (req.arrival_time,)
+        aged = max(0, int(req.stage) - int((now - req.arrival_time) / self.config.aging_s))
+        return (aged, req.deadline if req.deadline is not None else math.inf, req.arrival_time)
+
+    def _plan_item(self, req: SearchRequest, budget_left: int, first: bool) -> tuple[ScanWork, int] | None:
+        if req.seen_chunks is not None:
+            return self._plan_flat(req, budget_left, first)
+        start, total = req.num_units_done, req.num_units_total
+        if req.unit_costs is None:  # not assigned yet: cap by vectors, the runner cuts the prefix
+            if not first and budget_left < req.est_unit_cost:
+                return None
+            cap = int(min(budget_left, math.ceil(1.5 * req.remaining_cost()) + 1))
+            return ScanWork(req.request_id, req.collection, start, total, max_vectors=cap, returns_result=True), cap
+        cum = np.cumsum(req.unit_costs[start:total])
+        n = int(np.searchsorted(cum, budget_left, side="right"))
+        if n == 0:
+            if not first:
+                return None
+            n = 1  # NOTE: progress guarantee: one unit even if it alone exceeds the budget
+        end = start + n
+        return ScanWork(req.request_id, req.collection, start, end, returns_result=end == total), int(cum[n - 1])
+
+    def _plan_flat(self, req: SearchRequest, budget_left: int, first: bool) -> tuple[ScanWork, int] | None:
+        stats = self.collections.stats(req.collection)
+        seen = req.seen_chunks
+        seen[stats.num_units:] = True  # the collection shrank: those chunks no longer exist
+        window = self._windows.get(req.collection)
+        if window is None and stats.num_units:
+            width = int(min(max(1, budget_left // stats.unit_cost), stats.num_units))
+            cursor = self._flat_cursor.get(req.collection, 0) % stats.num_units
+            window = tuple((cursor + i) % stats.num_units for i in range(width))
+            self._windows[req.collection] = window
+        chunks = tuple(c for c in window or () if c < seen.size and not seen[c])
+        fits = int(budget_left // stats.unit_cost) if stats.unit_cost else len(chunks)
+        if len(chunks) > fits:
+            if not first and fits == 0:
+                return None
+            chunks = chunks[: max(fits, 1)]
+        left = int(seen.size - seen.sum())
+        if not chunks and left:
+            return None  # waits for the shared cursor to come round to its unseen chunks
+        cost = int(len(chunks) * stats.unit_cost)
+        return ScanWork(req.request_id, req.collection, chunks=chunks, returns_result=len(chunks) == left), cost
+
+    def update_from_output(self, plan: IterationPlan, out: RunnerOutput) -> list[Finished]:
+        """Apply the runner's output; return every request that finished."""
+        now = self.clock()
+        for w in plan.work:
+            req = self.requests.get(w.request_id)
+            if req is None:  # aborted while the iteration ran; the runner frees it next time
+                self._to_free.append(w.request_id)
+                continue
+            self.joined.add(req.request_id)
+            if w.request_id in out.errors:
+                self._finish(req, RequestStatus.FINISHED_ERROR, message=out.errors[w.request_id])
+                continue
+            if req.seen_chunks is not None:
+                req.seen_chunks[list(w.chunks)] = True
+                req.num_units_done = int(req.seen_chunks.sum())
+            else:
+                if req.unit_costs is None:
+                    req.unit_costs = out.unit_costs[req.request_id]
+                    req.num_units_total = len(req.unit_costs)
+                req.num_units_done = out.units_end[req.request_id]
+            req.num_vectors_scanned += out.vectors_scanned.get(req.request_id, 0)
+            req.num_iterations += 1
+            if req.first_scan_time is None:
+                req.first_scan_time = now
+            if w.request_id in out.results:
+                assert req.num_units_done == req.num_units_total, f"{req.request_id}: result before completion"
+                self._finish(req, RequestStatus.FINISHED_COMPLETE, *out.results[w.request_id])
+            else:
+                assert req.num_units_done < req.num_units_total, f"{req.request_id}: complete without a result"
+        for rid in plan.finish_partial:
+            req = self.requests.get(rid)
+            if req is not None:
+                scores, ids = out.results.get(rid, (None, None))
+                self._finish(req, RequestStatus.FINISHED_PARTIAL, scores, ids, message="deadline reached")
+        for col, window in self._windows.items():
+            self._flat_cursor[col] = self._flat_cursor.get(col, 0) + len(window)
+        self._adapt_budget(plan, out)
+        self._check_invariants(plan)
+        return self.pop_finished()
+
+    # ------------------------------------------------------------------ internals
+    def _adapt_budget(self, plan: IterationPlan, out: RunnerOutput) -> None:
+        if out.duration_s <= 0 or plan.is_empty:
+            return
+        a = self.config.budget_ewma
+        self.iteration_s = (1 - a) * self.iteration_s + a * out.duration_s
+        scanned = sum(out.vectors_scanned.values())
+        # NOTE: only full-ish iterations say anything about the scan rate; a nearly idle
+        # one is dominated by fixed overhead and would collapse the budget.
+        if scanned >= 0.5 * plan.budget_vectors:
+            rate = scanned / out.duration_s
+            self.scan_rate = rate if self.scan_rate is None else (1 - a) * self.scan_rate + a * rate
+            target = self.scan_rate * self.config.target_iteration_ms / 1e3
+            self.budget_vectors = int(min(max(target, self.config.min_budget_vectors), self.config.max_budget_vectors))
+
+    def _finish(self, req: SearchRequest, status: RequestStatus, scores=None, ids=None, message: str = "") -> None:
+        req.status = status
+        req.finish_time = self.clock()
+        req.message = message
+        del self.requests[req.request_id]
+        if req.request_id in self.joined:
+            self.joined.discard(req.request_id)
+            if status is not RequestStatus.FINISHED_COMPLETE and status is not RequestStatus.FINISHED_PARTIAL:
+                self._to_free.append(req.request_id)
+        self.num_finished += 1
+        self._finished.append((req, scores, ids))
+
+    def _check_invariants(self, plan: IterationPlan) -> None:
+        assert plan.planned_vectors <= plan.budget_vectors or len(plan.work) == 1, "budget exceeded"
+        assert self.joined <= set(self.requests), "runner state for a finished request"
+        assert len(self.requests) + self.num_finished == self.num_admitted, "a request was lost"
+        assert all(not r.is_finished for r in self.requests.values())
