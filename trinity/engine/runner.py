@@ -30,6 +30,15 @@ class _RequestState:
     probes: np.ndarray | None = None  # IVF: best-first list ids
     probe_costs: np.ndarray | None = None
 
+    @property
+    def k(self) -> int:
+        return self.scores.shape[0]
+
+    def __post_init__(self) -> None:
+        cpu = self.scores.device.type == "cpu"
+        self.scores_view = self.scores.numpy() if cpu else self.scores
+        self.ids_view = self.ids.numpy() if cpu else self.ids
+
 
 class SearchRunner:
     """Executes :class:`IterationPlan` s against the collections' indexes."""
@@ -37,8 +46,18 @@ class SearchRunner:
     def __init__(self, collections: Collections) -> None:
         self.collections = collections
         self.states: dict[str, _RequestState] = {}
+        # NOTE: all GPU work of the engine goes to one stream owned by the loop thread, so
+        # it never serialises behind other work on the default stream.
+        self._stream = torch.cuda.Stream() if torch.cuda.is_available() else None
 
     def run(self, plan: IterationPlan) -> RunnerOutput:
+        """Execute one plan; the only host sync is the one returning finished results."""
+        if self._stream is None:
+            return self._run(plan)
+        with torch.cuda.stream(self._stream):
+            return self._run(plan)
+
+    def _run(self, plan: IterationPlan) -> RunnerOutput:
         t0 = time.perf_counter()
         out = RunnerOutput()
         for rid in plan.free:
@@ -61,12 +80,20 @@ class SearchRunner:
                     self._scan_ivf(index, items, out)
                 else:
                     self._scan_flat(index, items, out)
-            for w in items:
-                if w.returns_result and self._completed(w, out):
-                    out.results[w.request_id] = self._result(w.request_id)
+            done = [w.request_id for w in items if w.returns_result and self._completed(w, out)]
+            if done:
+                out.results.update(self._pop_results(index, done))
+        partial: dict[str, list[str]] = {}
         for rid in plan.finish_partial:
             if rid in self.states:
-                out.results[rid] = self._result(rid)
+                partial.setdefault(self.states[rid].collection, []).append(rid)
+        for name, rids in partial.items():
+            if name in self.collections:
+                out.results.update(self._pop_results(self.collections.get(name), rids))
+            else:
+                for rid in rids:
+                    out.errors[rid] = f"unknown collection {name!r}"
+                    self.states.pop(rid)
         out.duration_s = time.perf_counter() - t0
         return out
 
@@ -99,20 +126,22 @@ class SearchRunner:
 
     # ------------------------------------------------------------------ scanning
     def _gather(self, rids: list[str]) -> tuple[torch.Tensor, RunningTopK]:
+        """Stack the rows of ``rids`` into one batch (queries, running top-k)."""
         states = [self.states[r] for r in rids]
-        max_k = max(s.scores.shape[0] for s in states)
-        topk = RunningTopK.empty(len(states), [s.scores.shape[0] for s in states], device=states[0].query.device)
+        topk = RunningTopK.empty(len(states), [s.k for s in states], device=states[0].query.device)
+        # NOTE: on CPU, row copies through numpy views cost ~0.5 us instead of ~3 us.
+        dst_s, dst_i = (topk.scores.numpy(), topk.ids.numpy()) if topk.scores.device.type == "cpu" else (topk.scores, topk.ids)
         for i, s in enumerate(states):
-            topk.scores[i, : s.scores.shape[0]] = s.scores
-            topk.ids[i, : s.ids.shape[0]] = s.ids
-        assert topk.max_k == max_k
+            dst_s[i, : s.k] = s.scores_view
+            dst_i[i, : s.k] = s.ids_view
         return torch.stack([s.query for s in states]), topk
 
     def _scatter(self, rids: list[str], topk: RunningTopK) -> None:
+        src_s, src_i = (topk.scores.numpy(), topk.ids.numpy()) if topk.scores.device.type == "cpu" else (topk.scores, topk.ids)
         for i, rid in enumerate(rids):
             s = self.states[rid]
-            s.scores.copy_(topk.scores[i, : s.scores.shape[0]])
-            s.ids.copy_(topk.ids[i, : s.ids.shape[0]])
+            s.scores_view[:] = src_s[i, : s.k]
+            s.ids_view[:] = src_i[i, : s.k]
 
     def _scan_ivf(self, index: IVFIndex, items: list[ScanWork], out: RunnerOutput) -> None:
         rids, ptr, lists = [], [0], []
@@ -148,11 +177,13 @@ class SearchRunner:
         st = self.states[w.request_id]
         return st.probes is None or out.units_end[w.request_id] == len(st.probes)
 
-    def _result(self, rid: str) -> tuple[np.ndarray, np.ndarray]:
-        """Pop a request's state and return ``(scores, ids)`` in user units."""
-        st = self.states.pop(rid)
-        index = self.collections.get(st.collection)
-        topk = RunningTopK(st.scores[None].clone(), st.ids[None].clone(),
-                           torch.tensor([st.scores.shape[0]], dtype=torch.int32, device=st.scores.device))
-        d, i = topk.to_results(index.metric, st.offset.reshape(1))
-        return d[0], i[0]
+    def _pop_results(self, index, rids: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Pop finished requests' state; return ``{id: (scores, ids)}`` in user units."""
+        queries, topk = self._gather(rids)
+        offsets = torch.stack([self.states[r].offset for r in rids])
+        d, i = topk.to_results(index.metric, offsets)
+        out = {}
+        for row, rid in enumerate(rids):
+            k = self.states.pop(rid).k
+            out[rid] = (d[row, :k], i[row, :k])
+        return out

@@ -21,6 +21,7 @@ from trinity.index.topk import RunningTopK
 DEFAULT_IVF_BLOCK_SIZE = 32
 #: Queries per internal search batch; bounds per-call buffers (pairs x k), not the index.
 _SEARCH_BATCH = 256
+_ASSIGN_ROWS = 8192
 
 
 class IVFIndex(BaseIndex):
@@ -77,8 +78,13 @@ class IVFIndex(BaseIndex):
             raise ValueError("IVFIndex: search or add before train")
         per_query = np.broadcast_to(np.asarray(nprobe, dtype=np.int64), (queries.shape[0],))
         width = int(per_query.max())
-        scores = torch.mm(queries.float(), self.centroids.t()) + self._centroid_aux
-        probes = torch.topk(scores, width, dim=1).indices.cpu().numpy()
+        probes = np.empty((queries.shape[0], width), dtype=np.int64)
+        # NOTE: row chunks bound the score buffer (a bulk add of 200k vectors would
+        # otherwise materialise a 200k x nlist matrix).
+        for s in range(0, queries.shape[0], _ASSIGN_ROWS):
+            scores = torch.addmm(self._centroid_aux, queries[s:s + _ASSIGN_ROWS].float(), self.centroids.t())
+            best = scores.argmax(dim=1, keepdim=True) if width == 1 else torch.topk(scores, width, dim=1).indices
+            probes[s:s + _ASSIGN_ROWS] = best.cpu().numpy()
         probes[np.arange(width)[None, :] >= per_query[:, None]] = -1
         return probes
 
