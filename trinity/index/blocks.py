@@ -19,7 +19,7 @@ import torch
 #: Pool growth factor when it runs out of free blocks.  NOTE: kept small so that an
 #: index grown online stays within the storage budget (1.15x raw vector bytes); the copy
 #: cost stays amortised O(1) per vector.
-_POOL_GROWTH = 1.125
+_POOL_GROWTH = 1.0625
 _MIN_POOL_GROWTH_BLOCKS = 16
 
 
@@ -175,7 +175,9 @@ class BlockedLists:
         used = np.nonzero(self.block_owner >= 0)[0]
         remap = np.full(self.num_blocks, -1, dtype=np.int32)
         remap[used] = np.arange(used.size, dtype=np.int32)
-        table = np.where(self.block_table >= 0, remap[np.maximum(self.block_table, 0)], -1).astype(np.int32)
+        table = np.full_like(self.block_table, -1)
+        if self.num_blocks:
+            table = np.where(self.block_table >= 0, remap[np.maximum(self.block_table, 0)], -1).astype(np.int32)
         idx = torch.from_numpy(used).to(self.device)
         out = {
             "vectors": self.vectors.index_select(0, idx).cpu(),

@@ -13,6 +13,7 @@ import torch
 from trinity.index.base import BaseIndex
 from trinity.index.inputs import ArrayLike
 from trinity.index.metric import Metric
+from trinity.index.scan import resolve_backend
 from trinity.index.topk import RunningTopK, merge_dense_shared_ids
 
 DEFAULT_FLAT_BLOCK_SIZE = 256
@@ -26,9 +27,16 @@ class FlatIndex(BaseIndex):
 
     def __init__(self, dim: int, metric: str | Metric = "ip", device: str | torch.device = "cpu",
                  dtype: torch.dtype | str | None = None, block_size: int = DEFAULT_FLAT_BLOCK_SIZE,
-                 chunk_blocks: int = DEFAULT_CHUNK_BLOCKS) -> None:
+                 chunk_blocks: int = DEFAULT_CHUNK_BLOCKS, scan_backend: str = "auto") -> None:
+        if scan_backend not in ("auto", "numba", "torch", "triton"):
+            raise ValueError(f"unknown scan backend {scan_backend!r}")
+        if isinstance(chunk_blocks, bool) or not isinstance(chunk_blocks, (int, np.integer)) or chunk_blocks < 1:
+            raise ValueError(f"chunk_blocks: must be a positive int, got {chunk_blocks!r}")
         super().__init__(dim, 1, block_size, metric, device, dtype)
         self.chunk_blocks = int(chunk_blocks)
+        # "auto": GEMM + merge (CPU: numba merge); on CUDA the fused Triton kernel when
+        # triton is importable.  "triton" forces the kernel (CPU under TRITON_INTERPRET=1).
+        self.scan_backend = scan_backend
 
     def _assign_lists(self, vecs: torch.Tensor) -> np.ndarray:
         return np.zeros(vecs.shape[0], dtype=np.int64)
@@ -60,6 +68,12 @@ class FlatIndex(BaseIndex):
             return
         b0 = chunk * self.chunk_blocks
         nblk = (cnt + lists.block_size - 1) // lists.block_size
+        backend = resolve_backend(self.device, self.dtype) if self.scan_backend == "auto" else self.scan_backend
+        if backend == "triton":
+            from trinity.index.kernels import flat_scan_triton
+
+            flat_scan_triton(lists, queries, b0, b0 + nblk, topk)
+            return
         blocks = lists.block_table[0, b0:b0 + nblk]
         if np.all(np.diff(blocks) == 1):  # the usual case: a view, no copy
             sl = slice(int(blocks[0]), int(blocks[0]) + nblk)

@@ -67,6 +67,8 @@ def as_ids(ids: ArrayLike | None, n: int, *, name: str = "ids") -> np.ndarray | 
     out = arr.astype(np.int64, copy=False)
     if out.size and out.min() < 0:
         raise ValueError(f"{name}: ids must be >= 0 (-1 is the padding id)")
+    if out.size and out.max() >= np.iinfo(np.int64).max:
+        raise ValueError(f"{name}: ids must be < 2**63 - 1")
     if np.unique(out).size != out.size:
         raise ValueError(f"{name}: duplicate ids in one call")
     return out

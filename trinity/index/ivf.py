@@ -18,7 +18,7 @@ from trinity.index.metric import Metric
 from trinity.index.scan import ProbeChunk, scan
 from trinity.index.topk import RunningTopK
 
-DEFAULT_IVF_BLOCK_SIZE = 32
+DEFAULT_IVF_BLOCK_SIZE = 16
 #: Queries per internal search batch; bounds per-call buffers (pairs x k), not the index.
 _SEARCH_BATCH = 256
 _ASSIGN_ROWS = 8192
@@ -36,7 +36,7 @@ class IVFIndex(BaseIndex):
             raise ValueError(f"nlist: must be a positive int, got {nlist!r}")
         super().__init__(dim, int(nlist), block_size, metric, device, dtype)
         self.nlist = int(nlist)
-        self.nprobe = min(int(nprobe), self.nlist)
+        self.nprobe = min(check_k(nprobe, name="nprobe", max_k=1 << 20), self.nlist)
         self.scan_backend = scan_backend
         self.centroids: torch.Tensor | None = None  # (nlist, dim) float32, internal space
         self._centroid_aux: torch.Tensor | None = None

@@ -44,7 +44,7 @@ def save_index(index: BaseIndex, path: str | os.PathLike) -> Path:
     if root.exists() and not root.is_dir():
         raise ValueError(f"path: {root} exists and is not a directory")
     root.mkdir(parents=True, exist_ok=True)
-    if any(root.iterdir()) and not (root / _CURRENT).exists():
+    if not (root / _CURRENT).exists() and any(not _is_own(p.name) for p in root.iterdir()):
         raise ValueError(f"path: {root} is a non-empty directory that is not a Trinity index")
     with index.write_lock:
         arrays = {name: t.contiguous() for name, t in index.state_arrays().items()}
@@ -103,12 +103,17 @@ def load_index(path: str | os.PathLike, device: str | torch.device | None = None
     cls = {"flat": FlatIndex, "ivf": IVFIndex}.get(manifest.get("kind"))
     if cls is None:
         raise IndexFormatError(f"{snap}: unknown index kind {manifest.get('kind')!r}")
-    config = dict(manifest["config"])
-    index = cls(**config, device=device or "cpu")
-    _check_shapes(index, manifest, arrays)
-    index.load_state_arrays(arrays)
-    if index.ntotal != manifest["ntotal"]:
-        raise IndexFormatError(f"{snap}: manifest says {manifest['ntotal']} vectors, arrays hold {index.ntotal}")
+    try:
+        index = cls(**dict(manifest["config"]), device=device or "cpu")
+        _check_shapes(index, manifest, arrays)
+        index.load_state_arrays(arrays)
+        ntotal = manifest["ntotal"]
+    except IndexFormatError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise IndexFormatError(f"{snap}: malformed manifest ({type(e).__name__}: {e})") from None
+    if index.ntotal != ntotal:
+        raise IndexFormatError(f"{snap}: manifest says {ntotal} vectors, arrays hold {index.ntotal}")
     return index
 
 
@@ -136,6 +141,11 @@ def _check_shapes(index: BaseIndex, manifest: dict, arrays: dict[str, torch.Tens
     lens = arrays["list_len"].numpy()
     if int(lens.sum()) != int((arrays["slot_ids"] >= 0).sum()) or np.any(lens < 0):
         raise IndexFormatError("array 'list_len': inconsistent with the stored ids")
+
+
+def _is_own(name: str) -> bool:
+    """Files a save may leave behind (a crashed first save leaves no CURRENT)."""
+    return name.startswith(("snap-", ".tmp-")) or name == f"{_CURRENT}.tmp"
 
 
 def _last_snapshot_number(root: Path) -> int:

@@ -80,20 +80,35 @@ def scan(lists: BlockedLists, queries: torch.Tensor, chunk: ProbeChunk, topk: Ru
 
     ``queries`` are already in the internal scoring space (``Metric.prepare_queries``);
     row ``i`` of ``queries`` and of ``topk`` belongs to the pairs of CSR row ``i``.
-    ``backend`` is ``"numba"`` (CPU, list-major), ``"torch"`` (any device) or ``"auto"``.
+    ``backend`` is ``"numba"`` (CPU, list-major), ``"torch"`` (any device), ``"triton"``
+    (fused in-place kernels, :mod:`trinity.index.kernels`; CUDA, or CPU tensors under
+    ``TRITON_INTERPRET=1``) or ``"auto"`` (CPU: numba; CUDA: triton if importable, else torch).
     """
     if chunk.num_queries != queries.shape[0] or topk.num_rows != queries.shape[0]:
         raise ValueError("scan: queries, chunk and running top-k must have the same rows")
     if chunk.num_pairs == 0:
         return
     if backend == "auto":
-        backend = "numba" if lists.device.type == "cpu" and lists.dtype == torch.float32 else "torch"
+        backend = resolve_backend(lists.device, lists.dtype)
     if backend == "numba":
         _scan_numba(lists, queries, chunk, topk)
     elif backend == "torch":
         _scan_torch(lists, queries, chunk, topk)
+    elif backend == "triton":
+        from trinity.index.kernels import scan_triton
+
+        scan_triton(lists, queries, chunk, topk)
     else:
         raise ValueError(f"unknown scan backend {backend!r}")
+
+
+def resolve_backend(device: torch.device, dtype: torch.dtype) -> str:
+    """The ``"auto"`` scan backend for storage on ``device`` with ``dtype``."""
+    if device.type == "cpu":
+        return "numba" if dtype == torch.float32 else "torch"
+    from trinity.index.kernels import triton_available
+
+    return "triton" if triton_available() else "torch"
 
 
 # --------------------------------------------------------------------------- CPU (numba)
@@ -135,7 +150,7 @@ def _scan_pairs(q, pair_q, pair_k, pair_b0, pair_b1, order, grp_ptr, grp_lists, 
             cnt = min(bs, n - b * bs)
             for j in range(cnt):
                 vid = slot_ids[blk, j]
-                extra = aux[blk, j] if use_aux else 0.0
+                extra = aux[blk, j] if use_aux else np.float32(0.0)
                 for t in range(grp_ptr[g], grp_ptr[g + 1]):
                     p = order[t]
                     if b < pair_b0[p] or b >= pair_b1[p]:
@@ -144,7 +159,7 @@ def _scan_pairs(q, pair_q, pair_k, pair_b0, pair_b1, order, grp_ptr, grp_lists, 
                     s = np.float32(0.0)
                     for d in range(dim):
                         s += q[qr, d] * vecs[blk, j, d]
-                    insert(out_s[p], out_i[p], pair_k[p], s + extra, vid)
+                    insert(out_s[p], out_i[p], pair_k[p], np.float32(s + extra), vid)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
