@@ -24,6 +24,7 @@ from trinity.engine.runner import SearchRunner
 from trinity.engine.scheduler import Finished, Scheduler
 from trinity.index.base import BaseIndex
 from trinity.index.inputs import check_k
+from trinity.index.warmup import warmup
 
 _IDLE_WAIT_S = 0.05
 
@@ -169,7 +170,9 @@ class SearchEngine:
         return result
 
     def start(self) -> None:
+        """Compile the CPU kernels, then start the loop thread."""
         if self._thread is None:
+            warmup()
             self._thread = threading.Thread(target=self._loop, name="trinity-engine", daemon=True)
             self._thread.start()
 

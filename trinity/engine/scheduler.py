@@ -235,7 +235,10 @@ class Scheduler:
         if out.duration_s <= 0 or plan.is_empty:
             return
         a = self.config.budget_ewma
-        self.iteration_s = (1 - a) * self.iteration_s + a * out.duration_s
+        # NOTE: one outlier (a JIT compile, a page-in after idling) must not make every
+        # deadline look unreachable for many iterations: clamp samples before smoothing.
+        sample = min(out.duration_s, 4 * self.config.target_iteration_ms / 1e3)
+        self.iteration_s = (1 - a) * self.iteration_s + a * sample
         scanned = sum(out.vectors_scanned.values())
         # NOTE: only full-ish iterations say anything about the scan rate; a nearly idle
         # one is dominated by fixed overhead and would collapse the budget.

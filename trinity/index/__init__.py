@@ -8,8 +8,9 @@ from trinity.index.metric import Metric, get_metric
 from trinity.index.persist import IndexFormatError, load_index, save_index
 from trinity.index.scan import ProbeChunk, scan
 from trinity.index.topk import RunningTopK
+from trinity.index.warmup import warmup
 
 __all__ = [
     "BlockedLists", "FlatIndex", "IVFIndex", "IndexFormatError", "Metric", "ProbeChunk",
-    "RunningTopK", "get_metric", "load_index", "save_index", "scan",
+    "RunningTopK", "get_metric", "load_index", "save_index", "scan", "warmup",
 ]
