@@ -15,6 +15,7 @@ from collections import deque
 from concurrent.futures import Future
 
 import numpy as np
+import torch
 
 from trinity.engine.collections import Collections
 from trinity.engine.config import SchedulerConfig
@@ -27,6 +28,23 @@ from trinity.index.inputs import check_k
 from trinity.index.warmup import warmup
 
 _IDLE_WAIT_S = 0.05
+
+
+def _as_query(query, dim: int) -> np.ndarray:
+    """Validate one query vector cheaply (numpy; the runner prepares it in batches)."""
+    if isinstance(query, torch.Tensor):
+        query = query.detach().cpu().float().numpy()
+    arr = np.asarray(query)
+    if arr.dtype == object or arr.dtype.kind not in "fiu":
+        raise ValueError(f"query: expected a float vector, got dtype {arr.dtype}")
+    arr = arr.astype(np.float32, copy=False).reshape(-1) if arr.ndim == 1 or arr.shape[:1] == (1,) else None
+    if arr is None:
+        raise ValueError("query: expected one vector")
+    if arr.shape[0] != dim:
+        raise ValueError(f"query: wrong dimension {arr.shape[0]}, collection dimension is {dim}")
+    if not np.isfinite(arr).all():
+        raise ValueError("query: contains NaN or inf")
+    return arr
 
 
 class EngineClosedError(RuntimeError):
@@ -51,6 +69,7 @@ class SearchEngine:
         self.scheduler = Scheduler(self.config, self.collections, clock)
         self.runner = runner or SearchRunner(self.collections)
         self.metrics = EngineMetrics()
+        self.metrics.bind_queue_depth(lambda: list(self.scheduler.requests.values()))
         self._inbox: deque[tuple[str, object]] = deque()
         self._futures: dict[str, Future] = {}
         self._cv = threading.Condition()
@@ -82,11 +101,9 @@ class SearchEngine:
             nprobe = check_k(nprobe, name="nprobe", max_k=1 << 20)
         if deadline_ms is not None and (not math.isfinite(deadline_ms) or deadline_ms <= 0):
             raise ValueError(f"deadline_ms: must be a positive number, got {deadline_ms}")
-        prepared, _ = index.prepare_queries(query)  # validates dim / NaN / dtype
-        if prepared.shape[0] != 1:
-            raise ValueError(f"query: expected one vector, got {prepared.shape[0]}")
+        vec = _as_query(query, index.dim)
         now = self.clock()
-        req = SearchRequest(collection, np.asarray(query, dtype=np.float32).reshape(-1), k, nprobe,
+        req = SearchRequest(collection, vec, k, nprobe,
                             Stage.parse(stage), None if deadline_ms is None else now + deadline_ms / 1e3,
                             arrival_time=now)
         if request_id is not None:
@@ -133,10 +150,10 @@ class SearchEngine:
             else:
                 self.scheduler.abort(item)
         finished = self.scheduler.pop_finished()
+        preempted_before = self.scheduler.num_preemptions
         plan = self.scheduler.schedule()
         finished += self.scheduler.pop_finished()
         if not plan.is_empty:
-            preempted_before = self.scheduler.num_preemptions
             out = self.runner.run(plan)
             finished += self.scheduler.update_from_output(plan, out)
             m = self.metrics
@@ -147,7 +164,6 @@ class SearchEngine:
             m.iteration_vectors.observe(scanned)
             m.budget.set(self.scheduler.budget_vectors)
             m.preemptions.inc(self.scheduler.num_preemptions - preempted_before)
-        self.metrics.observe_queues(list(self.scheduler.requests.values()))
         return [self._resolve(f) for f in finished]
 
     def _resolve(self, finished: Finished) -> SearchResult:

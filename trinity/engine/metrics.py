@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from trinity.engine.request import RequestStatus, SearchRequest, Stage
@@ -39,17 +41,30 @@ class EngineMetrics:
                                    registry=r)
         self.iterations = Counter("trinity_engine_iterations_total", "Iterations run", registry=r)
 
-    def observe_finished(self, req: SearchRequest, deadline_missed: bool) -> None:
-        stage = req.stage.name.lower()
-        self.finished.labels(stage, req.status.value).inc()
-        if req.status in (RequestStatus.FINISHED_COMPLETE, RequestStatus.FINISHED_PARTIAL):
-            self.latency.labels(stage).observe(req.finish_time - req.arrival_time)
-        if deadline_missed:
-            self.deadline_misses.labels(stage).inc()
+        # NOTE: label lookups take a lock and a dict probe; resolve the per-stage children
+        # once, since every finished request touches them.
+        self._stage_latency = {st: self.latency.labels(st.name.lower()) for st in Stage}
+        self._stage_queue = {st: self.queue_time.labels(st.name.lower()) for st in Stage}
+        self._stage_misses = {st: self.deadline_misses.labels(st.name.lower()) for st in Stage}
+        self._finished_children: dict[tuple[Stage, RequestStatus], object] = {}
 
-    def observe_queues(self, requests: list[SearchRequest]) -> None:
-        counts = {(s, st): 0 for s in Stage for st in ("waiting", "running", "preempted")}
-        for r in requests:
-            counts[(r.stage, r.status.value)] = counts.get((r.stage, r.status.value), 0) + 1
-        for (stage, state), n in counts.items():
-            self.queue_depth.labels(stage.name.lower(), state).set(n)
+    def observe_finished(self, req: SearchRequest, deadline_missed: bool) -> None:
+        key = (req.stage, req.status)
+        child = self._finished_children.get(key)
+        if child is None:
+            child = self._finished_children[key] = self.finished.labels(req.stage.name.lower(), req.status.value)
+        child.inc()
+        if req.status in (RequestStatus.FINISHED_COMPLETE, RequestStatus.FINISHED_PARTIAL):
+            self._stage_latency[req.stage].observe(req.finish_time - req.arrival_time)
+        if req.first_scan_time is not None:
+            self._stage_queue[req.stage].observe(req.first_scan_time - req.arrival_time)
+        if deadline_missed:
+            self._stage_misses[req.stage].inc()
+
+    def bind_queue_depth(self, active: Callable[[], list[SearchRequest]]) -> None:
+        """Compute queue depths at scrape time from ``active()`` (no per-iteration cost)."""
+        for stage in Stage:
+            for state in (RequestStatus.WAITING, RequestStatus.RUNNING, RequestStatus.PREEMPTED):
+                self.queue_depth.labels(stage.name.lower(), state.value).set_function(
+                    lambda stage=stage, state=state: sum(
+                        1 for r in active() if r.stage is stage and r.status is state))

@@ -36,7 +36,8 @@ class ScanWork:
     unit_start: int = 0
     unit_end: int = 0
     chunks: tuple[int, ...] = ()
-    max_vectors: int | None = None  # IVF: scan the longest prefix within this (>= 1 unit)
+    max_vectors: int | None = None  # IVF: scan the longest prefix within this cap
+    allow_overshoot: bool = False  # scan >= 1 unit even past the cap (progress guarantee)
     returns_result: bool = False  # return the top-k if the whole planned range got scanned
 
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 
 import numpy as np
 
-from trinity.engine.collections import Collections
+from trinity.engine.collections import Collections, UnknownCollectionError
 from trinity.engine.config import SchedulerConfig
 from trinity.engine.plan import IterationPlan, NewRequest, RunnerOutput, ScanWork
 from trinity.engine.request import RequestStatus, SearchRequest
@@ -37,7 +38,9 @@ class Scheduler:
         self.joined: set[str] = set()  # the runner holds state for these
         self.budget_vectors = config.initial_budget_vectors
         self.scan_rate: float | None = None  # vectors per second, EWMA over full iterations
-        self.iteration_s = config.target_iteration_ms / 1e3  # EWMA of iteration durations
+        self.iteration_s = config.target_iteration_ms / 1e3  # predicted duration of a full iteration
+        self._samples: deque[tuple[int, int, float]] = deque(maxlen=64)  # (vectors, items, seconds)
+        self._items = 0.0  # EWMA of work items per iteration
         self.iteration = 0
         self.num_admitted = 0
         self.num_finished = 0
@@ -53,7 +56,11 @@ class Scheduler:
         now = self.clock()
         self.num_admitted += 1
         self.requests[req.request_id] = req
-        stats = self.collections.stats(req.collection)
+        try:
+            stats = self.collections.stats(req.collection)
+        except UnknownCollectionError as e:
+            self._finish(req, RequestStatus.FINISHED_ERROR, message=str(e))
+            return
         if stats.kind == "ivf":
             req.num_units_total = min(req.nprobe or stats.default_nprobe, stats.num_units)
         else:
@@ -105,11 +112,15 @@ class Scheduler:
         free, self._to_free = tuple(self._to_free), []
         finish_partial = []
         for req in list(self.requests.values()):
-            if req.deadline is not None and now + self.iteration_s >= req.deadline:
-                if req.request_id in self.joined:
+            if req.deadline is None:
+                continue
+            if req.request_id in self.joined:
+                if now + self.iteration_s >= req.deadline:  # the next iteration would end too late
                     finish_partial.append(req.request_id)
-                else:
-                    self._finish(req, RequestStatus.FINISHED_PARTIAL, message="deadline reached before any scan")
+            elif now >= req.deadline:
+                # NOTE: an unstarted request has nothing to return early; it keeps its chance
+                # (EDF puts it first) until the deadline has actually passed.
+                self._finish(req, RequestStatus.FINISHED_PARTIAL, message="deadline reached before any scan")
         closing = set(finish_partial)
         candidates = [r for r in self.requests.values() if r.request_id not in closing]
         candidates.sort(key=lambda r: self._priority(r, now))
@@ -137,6 +148,8 @@ class Scheduler:
         for req in candidates:
             if req.request_id in scheduled:
                 req.status = RequestStatus.RUNNING
+                if req.first_scan_time is None:
+                    req.first_scan_time = now
             elif req.status is RequestStatus.RUNNING:
                 req.status = RequestStatus.PREEMPTED
                 req.num_preemptions += 1
@@ -148,7 +161,13 @@ class Scheduler:
         if not self.config.stage_aware:
             return (req.arrival_time,)
         aged = max(0, int(req.stage) - int((now - req.arrival_time) / self.config.aging_s))
-        return (aged, req.deadline if req.deadline is not None else math.inf, req.arrival_time)
+        # NOTE: a request without a deadline gets a virtual one (when it would age into the
+        # top stage); otherwise, once aged, it would still sort after every deadline-bearing
+        # request of that stage and starve under a steady decode stream.
+        deadline = req.deadline
+        if deadline is None:
+            deadline = req.arrival_time + self.config.aging_s * (int(req.stage) + 1)
+        return (aged, deadline, req.arrival_time)
 
     def _plan_item(self, req: SearchRequest, budget_left: int, first: bool) -> tuple[ScanWork, int] | None:
         if req.seen_chunks is not None:
@@ -158,7 +177,8 @@ class Scheduler:
             if not first and budget_left < req.est_unit_cost:
                 return None
             cap = int(min(budget_left, math.ceil(1.5 * req.remaining_cost()) + 1))
-            return ScanWork(req.request_id, req.collection, start, total, max_vectors=cap, returns_result=True), cap
+            return ScanWork(req.request_id, req.collection, start, total, max_vectors=cap, returns_result=True,
+                            allow_overshoot=first), cap
         cum = np.cumsum(req.unit_costs[start:total])
         n = int(np.searchsorted(cum, budget_left, side="right"))
         if n == 0:
@@ -169,14 +189,26 @@ class Scheduler:
         return ScanWork(req.request_id, req.collection, start, end, returns_result=end == total), int(cum[n - 1])
 
     def _plan_flat(self, req: SearchRequest, budget_left: int, first: bool) -> tuple[ScanWork, int] | None:
-        stats = self.collections.stats(req.collection)
+        try:
+            stats = self.collections.stats(req.collection)
+        except UnknownCollectionError as e:  # dropped while the request was in flight
+            self._finish(req, RequestStatus.FINISHED_ERROR, message=str(e))
+            return None
         seen = req.seen_chunks
         seen[stats.num_units:] = True  # the collection shrank: those chunks no longer exist
         window = self._windows.get(req.collection)
         if window is None and stats.num_units:
-            width = int(min(max(1, budget_left // stats.unit_cost), stats.num_units))
-            cursor = self._flat_cursor.get(req.collection, 0) % stats.num_units
-            window = tuple((cursor + i) % stats.num_units for i in range(width))
+            n = stats.num_units
+            cursor = self._flat_cursor.get(req.collection, 0) % n
+            # NOTE: the window opens at the first rider's next unseen chunk, so the most
+            # urgent flat request always makes progress (a preempted rider may have seen
+            # the chunks right after the shared cursor already).
+            unseen = np.flatnonzero(~seen[:n])
+            if unseen.size:
+                after = unseen[unseen >= cursor]
+                cursor = int(after[0]) if after.size else int(unseen[0])
+            width = int(min(max(1, budget_left // stats.unit_cost), n))
+            window = tuple((cursor + i) % n for i in range(width))
             self._windows[req.collection] = window
         chunks = tuple(c for c in window or () if c < seen.size and not seen[c])
         fits = int(budget_left // stats.unit_cost) if stats.unit_cost else len(chunks)
@@ -212,8 +244,6 @@ class Scheduler:
                 req.num_units_done = out.units_end[req.request_id]
             req.num_vectors_scanned += out.vectors_scanned.get(req.request_id, 0)
             req.num_iterations += 1
-            if req.first_scan_time is None:
-                req.first_scan_time = now
             if w.request_id in out.results:
                 assert req.num_units_done == req.num_units_total, f"{req.request_id}: result before completion"
                 self._finish(req, RequestStatus.FINISHED_COMPLETE, *out.results[w.request_id])
@@ -225,28 +255,45 @@ class Scheduler:
                 scores, ids = out.results.get(rid, (None, None))
                 self._finish(req, RequestStatus.FINISHED_PARTIAL, scores, ids, message="deadline reached")
         for col, window in self._windows.items():
-            self._flat_cursor[col] = self._flat_cursor.get(col, 0) + len(window)
+            self._flat_cursor[col] = window[-1] + 1
         self._adapt_budget(plan, out)
         self._check_invariants(plan)
         return self.pop_finished()
 
     # ------------------------------------------------------------------ internals
     def _adapt_budget(self, plan: IterationPlan, out: RunnerOutput) -> None:
+        """Fit ``duration ~ a + b * vectors + c * items`` over recent iterations and size
+        the budget so a full iteration lasts ``target_iteration_ms``.
+
+        NOTE: a plain vectors/duration rate charges fixed per-iteration and per-request
+        costs to the scan, so a smaller budget looks slower still and the budget spirals
+        down; separating the terms keeps it stable at light and heavy load alike.
+        """
         if out.duration_s <= 0 or plan.is_empty:
             return
-        a = self.config.budget_ewma
-        # NOTE: one outlier (a JIT compile, a page-in after idling) must not make every
-        # deadline look unreachable for many iterations: clamp samples before smoothing.
-        sample = min(out.duration_s, 4 * self.config.target_iteration_ms / 1e3)
-        self.iteration_s = (1 - a) * self.iteration_s + a * sample
+        target = self.config.target_iteration_ms / 1e3
+        items = len(plan.work) + len(plan.new_requests)
         scanned = sum(out.vectors_scanned.values())
-        # NOTE: only full-ish iterations say anything about the scan rate; a nearly idle
-        # one is dominated by fixed overhead and would collapse the budget.
-        if scanned >= 0.5 * plan.budget_vectors:
-            rate = scanned / out.duration_s
-            self.scan_rate = rate if self.scan_rate is None else (1 - a) * self.scan_rate + a * rate
-            target = self.scan_rate * self.config.target_iteration_ms / 1e3
-            self.budget_vectors = int(min(max(target, self.config.min_budget_vectors), self.config.max_budget_vectors))
+        # NOTE: clamp outliers (a JIT compile, a page-in after idling) before fitting.
+        self._samples.append((scanned, items, min(out.duration_s, 4 * target)))
+        a = self.config.budget_ewma
+        self._items = (1 - a) * self._items + a * items
+        if len(self._samples) < 8:
+            return
+        data = np.asarray(self._samples, dtype=np.float64)
+        scale = np.maximum(data[:, :2].max(axis=0), 1.0)
+        design = np.column_stack([np.ones(len(data)), data[:, 0] / scale[0], data[:, 1] / scale[1]])
+        (fixed, per_vec, per_item), *_ = np.linalg.lstsq(design, data[:, 2], rcond=None)
+        per_vec /= scale[0]
+        per_item /= scale[1]
+        if per_vec <= 0:  # degenerate window (e.g. constant load): fall back to a plain rate
+            fixed, per_item, per_vec = 0.0, 0.0, data[:, 2].sum() / max(data[:, 0].sum(), 1.0)
+        fixed, per_item = max(fixed, 0.0), max(per_item, 0.0)
+        self.scan_rate = 1.0 / per_vec
+        overhead = fixed + per_item * self._items
+        budget = (target - overhead) / per_vec
+        self.budget_vectors = int(min(max(budget, self.config.min_budget_vectors), self.config.max_budget_vectors))
+        self.iteration_s = overhead + per_vec * self.budget_vectors
 
     def _finish(self, req: SearchRequest, status: RequestStatus, scores=None, ids=None, message: str = "") -> None:
         req.status = status
