@@ -8,6 +8,7 @@ drains at each iteration boundary, so the scheduler and runner are single-thread
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import threading
 import time
@@ -28,6 +29,7 @@ from trinity.index.inputs import check_k
 from trinity.index.warmup import warmup
 
 _IDLE_WAIT_S = 0.05
+_log = logging.getLogger(__name__)
 
 
 def _as_query(query, dim: int) -> np.ndarray:
@@ -200,7 +202,22 @@ class SearchEngine:
                 if not self._inbox and not self.scheduler.has_work:
                     self._cv.wait(_IDLE_WAIT_S)
                     continue
-            self.step()
+            try:
+                self.step()
+            except Exception as exc:  # noqa: BLE001 - the loop must survive and say why
+                # NOTE: a bug in one iteration must not kill the loop thread and leave every
+                # future hanging: fail what is in flight, loudly, and keep serving.
+                _log.exception("engine iteration failed; failing %d in-flight requests", len(self._futures))
+                self._fail_all(f"engine iteration failed: {type(exc).__name__}: {exc}")
+
+    def _fail_all(self, message: str) -> None:
+        for req in list(self.scheduler.requests.values()):
+            self.scheduler.abort(req.request_id)
+        for req, _, _ in self.scheduler.pop_finished():
+            req.status, req.message = RequestStatus.FINISHED_ERROR, message
+            self._resolve((req, None, None))
+        if hasattr(self.runner, "states"):  # the runner's state may be inconsistent now
+            self.runner.states.clear()
 
     def shutdown(self, drain: bool = True, timeout_s: float = 10.0) -> None:
         """Stop taking requests; drain (up to ``timeout_s``) or fail what is pending."""
