@@ -1,0 +1,127 @@
+"""Smoke tests of ``trinity bench engine`` (synthetic data, low rates, short streams)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+faiss = pytest.importorskip("faiss")
+
+from trinity.bench.engine_bench import EngineBenchConfig, parse_float_list, run_engine_bench  # noqa: E402
+from trinity.bench.static_batcher import StaticBatcher, faiss_ivf_like  # noqa: E402
+from trinity.bench.workload import (  # noqa: E402
+    DEFAULT_CLASSES, OpenLoopDriver, RequestClass, Status, parse_class, poisson_schedule,
+)
+from trinity.index import IVFIndex  # noqa: E402
+
+
+def _data(n=3000, q=64, dim=384, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((64, dim)).astype(np.float32)
+    x = centers[rng.integers(0, 64, n + q)] + 0.6 * rng.standard_normal((n + q, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x[:n], x[n:]
+
+
+@pytest.fixture(scope="module")
+def indexes():
+    xb, xq = _data()
+    ivf = IVFIndex(xb.shape[1], 32, metric="ip")
+    ivf.train(xb, seed=0)
+    ivf.add(xb)
+    return ivf, faiss_ivf_like(ivf, xb), xq
+
+
+def test_faiss_peer_shares_trinity_lists(indexes):
+    ivf, peer, xq = indexes
+    sizes = np.array([peer.invlists.list_size(i) for i in range(ivf.nlist)])
+    assert np.array_equal(sizes, ivf.list_sizes())
+    _, ids_t = ivf.search(xq, 10, nprobe=4)
+    _, ids_f = peer.search(xq, 10, params=faiss.SearchParametersIVF(nprobe=4))
+    assert (ids_t == ids_f).mean() > 0.99  # equal up to float ties
+
+
+def test_static_batcher_matches_faiss_for_a_group(indexes):
+    _, peer, xq = indexes
+    k, nprobe = 5, 3
+    _, want = peer.search(xq[:20], k, params=faiss.SearchParametersIVF(nprobe=nprobe))
+    # One group of exactly max_batch: dispatched as one faiss call, same as the reference.
+    with StaticBatcher(peer, max_batch=20, max_wait_ms=10_000.0) as batcher:
+        futs = [batcher.submit(q, k, nprobe) for q in xq[:20]]
+        got = np.stack([f.result(timeout=10)[1] for f in futs])
+        assert batcher.stats.batches == 1 and batcher.stats.requests == 20
+    assert np.array_equal(got, want)
+    # Smaller batches, another (k, nprobe) group interleaved, timer-driven dispatch.
+    with StaticBatcher(peer, max_batch=8, max_wait_ms=1.0) as batcher:
+        futs = [batcher.submit(q, k, nprobe) for q in xq[:20]]
+        other = batcher.submit(xq[0], 2, 7)
+        got = np.stack([f.result(timeout=10)[1] for f in futs])
+        assert other.result(timeout=10)[1].shape == (2,)
+        assert batcher.stats.requests == 21 and batcher.stats.batches >= 4
+    assert (got == want).mean() >= 0.99  # equal up to float ties (BLAS vs direct coarse scoring)
+
+
+def test_static_batcher_dispatches_full_groups_without_waiting(indexes):
+    _, peer, xq = indexes
+    with StaticBatcher(peer, max_batch=4, max_wait_ms=10_000.0) as batcher:  # only size can trigger
+        futs = [batcher.submit(q, 3, 2) for q in xq[:8]]
+        for f in futs:
+            assert f.result(timeout=10)[1].shape == (3,)
+        assert batcher.stats.batches == 2
+
+
+def test_poisson_schedule_is_seeded_and_mixes_classes():
+    a = poisson_schedule(2000, 2.0, DEFAULT_CLASSES, 100, seed=3)
+    b = poisson_schedule(2000, 2.0, DEFAULT_CLASSES, 100, seed=3)
+    assert np.array_equal(a.times, b.times) and np.array_equal(a.cls, b.cls)
+    assert abs(len(a) - 4000) < 5 * math.sqrt(4000)
+    assert np.all(np.diff(a.times) >= 0) and a.times[-1] < 2.0
+    shares = np.bincount(a.cls, minlength=3) / len(a)
+    assert np.allclose(shares, [0.5, 0.3, 0.2], atol=0.04)
+    assert parse_class("rag:prefill:32:128:150:0.3") == RequestClass("rag", "prefill", 32, 128, 150.0, 0.3)
+    with pytest.raises(ValueError):
+        parse_class("rag:nowhere:32:128:150:0.3")
+    assert parse_float_list("500, 1000") == (500.0, 1000.0)
+
+
+def test_open_loop_driver_counts_lag_from_scheduled_time():
+    sched = poisson_schedule(500, 0.2, DEFAULT_CLASSES, 10, seed=1)
+
+    def submit(i, rec, lag_s):
+        rec.complete(i, Status.COMPLETE)
+
+    driver = OpenLoopDriver(sched, submit)
+    driver.start()
+    rec = driver.join()
+    assert driver.wait_done(1.0) and rec.outstanding == 0
+    lat = rec.latency_ms()
+    assert np.all(lat >= 0) and np.all(np.isfinite(lat))
+
+
+def test_engine_bench_smoke(tmp_path):
+    out = tmp_path / "engine.json"
+    cfg = EngineBenchConfig(data="synthetic", num_vectors=4000, nlist=32, num_queries=64, rates=(100.0, 200.0),
+                            duration_s=0.5, warmup_s=0.2, drain_cap_s=5.0, settle_s=0.05, out=out, plot=True)
+    payload = run_engine_bench(cfg)
+    saved = json.loads(out.read_text())
+    assert {"bench", "machine", "params", "data", "index", "runs", "summary"} <= saved.keys()
+    assert saved["bench"] == "engine" and saved["data"]["source"] == "synthetic"
+    assert len(saved["runs"]) == 2 * 3
+    assert {(r["rate"], r["system"]) for r in saved["runs"]} == {
+        (r, s) for r in (100.0, 200.0) for s in ("static", "trinity-fifo", "trinity")}
+    for row in saved["runs"]:
+        for key in ("throughput_rps", "miss_pct", "late_pct", "partial_pct", "unfinished_pct", "agree_with_faiss"):
+            assert key in row
+        for c in ("decode", "rag", "cache"):
+            assert {f"{c}_p50_ms", f"{c}_p99_ms", f"{c}_miss_pct"} <= row.keys()
+        assert row["requests"] > 0 and row["unfinished_pct"] == 0.0
+        if row["system"] == "static":
+            assert row["agree_with_faiss"] >= 0.99
+    summary = saved["summary"]
+    assert {"static_crossing_rate", "sustained_rate", "lines"} <= summary.keys()
+    assert set(summary["sustained_rate"]) == {"static", "trinity-fifo", "trinity"}
+    assert (tmp_path / "engine.png").stat().st_size > 0
+    assert payload["json"] == str(out)

@@ -1,0 +1,170 @@
+"""The ``trinity`` command line.
+
+Kept thin: each command parses its options and calls into a library module, importing
+it lazily so that ``trinity --help`` stays fast.  Groups are sub-apps (``trinity bench
+...``); new top-level commands and groups register on :data:`app` the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    name="trinity",
+    help="Trinity: one shared, continuously batched vector-search pool for PD-disaggregated LLM serving.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+bench_app = typer.Typer(help="Benchmarks (results go to benchmarks/results/ as JSON).", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+def _parse_int_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}", param_hint=option) from None
+    if not values or min(values) < 1:
+        raise typer.BadParameter(f"expected positive integers, got {text!r}", param_hint=option)
+    return values
+
+
+@bench_app.command("index")
+def bench_index(
+    num_vectors: int = typer.Option(200_000, "--num-vectors", "-n", min=1, help="Vectors in the index."),
+    dim: int = typer.Option(384, min=1, help="Vector dimension (fixed by the data: 384 for real)."),
+    nlist: int = typer.Option(1024, min=1, help="IVF lists."),
+    nprobe: int = typer.Option(32, min=1, help="IVF lists probed per query (same for Trinity and FAISS)."),
+    batch_sizes: str = typer.Option("1,16,64,256", "--batch-sizes", help="Comma-separated query batch sizes."),
+    k: int = typer.Option(10, min=1, help="Results per query (recall@k)."),
+    num_queries: int = typer.Option(1024, min=1, help="Held-out queries (beyond the indexed vectors)."),
+    data: str = typer.Option("real", help="real: embedded docstring corpus; synthetic: clustered Gaussian."),
+    out: Path | None = typer.Option(None, help="JSON output [default: benchmarks/results/index-<host>-<date>.json]."),
+    threads: int | None = typer.Option(None, min=1, help="Threads for torch, numba and FAISS [default: all cores]."),
+    max_seconds: float = typer.Option(10.0, min=0.0, help="Timing budget per (system, batch size); bounds flat."),
+    faiss_blas_threshold: int = typer.Option(16, min=1, help="faiss.cvar.distance_compute_blas_threshold."),
+    seed: int = typer.Option(0, help="Seed for k-means and synthetic data."),
+    cuda: bool = typer.Option(True, help="Also run Trinity on CUDA when available."),
+) -> None:
+    """Trinity Flat/IVF vs FAISS Flat/IVFFlat (same centroids): QPS, latency, recall, memory."""
+    from trinity.bench.index_bench import IndexBenchConfig, run_index_bench
+
+    cfg = IndexBenchConfig(num_vectors=num_vectors, dim=dim, nlist=nlist, nprobe=nprobe,
+                           batch_sizes=_parse_int_list(batch_sizes, "--batch-sizes"), k=k, num_queries=num_queries,
+                           data=data, out=out, threads=threads, max_seconds=max_seconds,
+                           faiss_blas_threshold=faiss_blas_threshold, seed=seed, cuda=cuda)
+    try:
+        cfg.validate()
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    run_index_bench(cfg)
+
+
+@bench_app.command("engine")
+def bench_engine(
+    num_vectors: int = typer.Option(200_000, "--num-vectors", "-n", min=1, help="Vectors in the collection."),
+    nlist: int = typer.Option(1024, min=1, help="IVF lists."),
+    num_queries: int = typer.Option(1000, min=1, help="Held-out query pool (passages not in the index)."),
+    rates: str = typer.Option("500,1000,1500,2000,2500,3000,3500,4000", help="Comma-separated offered rates (req/s)."),
+    duration: float = typer.Option(3.0, min=0.05, help="Seconds of Poisson arrivals per (rate, system)."),
+    systems: str = typer.Option("static,trinity-fifo,trinity", help="Comma-separated subset of the systems."),
+    request_class: list[str] | None = typer.Option(
+        None, "--class", help="Replace the default mix; repeatable NAME:STAGE:K:NPROBE:DEADLINE_MS:WEIGHT "
+                              "(e.g. rag:prefill:32:128:150:0.3)."),
+    ttft_slo_ms: float = typer.Option(500.0, min=1.0, help="TTFT SLO; the default RAG deadline is --rag-share of it."),
+    rag_share: float = typer.Option(0.3, min=0.01, max=1.0, help="Share of the TTFT SLO retrieval may use."),
+    max_batch: int = typer.Option(64, min=1, help="Static batcher: dispatch a (k, nprobe) group at this size."),
+    max_wait_ms: float = typer.Option(2.0, min=0.0, help="Static batcher: ... or when its oldest request waited this."),
+    target_iteration_ms: float = typer.Option(4.0, min=0.1, help="Trinity: target iteration duration."),
+    drain_cap: float = typer.Option(10.0, min=0.1, help="Seconds to wait for outstanding results after a stream."),
+    data: str = typer.Option("real", help="real: embedded docstring corpus; synthetic: clustered random (tests)."),
+    embed_missing: bool = typer.Option(False, help="Embed passages missing from the cache instead of shrinking."),
+    cache_index: bool = typer.Option(True, help="Cache the trained+filled IVF index on disk."),
+    threads: int | None = typer.Option(None, min=1, help="Threads for torch, numba and FAISS [default: all cores]."),
+    faiss_blas_threshold: int = typer.Option(16, min=1, help="faiss.cvar.distance_compute_blas_threshold."),
+    switch_interval_ms: float | None = typer.Option(None, min=0.01, help="sys.setswitchinterval during runs."),
+    seed: int = typer.Option(0, help="Seed for the workload, k-means and synthetic data."),
+    out: Path | None = typer.Option(None, help="JSON output [default: benchmarks/results/engine-<host>-<date>.json]."),
+    plot: bool = typer.Option(True, help="Write a PNG plot next to the JSON."),
+) -> None:
+    """Trinity (stage-aware, FIFO) vs static batching over faiss: open-loop mixed-stage stream."""
+    from trinity.bench.engine_bench import EngineBenchConfig, parse_float_list, run_engine_bench
+    from trinity.bench.workload import default_classes, parse_class
+
+    try:
+        classes = (tuple(parse_class(s) for s in request_class) if request_class
+                   else default_classes(ttft_slo_ms=ttft_slo_ms, rag_share=rag_share))
+        cfg = EngineBenchConfig(
+            num_vectors=num_vectors, nlist=nlist, num_queries=num_queries, rates=parse_float_list(rates),
+            duration_s=duration, systems=tuple(s.strip() for s in systems.split(",") if s.strip()), classes=classes,
+            max_batch=max_batch, max_wait_ms=max_wait_ms, target_iteration_ms=target_iteration_ms,
+            drain_cap_s=drain_cap, data=data, embed_missing=embed_missing, cache_index=cache_index, threads=threads,
+            blas_threshold=faiss_blas_threshold, switch_interval_ms=switch_interval_ms, seed=seed, out=out, plot=plot)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    run_engine_bench(cfg)
+
+
+# -- serving stack: emulated engines, PD gateway (command bodies live next to their code) ------------
+from trinity.emulator.cli import emulate as _emulate  # noqa: E402 - typer-only imports, cheap
+from trinity.serving.gateway_cli import gateway as _gateway  # noqa: E402
+
+app.command("emulate")(_emulate)
+app.command("gateway")(_gateway)
+from trinity.demo import demo as _demo, up as _up  # noqa: E402
+
+app.command("up")(_up)
+app.command("demo")(_demo)
+
+
+@bench_app.command("serve")
+def bench_serve(
+    goodput_extra: list[str] | None = typer.Argument(None, hidden=True, help="vLLM style: --goodput ttft:MS tpot:MS"),
+    base_url: str = typer.Option("http://127.0.0.1:8000", help="Gateway (or any OpenAI-compatible server)."),
+    endpoint: str = typer.Option("completions", help="completions | chat"),
+    model: str | None = typer.Option(None, help="Model name (default: the first of /v1/models)."),
+    rate: float = typer.Option(float("inf"), "--rate", "--request-rate", help="Requests/s (inf: all at once)."),
+    num_prompts: int = typer.Option(200, min=1, help="Requests to send."),
+    burstiness: float = typer.Option(1.0, help="Gamma shape of arrivals (1 = Poisson)."),
+    max_concurrency: int | None = typer.Option(None, min=1, help="Cap on requests in flight."),
+    output_len: int = typer.Option(64, min=1, help="max_tokens per request."),
+    goodput: list[str] | None = typer.Option(None, help="SLOs, e.g. --goodput ttft:500 tpot:50 (ms)."),
+    mix: str | None = typer.Option(None, help="Classes plain,rag,rag_decode,repeat with weights, e.g. "
+                                             "rag:0.5,repeat:0.2,plain:0.3 [default: plain, or a RAG mix with "
+                                             "--collection]."),
+    collection: str | None = typer.Option(None, help="Collection for the rag classes."),
+    k: int = typer.Option(4, min=1, help="Passages per retrieval."),
+    retrieval_interval: int = typer.Option(16, min=1, help="rag_decode: tokens between decode-stage retrievals."),
+    slo_headers: bool = typer.Option(True, help="Send the goodput SLOs as x-slo-ttft-ms / x-slo-tpot-ms."),
+    seed: int = typer.Option(0, help="Prompt sampling and arrivals."),
+    out: Path | None = typer.Option(None, help="JSON output [default: benchmarks/results/serve-<host>-<date>.json]."),
+) -> None:
+    """Load-generate against the gateway: vllm bench serve metrics + retrieval per stage + cache hit rate."""
+    from trinity.bench.serve_bench import bench_serve as run
+
+    try:
+        run(goodput_extra, base_url=base_url, endpoint=endpoint, model=model, rate=rate, num_prompts=num_prompts,
+            burstiness=burstiness, max_concurrency=max_concurrency, output_len=output_len, goodput=goodput, mix=mix,
+            collection=collection, k=k, retrieval_interval=retrieval_interval, slo_headers=slo_headers, seed=seed,
+            out=out)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+# -- the vector pool service -----------------------------------------------------------------------
+from trinity.serving.serve_cli import bench_pool as _bench_pool  # noqa: E402 - typer-only imports
+from trinity.serving.serve_cli import serve as _serve  # noqa: E402
+
+app.command("serve")(_serve)
+bench_app.command("pool")(_bench_pool)
+
+
+def main() -> None:  # pragma: no cover - console entry point alias
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
