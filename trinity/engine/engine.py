@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import sys
 import threading
 import time
 from collections import deque
@@ -29,6 +30,7 @@ from trinity.index.inputs import check_k
 from trinity.index.warmup import warmup
 
 _IDLE_WAIT_S = 0.05
+_SWITCH_INTERVAL_S = 0.0005
 _log = logging.getLogger(__name__)
 
 
@@ -191,6 +193,11 @@ class SearchEngine:
         """Compile the CPU kernels, then start the loop thread."""
         if self._thread is None:
             warmup()
+            # NOTE: the loop thread hands the GIL back and forth with callers on every
+            # kernel call; with CPython's default 5 ms switch interval a waiting submitter
+            # (or the loop itself) can stall for a whole 4 ms iteration.  Measured: ~2x
+            # pool throughput at 32 clients with 0.5 ms.  An explicitly lower setting wins.
+            sys.setswitchinterval(min(sys.getswitchinterval(), _SWITCH_INTERVAL_S))
             self._thread = threading.Thread(target=self._loop, name="trinity-engine", daemon=True)
             self._thread.start()
 

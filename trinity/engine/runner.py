@@ -104,7 +104,7 @@ class SearchRunner:
         for name, reqs in by_collection.items():
             try:
                 index = self.collections.get(name)
-                queries, offsets = index.prepare_queries(np.stack([r.query for r in reqs]))
+                queries, offsets = index.prepare_validated(np.stack([r.query for r in reqs]))
             except (UnknownCollectionError, ValueError) as e:
                 for r in reqs:
                     out.errors[r.request_id] = str(e)

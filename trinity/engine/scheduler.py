@@ -309,6 +309,5 @@ class Scheduler:
 
     def _check_invariants(self, plan: IterationPlan) -> None:
         assert plan.planned_vectors <= plan.budget_vectors or len(plan.work) == 1, "budget exceeded"
-        assert self.joined <= set(self.requests), "runner state for a finished request"
+        assert self.requests.keys() >= self.joined, "runner state for a finished request"
         assert len(self.requests) + self.num_finished == self.num_admitted, "a request was lost"
-        assert all(not r.is_finished for r in self.requests.values())

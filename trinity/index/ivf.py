@@ -8,6 +8,7 @@ per iteration -- which is why they are public.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import torch
 
@@ -61,14 +62,14 @@ class IVFIndex(BaseIndex):
         self._centroid_aux = self.metric.vector_aux(c)
 
     def _assign_lists(self, vecs: torch.Tensor) -> np.ndarray:
-        return self.assign_prepared(self.metric.prepare_queries(vecs), 1)[:, 0]
+        return self.assign_prepared(self.metric.prepare_queries(vecs), 1, bulk=True)[:, 0]
 
     def assign(self, q: ArrayLike, nprobe: int | None = None) -> np.ndarray:
         """Top-``nprobe`` list ids per query, best first: ``(n, nprobe)`` int64."""
         queries, _ = self.prepare_queries(q)
         return self.assign_prepared(queries, self._nprobe(nprobe))
 
-    def assign_prepared(self, queries: torch.Tensor, nprobe: int | np.ndarray) -> np.ndarray:
+    def assign_prepared(self, queries: torch.Tensor, nprobe: int | np.ndarray, bulk: bool = False) -> np.ndarray:
         """Like :meth:`assign` for queries already in the internal space.
 
         ``nprobe`` may be an int or a per-query array; entries past a query's own nprobe
@@ -79,6 +80,14 @@ class IVFIndex(BaseIndex):
         per_query = np.broadcast_to(np.asarray(nprobe, dtype=np.int64), (queries.shape[0],))
         width = int(per_query.max())
         probes = np.empty((queries.shape[0], width), dtype=np.int64)
+        if self.device.type == "cpu" and not bulk:
+            # NOTE: per-row scoring makes a query's probes independent of its batch (a BLAS
+            # GEMM may pick other kernels for other batch shapes), and for the engine's
+            # small batches of newcomers it avoids waking torch's thread pool.
+            _assign_rows(np.ascontiguousarray(queries.numpy()), self.centroids.numpy(),
+                         self._centroid_aux.numpy(), probes)
+            probes[np.arange(width)[None, :] >= per_query[:, None]] = -1
+            return probes
         # NOTE: row chunks bound the score buffer (a bulk add of 200k vectors would
         # otherwise materialise a 200k x nlist matrix).
         for s in range(0, queries.shape[0], _ASSIGN_ROWS):
@@ -132,3 +141,17 @@ class IVFIndex(BaseIndex):
             self.centroids = arrays["centroids"].to(self.device, torch.float32).contiguous()
             self._centroid_aux = self.metric.vector_aux(self.centroids)
         super().load_state_arrays(arrays)
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def _assign_rows(queries, centroids, c_aux, out):  # pragma: no cover - compiled
+    """Best ``out.shape[1]`` centroids per query row (score desc, then smaller list id)."""
+    nlist, dim = centroids.shape
+    for i in numba.prange(queries.shape[0]):
+        scores = np.empty(nlist, dtype=np.float32)
+        for c in range(nlist):
+            s = np.float32(0.0)
+            for d in range(dim):
+                s += queries[i, d] * centroids[c, d]
+            scores[c] = s + c_aux[c]
+        out[i, :] = np.argsort(-scores, kind="mergesort")[: out.shape[1]]

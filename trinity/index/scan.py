@@ -11,6 +11,7 @@ exactly what one full scan returns.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numba
@@ -103,9 +104,15 @@ def scan(lists: BlockedLists, queries: torch.Tensor, chunk: ProbeChunk, topk: Ru
 
 
 def resolve_backend(device: torch.device, dtype: torch.dtype) -> str:
-    """The ``"auto"`` scan backend for storage on ``device`` with ``dtype``."""
+    """The ``"auto"`` scan backend for storage on ``device`` with ``dtype``.
+
+    On CUDA, ``TRINITY_CUDA_SCAN_BACKEND=torch`` (or ``triton``) overrides the choice.
+    """
     if device.type == "cpu":
         return "numba" if dtype == torch.float32 else "torch"
+    forced = os.environ.get("TRINITY_CUDA_SCAN_BACKEND", "")
+    if forced in ("torch", "triton"):
+        return forced
     from trinity.index.kernels import triton_available
 
     return "triton" if triton_available() else "torch"

@@ -75,6 +75,16 @@ class RunningTopK:
 
     def to_results(self, metric: Metric, query_offset: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Final ``(D, I)`` numpy arrays in user units, padded with ``-1`` / the metric sentinel."""
+        if self.scores.device.type == "cpu":  # numpy: a handful of small torch ops cost more
+            ids = self.ids.numpy()
+            valid = (ids >= 0) & (np.arange(self.max_k)[None, :] < self.k.numpy()[:, None])
+            scores = self.scores.numpy()
+            if metric.uses_norms:
+                dist = np.maximum(query_offset.numpy()[:, None] - scores, 0.0)
+            else:
+                dist = scores.copy()
+            dist[~valid] = metric.sentinel
+            return dist.astype(np.float32, copy=False), np.where(valid, ids, -1)
         valid = self.ids >= 0
         cols = torch.arange(self.max_k, device=self.ids.device)
         valid &= cols[None, :] < self.k[:, None].long()
