@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import platform
 import re
 import sys
@@ -124,7 +123,8 @@ def kernel_resources(triton_scan) -> dict:
 
 
 # --------------------------------------------------------------------------- data
-def build_ivf(n: int, dim: int, nlist: int, dtype: torch.dtype, seed: int, metric: str = "ip") -> tuple[IVFIndex, torch.Tensor]:
+def build_ivf(n: int, dim: int, nlist: int, dtype: torch.dtype, seed: int,
+              metric: str = "ip") -> tuple[IVFIndex, torch.Tensor]:
     """Clustered synthetic data (balanced lists, like a trained quantizer gives)."""
     g = torch.Generator(device=DEV).manual_seed(seed)
     cent = torch.randn(nlist, dim, device=DEV, generator=g)
@@ -177,7 +177,8 @@ def sec_copy(ctx) -> dict:
         torch.cuda.empty_cache()
     ctx.copy_bw = bw
     row = {"bytes": nbytes, "ms": ms, "TB/s (read+write)": bw / 1e12}
-    print_table(f"device copy bandwidth [{ctx.device}]", [row], [("bytes", ",d"), ("ms", ".3f"), ("TB/s (read+write)", ".3f")])
+    print_table(f"device copy bandwidth [{ctx.device}]", [row],
+                [("bytes", ",d"), ("ms", ".3f"), ("TB/s (read+write)", ".3f")])
     return row
 
 
@@ -204,7 +205,8 @@ def sec_check(ctx) -> dict:
     scan_triton(index.lists, q[:nq], chunk, a)
     scan_reference(index.lists, q[:nq], chunk, r)
     out["ivf vs reference (nq=4, nprobe 8, k 16)"] = {
-        "id_agreement": float((a.ids == r.ids).float().mean()), "max_score_diff": float((a.scores - r.scores).abs().max())}
+        "id_agreement": float((a.ids == r.ids).float().mean()),
+        "max_score_diff": float((a.scores - r.scores).abs().max())}
     flat = ctx.flat
     nq, k = (64, 10) if DEV == "cuda" else (4, 10)
     a = RunningTopK.empty(nq, k, device=DEV)
@@ -259,7 +261,8 @@ def sec_ivf(ctx) -> list[dict]:
     for row in rows:
         row["kernels"] = kernel_resources(triton_scan)
         break
-    print_table(f"IVF scan, {ctx.n:,} x {ctx.dim} {str(ctx.dtype)[6:]}, nlist {ctx.nlist}, nprobe {nprobe}, k {k} [{ctx.device}]", rows,
+    print_table(f"IVF scan, {ctx.n:,} x {ctx.dim} {str(ctx.dtype)[6:]}, nlist {ctx.nlist}, nprobe {nprobe}, k {k} "
+                f"[{ctx.device}]", rows,
                 [("batch", "d"), ("pairs", ",d"), ("probed_GB", ".2f"), ("triton_ms", ".3f"), ("triton_host_ms", ".3f"),
                  ("triton_TB/s", ".2f"), ("share_of_copy", ".2f"), ("torch_ms", ".3f"), ("torch_TB/s", ".2f"),
                  ("speedup", ".2f"), ("meets_bw_target", ""), ("faster_than_torch", "")])
@@ -289,7 +292,8 @@ def sec_flat(ctx) -> list[dict]:
         st = fresh_states(12, nq, k, DEV)
         t_ms, t_host = cuda_ms(lambda i: flat_scan_triton(flat.lists, q, 0, nb, st[i], ctx.config), reps=10)
         rows.append({"batch": nq, "k": k, "gemm_ms": gemm_ms, "gemm+topk_ms": base_ms, "triton_ms": t_ms,
-                     "triton_host_ms": t_host, "triton/gemm": t_ms / gemm_ms, "meets_target": t_ms / gemm_ms <= TARGET_FLAT_RATIO,
+                     "triton_host_ms": t_host, "triton/gemm": t_ms / gemm_ms,
+                     "meets_target": t_ms / gemm_ms <= TARGET_FLAT_RATIO,
                      "gemm_TFLOP/s": 2 * nq * flat.ntotal * flat.dim / (gemm_ms * 1e-3) / 1e12})
     print_table(f"brute force, {flat.ntotal:,} x {flat.dim} {str(ctx.dtype)[6:]} [{ctx.device}]", rows,
                 [("batch", "d"), ("k", "d"), ("gemm_ms", ".3f"), ("gemm_TFLOP/s", ".0f"), ("gemm+topk_ms", ".3f"),
@@ -355,7 +359,8 @@ def sec_overhead(ctx) -> list[dict]:
         row = {"case": label, "pairs": chunk.num_pairs, "gpu_ms": gpu_ms, "eager_host_ms": host_ms,
                "plan_ms": plan_ms, "eager_share_of_1ms": host_ms * 1e-3 / ITERATION_S}
         try:
-            cfg = dataclasses.replace(ctx.config, qm=plan.qm, seg_tiles=max(1, plan.seg_blocks * lists.block_size // plan.tile_n))
+            seg_tiles = max(1, plan.seg_blocks * lists.block_size // plan.tile_n)
+            cfg = dataclasses.replace(ctx.config, qm=plan.qm, seg_tiles=seg_tiles)
             graph = ScanGraph(lists, max_rows=nq, max_k=int(ks.max()), max_pairs=chunk.num_pairs,
                               max_items=int(plan.num_items * 1.5) + 16, config=cfg)
             gplan = graph.plan(chunk)

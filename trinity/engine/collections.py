@@ -31,6 +31,7 @@ class CollectionStats:
     num_units: int  # nlist (IVF) or chunks (flat)
     default_nprobe: int
     unit_cost: float
+    max_unit_cost: int  # the largest list / chunk: worst case of one unit
 
 
 class Collections:
@@ -77,9 +78,9 @@ class Collections:
         if isinstance(index, IVFIndex):
             sizes = index.lists.list_len.astype(np.float64)
             cost = float((sizes * sizes).sum() / max(sizes.sum(), 1.0))
-            stats = CollectionStats("ivf", index.nlist, index.nprobe, max(cost, 1.0))
+            stats = CollectionStats("ivf", index.nlist, index.nprobe, max(cost, 1.0), int(sizes.max(initial=0)))
         else:
-            stats = CollectionStats("flat", index.num_chunks, 0,
-                                    float(index.chunk_blocks * index.lists.block_size))
+            chunk = index.chunk_blocks * index.lists.block_size
+            stats = CollectionStats("flat", index.num_chunks, 0, float(chunk), chunk)
         self._stats[name] = (index.lists.version, stats)
         return stats

@@ -145,7 +145,11 @@ class SearchEngine:
 
     # ------------------------------------------------------------------ the loop
     def step(self) -> list[SearchResult]:
-        """Run one iteration (drain inbox, schedule, run, update); return finished results."""
+        """Run one iteration (drain inbox, schedule, run, update); return finished results.
+
+        Requests that finish without the runner (rejections, aborts, expiries before any
+        scan) are resolved before the scan runs, so they are not held for an iteration.
+        """
         with self._cv:
             inbox, self._inbox = self._inbox, deque()
         for kind, item in inbox:
@@ -153,13 +157,12 @@ class SearchEngine:
                 self.scheduler.add_request(item)
             else:
                 self.scheduler.abort(item)
-        finished = self.scheduler.pop_finished()
         preempted_before = self.scheduler.num_preemptions
         plan = self.scheduler.schedule()
-        finished += self.scheduler.pop_finished()
+        results = [self._resolve(f) for f in self.scheduler.pop_finished()]
         if not plan.is_empty:
             out = self.runner.run(plan)
-            finished += self.scheduler.update_from_output(plan, out)
+            finished = self.scheduler.update_from_output(plan, out)
             m = self.metrics
             m.iterations.inc()
             m.iteration_time.observe(out.duration_s)
@@ -168,7 +171,8 @@ class SearchEngine:
             m.iteration_vectors.observe(scanned)
             m.budget.set(self.scheduler.budget_vectors)
             m.preemptions.inc(self.scheduler.num_preemptions - preempted_before)
-        return [self._resolve(f) for f in finished]
+            results += [self._resolve(f) for f in finished]
+        return results
 
     def _resolve(self, finished: Finished) -> SearchResult:
         req, scores, ids = finished

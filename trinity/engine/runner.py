@@ -16,16 +16,18 @@ import torch
 from trinity.engine.collections import Collections, UnknownCollectionError
 from trinity.engine.plan import IterationPlan, NewRequest, RunnerOutput, ScanWork
 from trinity.index import FlatIndex, IVFIndex, ProbeChunk, RunningTopK
+from trinity.index.base import BaseIndex
 
 
 class _RequestState:
     """Per-request runner state.  Rows are numpy on CPU (cheap row copies), torch on GPU."""
 
-    __slots__ = ("collection", "query", "offset", "k", "scores", "ids", "probes", "probe_costs")
+    __slots__ = ("collection", "index", "query", "offset", "k", "scores", "ids", "probes", "probe_costs")
 
-    def __init__(self, collection: str, query: torch.Tensor, offset: torch.Tensor, k: int,
+    def __init__(self, collection: str, index: BaseIndex, query: torch.Tensor, offset: torch.Tensor, k: int,
                  device: torch.device) -> None:
         self.collection = collection
+        self.index = index  # the index the request joined; a replaced collection is an error
         self.query = query  # (dim,) prepared (internal scoring space)
         self.offset = offset  # () query offset for user units
         self.k = k
@@ -74,6 +76,13 @@ class SearchRunner:
                     out.errors[w.request_id] = str(e)
                     self.states.pop(w.request_id, None)
                 continue
+            replaced = [w for w in items if self.states[w.request_id].index is not index]
+            for w in replaced:
+                out.errors[w.request_id] = f"collection {name!r} was dropped and re-created"
+                self.states.pop(w.request_id)
+            items = [w for w in items if w.request_id in self.states]
+            if not items:
+                continue
             with index.write_lock:
                 if isinstance(index, IVFIndex):
                     self._scan_ivf(index, items, out)
@@ -82,17 +91,12 @@ class SearchRunner:
             done = [w.request_id for w in items if w.returns_result and self._completed(w, out)]
             if done:
                 out.results.update(self._pop_results(index, done))
-        partial: dict[str, list[str]] = {}
+        partial: dict[int, list[str]] = {}
         for rid in plan.finish_partial:
             if rid in self.states:
-                partial.setdefault(self.states[rid].collection, []).append(rid)
-        for name, rids in partial.items():
-            if name in self.collections:
-                out.results.update(self._pop_results(self.collections.get(name), rids))
-            else:
-                for rid in rids:
-                    out.errors[rid] = f"unknown collection {name!r}"
-                    self.states.pop(rid)
+                partial.setdefault(id(self.states[rid].index), []).append(rid)
+        for rids in partial.values():
+            out.results.update(self._pop_results(self.states[rids[0]].index, rids))
         out.duration_s = time.perf_counter() - t0
         return out
 
@@ -113,7 +117,7 @@ class SearchRunner:
             if isinstance(index, IVFIndex):  # coarse assignment, batched for all newcomers
                 probes = index.assign_prepared(queries, np.array([r.num_probes for r in reqs]))
             for i, r in enumerate(reqs):
-                state = _RequestState(name, queries[i], offsets[i], r.k, index.device)
+                state = _RequestState(name, index, queries[i], offsets[i], r.k, index.device)
                 if probes is not None:
                     state.probes = probes[i][probes[i] >= 0]
                     state.probe_costs = index.lists.list_len[state.probes].copy()

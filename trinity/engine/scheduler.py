@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from trinity.engine.collections import Collections, UnknownCollectionError
+from trinity.engine.collections import Collections, CollectionStats, UnknownCollectionError
 from trinity.engine.config import SchedulerConfig
 from trinity.engine.plan import IterationPlan, NewRequest, RunnerOutput, ScanWork
 from trinity.engine.request import RequestStatus, SearchRequest
@@ -115,11 +115,11 @@ class Scheduler:
             if req.deadline is None:
                 continue
             if req.request_id in self.joined:
-                if now + self.iteration_s >= req.deadline:  # the next iteration would end too late
+                # NOTE: a partial answer leaves with the runner's output, one iteration from
+                # now; scanning once more first would return it a second iteration later.
+                if now + 2 * self.iteration_s >= req.deadline:
                     finish_partial.append(req.request_id)
-            elif now >= req.deadline:
-                # NOTE: an unstarted request has nothing to return early; it keeps its chance
-                # (EDF puts it first) until the deadline has actually passed.
+            elif now + self.iteration_s >= req.deadline:  # resolved before this iteration runs
                 self._finish(req, RequestStatus.FINISHED_PARTIAL, message="deadline reached before any scan")
         closing = set(finish_partial)
         candidates = [r for r in self.requests.values() if r.request_id not in closing]
@@ -132,7 +132,9 @@ class Scheduler:
             if budget_left <= 0:
                 break
             joined = req.request_id in self.joined
-            if not joined and num_joined >= self.config.max_num_running:
+            # NOTE: decode-level work may exceed max_num_running; otherwise preempted
+            # prefill requests holding every slot would invert priorities.
+            if not joined and num_joined >= self.config.max_num_running and self._priority(req, now)[0] > 0:
                 continue
             planned_item = self._plan_item(req, budget_left, first=not work)
             if planned_item is None:
@@ -177,8 +179,16 @@ class Scheduler:
             if not first and budget_left < req.est_unit_cost:
                 return None
             cap = int(min(budget_left, math.ceil(1.5 * req.remaining_cost()) + 1))
+            # NOTE: the most urgent item always progresses (>= 1 probe even past its cap), so
+            # it is charged the worst case of one probe: the budget holds for the rest.
+            charge = cap
+            if first:
+                stats = self._stats_or_fail(req)
+                if stats is None:
+                    return None
+                charge = max(cap, stats.max_unit_cost)
             return ScanWork(req.request_id, req.collection, start, total, max_vectors=cap, returns_result=True,
-                            allow_overshoot=first), cap
+                            allow_overshoot=first), charge
         cum = np.cumsum(req.unit_costs[start:total])
         n = int(np.searchsorted(cum, budget_left, side="right"))
         if n == 0:
@@ -189,10 +199,8 @@ class Scheduler:
         return ScanWork(req.request_id, req.collection, start, end, returns_result=end == total), int(cum[n - 1])
 
     def _plan_flat(self, req: SearchRequest, budget_left: int, first: bool) -> tuple[ScanWork, int] | None:
-        try:
-            stats = self.collections.stats(req.collection)
-        except UnknownCollectionError as e:  # dropped while the request was in flight
-            self._finish(req, RequestStatus.FINISHED_ERROR, message=str(e))
+        stats = self._stats_or_fail(req)
+        if stats is None:
             return None
         seen = req.seen_chunks
         seen[stats.num_units:] = True  # the collection shrank: those chunks no longer exist
@@ -221,6 +229,14 @@ class Scheduler:
             return None  # waits for the shared cursor to come round to its unseen chunks
         cost = int(len(chunks) * stats.unit_cost)
         return ScanWork(req.request_id, req.collection, chunks=chunks, returns_result=len(chunks) == left), cost
+
+    def _stats_or_fail(self, req: SearchRequest) -> CollectionStats | None:
+        """The collection's stats, or ``None`` after failing ``req`` if it was dropped."""
+        try:
+            return self.collections.stats(req.collection)
+        except UnknownCollectionError as e:
+            self._finish(req, RequestStatus.FINISHED_ERROR, message=str(e))
+            return None
 
     def update_from_output(self, plan: IterationPlan, out: RunnerOutput) -> list[Finished]:
         """Apply the runner's output; return every request that finished."""

@@ -147,15 +147,8 @@ class BaseIndex:
         NOTE: the engine validates each query at submit; re-validating every batch in the
         loop thread costs more than the scan for small batches, so this skips it.
         """
-        if self.device.type != "cpu":
-            return self.prepare_queries(q)
-        q = np.ascontiguousarray(q, dtype=np.float32)
-        offset = (q * q).sum(axis=1) if self.metric.uses_norms else np.zeros(q.shape[0], dtype=np.float32)
-        if self.metric.normalizes:
-            q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-        elif self.metric.uses_norms:
-            q = q * 2.0
-        return torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32)), torch.from_numpy(offset.astype(np.float32))
+        t = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32)).to(self.device)
+        return self.metric.prepare_queries(t), self.metric.query_offset(t)
 
     # ------------------------------------------------------------------ persistence hooks
     def _assign_lists(self, vecs: torch.Tensor) -> np.ndarray:

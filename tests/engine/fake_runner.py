@@ -1,0 +1,186 @@
+"""A runner that executes :class:`IterationPlan` s by bookkeeping alone.
+
+``FakeRunner`` keeps the same per-request state the real :class:`SearchRunner` keeps
+(joined requests, IVF probe lists with their costs, a probe cursor; flat chunks seen) but
+never reads index data: IVF probe costs come from a deterministic per-collection
+list-size table, flat chunk costs from a per-collection chunk-size table.  It honours
+the contract of :mod:`trinity.engine.plan`:
+
+* ``new_requests`` join (an IVF newcomer reports its ``unit_costs``);
+* IVF work with ``max_vectors`` scans the longest prefix of ``[unit_start, unit_end)``
+  that fits -- at least one unit when ``allow_overshoot`` (the progress guarantee of an
+  iteration's first item), possibly none otherwise; ``units_end`` reports the cursor;
+* a result comes back iff ``returns_result`` and the whole planned range got scanned
+  (IVF: up to the last probe), and for every ``finish_partial`` id;
+* ``free`` drops state.
+
+It records every plan and every scanned range, asserts that no unit is scanned twice and
+no probe is skipped, and reports a deterministic duration ``overhead_s + vectors / rate``
+(optionally advancing a fake clock by it) so budget adaptation and deadlines can be
+tested without real time.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from trinity.engine import Collections, IterationPlan, RunnerOutput
+from trinity.index import IVFIndex
+
+
+@dataclass
+class FakeState:
+    collection: str
+    k: int
+    probes: np.ndarray | None = None  # IVF: list ids, best first
+    probe_costs: np.ndarray | None = None
+    cursor: int = 0  # IVF: probes scanned so far
+    seen: set[int] = field(default_factory=set)  # flat: chunks scanned so far
+    num_chunks: int = 0
+
+
+def _seed(request_id: str) -> int:
+    return zlib.crc32(request_id.encode())
+
+
+class FakeRunner:
+    """``run(plan) -> RunnerOutput`` without touching index data.
+
+    Args:
+        collections: used only for each collection's kind and sizes (metadata).
+        list_sizes: optional ``{collection: sizes}`` table of IVF list sizes / flat chunk
+            sizes; by default it is read once per collection from the index metadata.
+        rate: vectors per second of the fake device.
+        overhead_s: fixed cost of a non-empty iteration.
+        clock: a ``FakeClock`` to advance by each iteration's duration.
+    """
+
+    def __init__(self, collections: Collections, *, list_sizes: dict[str, np.ndarray] | None = None,
+                 rate: float = 1e6, overhead_s: float = 0.0, clock=None) -> None:
+        self.collections = collections
+        self.tables: dict[str, np.ndarray] = dict(list_sizes or {})
+        self.rate = float(rate)
+        self.overhead_s = float(overhead_s)
+        self.clock = clock
+        self.states: dict[str, FakeState] = {}
+        self.plans: list[IterationPlan] = []
+        self.outputs: list[RunnerOutput] = []
+        self.scans: dict[str, list] = {}  # id -> [(start, end)] (IVF) or [chunks] (flat), as scanned
+        self.joined_order: list[str] = []
+        self.kinds: dict[str, str] = {}  # id -> "ivf" / "flat"
+        self.freed: list[str] = []
+
+    # ------------------------------------------------------------------ tables
+    def table(self, name: str) -> np.ndarray:
+        if name not in self.tables:
+            idx = self.collections.get(name)
+            if isinstance(idx, IVFIndex):
+                self.tables[name] = idx.list_sizes().astype(np.int64)
+            else:
+                self.tables[name] = np.array([idx.chunk_num_vectors(c) for c in range(idx.num_chunks)], dtype=np.int64)
+        return self.tables[name]
+
+    def is_ivf(self, name: str) -> bool:
+        return isinstance(self.collections.get(name), IVFIndex)
+
+    def probes_for(self, request_id: str, collection: str, num_probes: int) -> np.ndarray:
+        """Deterministic pseudo-random best-first probe list of a request."""
+        nlist = self.table(collection).size
+        rng = np.random.default_rng(_seed(request_id))
+        return rng.permutation(nlist)[: min(num_probes, nlist)].astype(np.int64)
+
+    @staticmethod
+    def fake_result(request_id: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+        ids = (np.arange(k, dtype=np.int64) + _seed(request_id) % 1000)
+        return -np.arange(k, dtype=np.float32), ids
+
+    # ------------------------------------------------------------------ run
+    def run(self, plan: IterationPlan) -> RunnerOutput:
+        assert not self.plans or plan.iteration > self.plans[-1].iteration, "iterations must increase"
+        self.plans.append(plan)
+        out = RunnerOutput()
+        for rid in plan.free:
+            self.states.pop(rid, None)
+            self.freed.append(rid)
+        for r in plan.new_requests:
+            assert r.request_id not in self.states, f"{r.request_id} joined twice"
+            if r.collection not in self.collections:
+                out.errors[r.request_id] = f"unknown collection {r.collection!r}"
+                continue
+            st = FakeState(r.collection, r.k)
+            if self.is_ivf(r.collection):
+                st.probes = self.probes_for(r.request_id, r.collection, r.num_probes)
+                st.probe_costs = self.table(r.collection)[st.probes].copy()
+                out.unit_costs[r.request_id] = st.probe_costs.copy()
+            else:
+                st.num_chunks = self.table(r.collection).size
+            self.states[r.request_id] = st
+            self.kinds[r.request_id] = "ivf" if st.probes is not None else "flat"
+            self.joined_order.append(r.request_id)
+        new_ids = {r.request_id for r in plan.new_requests}
+        seen_in_plan: set[str] = set()
+        for w in plan.work:
+            rid = w.request_id
+            assert rid not in seen_in_plan, f"{rid} twice in one plan"
+            seen_in_plan.add(rid)
+            st = self.states.get(rid)
+            if st is None:
+                assert rid in out.errors, f"work for {rid}, which holds no runner state"
+                continue
+            if w.collection not in self.collections:
+                out.errors[rid] = f"unknown collection {w.collection!r}"
+                self.states.pop(rid)
+                continue
+            assert w.collection == st.collection
+            if st.probes is not None:
+                assert w.unit_start == st.cursor, f"{rid}: scan resumes at {w.unit_start}, cursor is {st.cursor}"
+                assert (w.max_vectors is not None) == (rid in new_ids), f"{rid}: max_vectors only for newcomers"
+                end = min(w.unit_end, len(st.probes))
+                assert end > w.unit_start, f"{rid}: empty IVF work"
+                if w.max_vectors is not None:  # longest prefix within the cap; >= 1 unit only if allowed
+                    cum = np.cumsum(st.probe_costs[w.unit_start:end])
+                    fits = int(np.searchsorted(cum, w.max_vectors, side="right"))
+                    end = min(w.unit_start + (max(1, fits) if w.allow_overshoot else fits), len(st.probes))
+                out.units_end[rid] = end
+                out.vectors_scanned[rid] = int(st.probe_costs[w.unit_start:end].sum())
+                self.scans.setdefault(rid, []).append((w.unit_start, end))
+                st.cursor = end
+                if w.returns_result and end == len(st.probes):
+                    out.results[rid] = self.fake_result(rid, st.k)
+                    del self.states[rid]
+            else:
+                chunks = set(w.chunks)
+                assert len(chunks) == len(w.chunks), f"{rid}: duplicate chunk in one plan"
+                assert not chunks & st.seen, f"{rid}: chunks {sorted(chunks & st.seen)} scanned twice"
+                st.seen |= chunks
+                out.vectors_scanned[rid] = int(self.table(w.collection)[list(w.chunks)].sum()) if chunks else 0
+                self.scans.setdefault(rid, []).append(tuple(w.chunks))
+                if w.returns_result:
+                    assert len(st.seen) == st.num_chunks, f"{rid}: result asked before every chunk was scanned"
+                    out.results[rid] = self.fake_result(rid, st.k)
+                    del self.states[rid]
+        for rid in plan.finish_partial:
+            st = self.states.pop(rid, None)
+            if st is not None:
+                out.results[rid] = self.fake_result(rid, st.k)
+        vectors = sum(out.vectors_scanned.values())
+        out.duration_s = self.overhead_s + vectors / self.rate
+        if self.clock is not None:
+            self.clock.advance(out.duration_s)
+        self.outputs.append(out)
+        return out
+
+    # ------------------------------------------------------------------ helpers for tests
+    def scanned_units(self, rid: str) -> list[int]:
+        """Every unit ``rid`` scanned, in scan order (IVF probe positions or flat chunks)."""
+        units: list[int] = []
+        for item in self.scans.get(rid, []):
+            units.extend(range(*item) if self.kinds[rid] == "ivf" else item)
+        return units
+
+    def iteration_vectors(self) -> list[int]:
+        """Vectors actually scanned per iteration."""
+        return [int(sum(o.vectors_scanned.values())) for o in self.outputs]
