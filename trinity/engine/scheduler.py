@@ -178,7 +178,10 @@ class Scheduler:
         if req.unit_costs is None:  # not assigned yet: cap by vectors, the runner cuts the prefix
             if not first and budget_left < req.est_unit_cost:
                 return None
-            cap = int(min(budget_left, math.ceil(1.5 * req.remaining_cost()) + 1))
+            # NOTE: the cap is the size-biased estimate itself: a request whose probed lists
+            # run larger finishes next iteration, instead of every newcomer reserving
+            # headroom that other work then cannot use.
+            cap = int(min(budget_left, math.ceil(req.remaining_cost()) + 1))
             # NOTE: the most urgent item always progresses (>= 1 probe even past its cap), so
             # it is charged the worst case of one probe: the budget holds for the rest.
             charge = cap

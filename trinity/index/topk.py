@@ -36,15 +36,18 @@ class RunningTopK:
     @classmethod
     def empty(cls, n: int, k: int | np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> RunningTopK:
         """Fresh state for ``n`` rows wanting ``k`` results each (an int or a per-row array)."""
-        ks = torch.as_tensor(k, dtype=torch.int32).expand(n).clone() if np.ndim(k) == 0 else torch.as_tensor(k, dtype=torch.int32).clone()
+        ks = np.full(n, k, dtype=np.int32) if np.ndim(k) == 0 else np.array(k, dtype=np.int32)
         if ks.shape != (n,) or (n and int(ks.min()) < 1):
             raise ValueError(f"k: expected {n} values >= 1, got {ks.tolist()}")
         max_k = int(ks.max()) if n else 1
-        return cls(
-            scores=torch.full((n, max_k), SCORE_SENTINEL, dtype=torch.float32, device=device),
-            ids=torch.full((n, max_k), -1, dtype=torch.int64, device=device),
-            k=ks.to(device),
-        )
+        # NOTE: built in numpy and wrapped: the engine makes several of these per iteration
+        # and torch.full/as_tensor dispatch costs dominate at these sizes.
+        scores = torch.from_numpy(np.full((n, max_k), SCORE_SENTINEL, dtype=np.float32))
+        ids = torch.from_numpy(np.full((n, max_k), -1, dtype=np.int64))
+        ks_t = torch.from_numpy(ks)
+        if torch.device(device).type != "cpu":
+            scores, ids, ks_t = scores.to(device), ids.to(device), ks_t.to(device)
+        return cls(scores=scores, ids=ids, k=ks_t)
 
     @property
     def num_rows(self) -> int:
@@ -113,6 +116,20 @@ def better(s1: float, i1: int, s2: float, i2: int) -> bool:
     if i2 < 0:
         return i1 >= 0
     return s1 > s2 or (s1 == s2 and 0 <= i1 < i2)
+
+
+@numba.njit(inline="always")
+def insert_new(row_s, row_i, k: int, s: float, vid: int) -> None:
+    """:func:`insert` for an id known not to be in the row (one scan of one list)."""
+    if not better(s, vid, row_s[k - 1], row_i[k - 1]):
+        return
+    j = k - 1
+    while j > 0 and better(s, vid, row_s[j - 1], row_i[j - 1]):
+        row_s[j] = row_s[j - 1]
+        row_i[j] = row_i[j - 1]
+        j -= 1
+    row_s[j] = s
+    row_i[j] = vid
 
 
 @numba.njit(inline="always")
