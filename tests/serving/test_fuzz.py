@@ -14,7 +14,6 @@ sizes, and text inputs capped so that embedding stays cheap.
 from __future__ import annotations
 
 import copy
-import json
 import time
 import urllib.parse
 

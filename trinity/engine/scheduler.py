@@ -243,7 +243,6 @@ class Scheduler:
 
     def update_from_output(self, plan: IterationPlan, out: RunnerOutput) -> list[Finished]:
         """Apply the runner's output; return every request that finished."""
-        now = self.clock()
         for w in plan.work:
             req = self.requests.get(w.request_id)
             if req is None:  # aborted while the iteration ran; the runner frees it next time

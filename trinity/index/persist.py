@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from trinity.fsutil import fsync_dir, fsync_file
 from trinity.index.base import BaseIndex
 
 FORMAT = "trinity-index"
@@ -60,16 +61,16 @@ def save_index(index: BaseIndex, path: str | os.PathLike) -> Path:
         manifest["sha256"] = _sha256(tmp / _ARRAYS)
         (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=1))
         for f in (tmp / _ARRAYS, tmp / _MANIFEST):
-            _fsync_file(f)
-        _fsync_dir(tmp)
+            fsync_file(f)
+        fsync_dir(tmp)
         name = f"snap-{_last_snapshot_number(root) + 1:06d}"
         os.rename(tmp, root / name)
-        _fsync_dir(root)
+        fsync_dir(root)
         pointer = root / f"{_CURRENT}.tmp"
         pointer.write_text(name + "\n")
-        _fsync_file(pointer)
+        fsync_file(pointer)
         os.replace(pointer, root / _CURRENT)
-        _fsync_dir(root)
+        fsync_dir(root)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -162,16 +163,3 @@ def _sha256(path: Path) -> str:
     except OSError as e:
         raise IndexFormatError(f"{path}: cannot read ({e})") from None
     return h.hexdigest()
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

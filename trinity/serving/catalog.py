@@ -25,7 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from trinity.engine import SearchEngine
-from trinity.serving.spec import CacheSpec, CollectionSpec, Conflict, NotFound, atomic_write
+from trinity.fsutil import atomic_write
+from trinity.serving.spec import CacheSpec, CollectionSpec, Conflict, NotFound
 from trinity.serving.store import DurableCollection
 
 log = logging.getLogger("trinity.serving.catalog")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from trinity.index import load_index, save_index
 from trinity.index.base import BaseIndex
-from trinity.serving.spec import atomic_write
+from trinity.fsutil import atomic_write
 
 MANIFEST = "MANIFEST"
 INDEX_DIR = "index"

@@ -42,7 +42,8 @@ from trinity.engine import SearchEngine
 from trinity.index import FlatIndex, IVFIndex
 from trinity.index.base import BaseIndex
 from trinity.serving.snapshot import read_snapshot, write_snapshot
-from trinity.serving.spec import CollectionGone, CollectionSpec, Conflict, InvalidRequest, atomic_write
+from trinity.fsutil import atomic_write
+from trinity.serving.spec import CollectionGone, CollectionSpec, Conflict, InvalidRequest
 from trinity.serving.wal import WalRecord, WriteAheadLog
 
 log = logging.getLogger("trinity.serving.store")

@@ -30,6 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from trinity.fsutil import fsync_dir
+
 import numpy as np
 
 log = logging.getLogger("trinity.serving.wal")
@@ -91,14 +93,6 @@ def _decode_body(body: bytes) -> WalRecord:
 
 def _segment_name(first_lsn: int) -> str:
     return f"{first_lsn:020d}{_SUFFIX}"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class WriteAheadLog:
@@ -193,7 +187,7 @@ class WriteAheadLog:
         else:
             first, path = next_lsn, self.dir / _segment_name(next_lsn)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         self._segment_first = first
         self._next_lsn = next_lsn
         self._written_lsn = self._durable_lsn = next_lsn - 1
@@ -275,7 +269,7 @@ class WriteAheadLog:
                 self._segment_first = self._next_lsn
                 path = self.dir / _segment_name(self._segment_first)
                 self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-                _fsync_dir(self.dir)
+                fsync_dir(self.dir)
                 self._cv.notify_all()
             return self._segment_first
 
@@ -289,7 +283,7 @@ class WriteAheadLog:
                     path.unlink(missing_ok=True)
                     removed += 1
             if removed:
-                _fsync_dir(self.dir)
+                fsync_dir(self.dir)
             return removed
 
     def _check(self) -> None:
