@@ -23,6 +23,9 @@ from trinity.engine.config import SchedulerConfig
 from trinity.engine.plan import IterationPlan, NewRequest, RunnerOutput, ScanWork
 from trinity.engine.request import RequestStatus, SearchRequest
 
+#: Below this many vectors per iteration the cost fit says nothing about scanning.
+_MIN_FIT_VECTORS = 1024
+
 Finished = tuple[SearchRequest, "np.ndarray | None", "np.ndarray | None"]  # (request, scores, ids)
 
 
@@ -38,7 +41,7 @@ class Scheduler:
         self.joined: set[str] = set()  # the runner holds state for these
         self.budget_vectors = config.initial_budget_vectors
         self.scan_rate: float | None = None  # vectors per second, EWMA over full iterations
-        self.iteration_s = config.target_iteration_ms / 1e3  # predicted duration of a full iteration
+        self.iteration_s = config.target_iteration_ms / 1e3  # EWMA of observed iteration durations
         self._samples: deque[tuple[int, int, float]] = deque(maxlen=64)  # (vectors, items, seconds)
         self._items = 0.0  # EWMA of work items per iteration
         self.iteration = 0
@@ -292,10 +295,16 @@ class Scheduler:
         target = self.config.target_iteration_ms / 1e3
         items = len(plan.work) + len(plan.new_requests)
         scanned = sum(out.vectors_scanned.values())
-        # NOTE: clamp outliers (a JIT compile, a page-in after idling) before fitting.
-        self._samples.append((scanned, items, min(out.duration_s, 4 * target)))
+        # NOTE: clamp outliers (a JIT compile, a page-in after idling) before fitting or
+        # smoothing: one slow iteration must not make every deadline look unreachable.
+        sample = min(out.duration_s, 4 * target)
+        self._samples.append((scanned, items, sample))
         a = self.config.budget_ewma
         self._items = (1 - a) * self._items + a * items
+        # NOTE: deadlines are checked against observed iteration times, not against the
+        # fit's prediction: with tiny collections the fit is degenerate (a clamped budget
+        # would "predict" iterations hundreds of ms long and expire every request).
+        self.iteration_s = (1 - a) * self.iteration_s + a * sample
         if len(self._samples) < 8:
             return
         data = np.asarray(self._samples, dtype=np.float64)
@@ -304,14 +313,12 @@ class Scheduler:
         (fixed, per_vec, per_item), *_ = np.linalg.lstsq(design, data[:, 2], rcond=None)
         per_vec /= scale[0]
         per_item /= scale[1]
-        if per_vec <= 0:  # degenerate window (e.g. constant load): fall back to a plain rate
-            fixed, per_item, per_vec = 0.0, 0.0, data[:, 2].sum() / max(data[:, 0].sum(), 1.0)
+        if not per_vec > 0 or data[:, 0].max() < _MIN_FIT_VECTORS:
+            return  # degenerate window (constant or tiny scans): keep the current budget
         fixed, per_item = max(fixed, 0.0), max(per_item, 0.0)
         self.scan_rate = 1.0 / per_vec
-        overhead = fixed + per_item * self._items
-        budget = (target - overhead) / per_vec
+        budget = (target - fixed - per_item * self._items) / per_vec
         self.budget_vectors = int(min(max(budget, self.config.min_budget_vectors), self.config.max_budget_vectors))
-        self.iteration_s = overhead + per_vec * self.budget_vectors
 
     def _finish(self, req: SearchRequest, status: RequestStatus, scores=None, ids=None, message: str = "") -> None:
         req.status = status
