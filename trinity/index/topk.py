@@ -149,13 +149,7 @@ def insert(row_s, row_i, k: int, s: float, vid: int) -> None:
             row_s[k - 1] = -np.inf
             row_i[k - 1] = -1
             break
-    j = k - 1
-    while j > 0 and better(s, vid, row_s[j - 1], row_i[j - 1]):
-        row_s[j] = row_s[j - 1]
-        row_i[j] = row_i[j - 1]
-        j -= 1
-    row_s[j] = s
-    row_i[j] = vid
+    insert_new(row_s, row_i, k, s, vid)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
