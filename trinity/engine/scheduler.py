@@ -102,10 +102,6 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.requests or self._to_free)
 
-    def next_deadline(self) -> float | None:
-        deadlines = [r.deadline for r in self.requests.values() if r.deadline is not None]
-        return min(deadlines, default=None)
-
     # ------------------------------------------------------------------ one iteration
     def schedule(self) -> IterationPlan:
         """Plan the next iteration."""
