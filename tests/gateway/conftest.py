@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from trinity.serving.gateway_stack import ManagedProcess, Stack, StackConfig, free_port
+from trinity.serving.gateway_stack import Stack, StackConfig
+from trinity.serving.process import ManagedProcess, free_port
 
 PASSAGES = [
     "Paris is the capital and most populous city of France.",

@@ -8,20 +8,15 @@ children in reverse start order: SIGTERM, then SIGKILL after a grace period).
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+from trinity.serving.process import ManagedProcess, free_port
 
-__all__ = ["ManagedProcess", "Stack", "StackConfig", "free_port", "pool_argv"]
+__all__ = ["Stack", "StackConfig", "pool_argv"]
 
 
 def pool_argv() -> list[str]:
@@ -31,65 +26,6 @@ def pool_argv() -> list[str]:
     names = {c.name for c in app.registered_commands}
     return [sys.executable, "-m", "trinity.cli", "serve"] if "serve" in names else \
         [sys.executable, "-m", "trinity.serving.server"]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (the OS picks it)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class ManagedProcess:
-    """One child process with a ``/health`` endpoint."""
-
-    name: str
-    argv: list[str]
-    url: str
-    log_path: Path
-    env: dict[str, str] | None = None
-    popen: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child holds its own copy of the fd
-        try:
-            self.popen = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          env={**os.environ, **(self.env or {})}, start_new_session=True)
-        finally:
-            log.close()
-
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-    def wait_ready(self, timeout_s: float) -> None:
-        """Poll ``GET /health`` until 200; raise with the log tail if the child dies or times out."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.popen is not None and self.popen.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"{self.name} not healthy at {self.url} after {timeout_s:.0f} s:\n{self.log_tail()}")
-
-    def stop(self, grace_s: float = 15.0) -> None:
-        p = self.popen
-        if p is None or p.poll() is not None:
-            return
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
 
 
 @dataclass(frozen=True)

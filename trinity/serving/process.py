@@ -1,4 +1,4 @@
-"""Run a pool server as a child process (tests and ``trinity bench pool``).
+"""Child processes on loopback ports: the pool server, and any ``/health``-checked service.
 
 A real process on a real loopback port: what a client sees, including start-up, WAL
 replay after ``kill -9`` and graceful shutdown on SIGTERM.
@@ -12,88 +12,115 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 
-def free_port() -> int:
-    """An unused loopback port (racy in theory, fine for tests)."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (racy in theory, fine for tests and local stacks)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
-class ServerProcess:
+@dataclass
+class ManagedProcess:
+    """One child process with a ``/health`` endpoint, logging to its own file.
+
+    The child runs in its own session, so a terminal Ctrl-C reaches only the parent,
+    which stops its children itself.  ``env`` entries are added to the parent's
+    environment (an empty value for a variable the child must not inherit).
+    """
+
+    name: str
+    argv: list[str]
+    url: str
+    log_path: Path
+    env: dict[str, str] | None = None
+    popen: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child holds its own copy of the fd
+        try:
+            self.popen = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                          env={**os.environ, **(self.env or {})}, start_new_session=True)
+        finally:
+            log.close()
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Poll ``GET /health`` until 200; raise with the log tail if the child dies or times out."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.popen is not None and self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} not healthy at {self.url} after {timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hooks -- a crash."""
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGKILL)
+            self.popen.wait(timeout=30)
+
+    def stop(self, grace_s: float = 15.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``grace_s``; return the exit code (None if never started)."""
+        p = self.popen
+        if p is None:
+            return None
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return p.returncode
+
+
+class ServerProcess(ManagedProcess):
     """``python -m trinity.serving.server`` on a free port with its own data directory."""
 
     def __init__(self, data_dir: str | os.PathLike, *args: str, api_keys: str | None = None,
                  log_path: str | os.PathLike | None = None, port: int | None = None) -> None:
         self.data_dir = Path(data_dir)
-        self.args = list(args)
         self.port = port or free_port()
-        self.api_keys = api_keys
-        self.log_path = Path(log_path) if log_path else self.data_dir.parent / f"server-{self.port}.log"
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        argv = [sys.executable, "-m", "trinity.serving.server", "--host", "127.0.0.1", "--port", str(self.port),
+                "--data-dir", str(self.data_dir), "--log-level", "warning", *args]
+        # NOTE: an empty TRINITY_API_KEYS means "no keys": the child never inherits the parent's.
+        super().__init__("pool", argv, f"http://127.0.0.1:{self.port}",
+                         Path(log_path) if log_path else self.data_dir.parent / f"server-{self.port}.log",
+                         env={"TRINITY_API_KEYS": api_keys or ""})
 
     @property
     def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+        assert self.popen is not None
+        return self.popen.pid
 
     def start(self, timeout_s: float = 90.0) -> ServerProcess:
-        env = dict(os.environ)
-        env.pop("TRINITY_API_KEYS", None)
-        if self.api_keys:
-            env["TRINITY_API_KEYS"] = self.api_keys
-        cmd = [sys.executable, "-m", "trinity.serving.server", "--host", "127.0.0.1", "--port", str(self.port),
-               "--data-dir", str(self.data_dir), "--log-level", "warning", *self.args]
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        log.close()
+        super().start()
         self.wait_ready(timeout_s)
         return self
 
-    def wait_ready(self, timeout_s: float) -> None:
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}; log:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"server not ready after {timeout_s}s; log:\n{self.log()}")
-
     def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-4000:]
-        except OSError:
-            return ""
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown hooks, no snapshot -- a crash."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=30)
+        return self.log_tail(4000)
 
     def stop(self, timeout_s: float = 60.0) -> int:
         """SIGTERM and wait: graceful shutdown (snapshots every collection)."""
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.proc.returncode
+        rc = super().stop(timeout_s)
+        return 0 if rc is None else rc
 
     def rss_bytes(self) -> int:
         import psutil
