@@ -6,12 +6,13 @@ never reads index data: IVF probe costs come from a deterministic per-collection
 list-size table, flat chunk costs from a per-collection chunk-size table.  It honours
 the contract of :mod:`trinity.engine.plan`:
 
-* ``new_requests`` join (an IVF newcomer reports its ``unit_costs``);
-* IVF work with ``max_vectors`` scans the longest prefix of ``[unit_start, unit_end)``
-  that fits -- at least one unit when ``allow_overshoot`` (the progress guarantee of an
-  iteration's first item), possibly none otherwise; ``units_end`` reports the cursor;
-* a result comes back iff ``returns_result`` and the whole planned range got scanned
-  (IVF: up to the last probe), and for every ``finish_partial`` id;
+* ``new_requests`` join (an IVF newcomer reports its ``unit_costs`` and ``unit_ids``);
+* an IVF newcomer's work (``max_vectors``) scans the longest best-first prefix of its
+  probes that fits -- at least one unit when ``allow_overshoot`` (the progress guarantee
+  of an iteration's first item), possibly none (``0``: join only); ``units_end`` reports it;
+* joined work scans exactly the planned ``units`` (positions), none of them twice;
+* a result comes back iff ``returns_result`` and every unit has been scanned, and for
+  every ``finish_partial`` id;
 * ``free`` drops state.
 
 It records every plan and every scanned range, asserts that no unit is scanned twice and
@@ -37,8 +38,7 @@ class FakeState:
     k: int
     probes: np.ndarray | None = None  # IVF: list ids, best first
     probe_costs: np.ndarray | None = None
-    cursor: int = 0  # IVF: probes scanned so far
-    seen: set[int] = field(default_factory=set)  # flat: chunks scanned so far
+    seen: set[int] = field(default_factory=set)  # positions (IVF) / chunks (flat) scanned so far
     num_chunks: int = 0
 
 
@@ -68,7 +68,7 @@ class FakeRunner:
         self.states: dict[str, FakeState] = {}
         self.plans: list[IterationPlan] = []
         self.outputs: list[RunnerOutput] = []
-        self.scans: dict[str, list] = {}  # id -> [(start, end)] (IVF) or [chunks] (flat), as scanned
+        self.scans: dict[str, list] = {}  # id -> [positions (IVF) / chunks (flat)] per iteration
         self.joined_order: list[str] = []
         self.kinds: dict[str, str] = {}  # id -> "ivf" / "flat"
         self.freed: list[str] = []
@@ -115,6 +115,7 @@ class FakeRunner:
                 st.probes = self.probes_for(r.request_id, r.collection, r.num_probes)
                 st.probe_costs = self.table(r.collection)[st.probes].copy()
                 out.unit_costs[r.request_id] = st.probe_costs.copy()
+                out.unit_ids[r.request_id] = st.probes.copy()
             else:
                 st.num_chunks = self.table(r.collection).size
             self.states[r.request_id] = st
@@ -135,33 +136,30 @@ class FakeRunner:
                 self.states.pop(rid)
                 continue
             assert w.collection == st.collection
-            if st.probes is not None:
-                assert w.unit_start == st.cursor, f"{rid}: scan resumes at {w.unit_start}, cursor is {st.cursor}"
-                assert (w.max_vectors is not None) == (rid in new_ids), f"{rid}: max_vectors only for newcomers"
-                end = min(w.unit_end, len(st.probes))
-                assert end > w.unit_start, f"{rid}: empty IVF work"
-                if w.max_vectors is not None:  # longest prefix within the cap; >= 1 unit only if allowed
-                    cum = np.cumsum(st.probe_costs[w.unit_start:end])
-                    fits = int(np.searchsorted(cum, w.max_vectors, side="right"))
-                    end = min(w.unit_start + (max(1, fits) if w.allow_overshoot else fits), len(st.probes))
+            if st.probes is not None and w.max_vectors is not None:
+                assert rid in new_ids and not st.seen, f"{rid}: max_vectors only for newcomers"
+                cum = np.cumsum(st.probe_costs)
+                fits = int(np.searchsorted(cum, w.max_vectors, side="right"))
+                end = min(max(1, fits) if w.allow_overshoot else fits, len(st.probes))
+                units = tuple(range(end))
                 out.units_end[rid] = end
-                out.vectors_scanned[rid] = int(st.probe_costs[w.unit_start:end].sum())
-                self.scans.setdefault(rid, []).append((w.unit_start, end))
-                st.cursor = end
-                if w.returns_result and end == len(st.probes):
-                    out.results[rid] = self.fake_result(rid, st.k)
-                    del self.states[rid]
             else:
-                chunks = set(w.chunks)
-                assert len(chunks) == len(w.chunks), f"{rid}: duplicate chunk in one plan"
-                assert not chunks & st.seen, f"{rid}: chunks {sorted(chunks & st.seen)} scanned twice"
-                st.seen |= chunks
-                out.vectors_scanned[rid] = int(self.table(w.collection)[list(w.chunks)].sum()) if chunks else 0
-                self.scans.setdefault(rid, []).append(tuple(w.chunks))
-                if w.returns_result:
-                    assert len(st.seen) == st.num_chunks, f"{rid}: result asked before every chunk was scanned"
-                    out.results[rid] = self.fake_result(rid, st.k)
-                    del self.states[rid]
+                assert rid not in new_ids or st.probes is None, f"{rid}: an IVF newcomer needs max_vectors"
+                units = tuple(w.units)
+                assert units or st.probes is None, f"{rid}: empty IVF work"
+            chunks = set(units)
+            assert len(chunks) == len(units), f"{rid}: duplicate unit in one plan"
+            assert not chunks & st.seen, f"{rid}: units {sorted(chunks & st.seen)} scanned twice"
+            st.seen |= chunks
+            costs = st.probe_costs if st.probes is not None else self.table(w.collection)
+            out.vectors_scanned[rid] = int(costs[list(units)].sum()) if units else 0
+            self.scans.setdefault(rid, []).append(units)
+            total = len(st.probes) if st.probes is not None else st.num_chunks
+            if w.returns_result and len(st.seen) == total:
+                out.results[rid] = self.fake_result(rid, st.k)
+                del self.states[rid]
+            elif w.returns_result:
+                assert st.probes is not None and w.max_vectors is not None, f"{rid}: result asked before every unit was scanned"
         for rid in plan.finish_partial:
             st = self.states.pop(rid, None)
             if st is not None:
@@ -178,7 +176,7 @@ class FakeRunner:
         """Every unit ``rid`` scanned, in scan order (IVF probe positions or flat chunks)."""
         units: list[int] = []
         for item in self.scans.get(rid, []):
-            units.extend(range(*item) if self.kinds[rid] == "ivf" else item)
+            units.extend(item)
         return units
 
     def iteration_vectors(self) -> list[int]:

@@ -183,7 +183,7 @@ def test_flat_collections_are_continuously_batched():
     chunks: dict = {}
     for plan in runner.plans:
         for w in plan.work:
-            chunks.setdefault(w.request_id, []).extend(w.chunks)
+            chunks.setdefault(w.request_id, []).extend(w.units)
     firsts = set()
     for (name, step), fut in futures.items():
         res = fut.result(timeout=0)

@@ -32,6 +32,7 @@ class CollectionStats:
     default_nprobe: int
     unit_cost: float
     max_unit_cost: int  # the largest list / chunk: worst case of one unit
+    unit_sizes: np.ndarray | None = None  # IVF: vectors per list (metadata, read-only)
 
 
 class Collections:
@@ -78,7 +79,10 @@ class Collections:
         if isinstance(index, IVFIndex):
             sizes = index.lists.list_len.astype(np.float64)
             cost = float((sizes * sizes).sum() / max(sizes.sum(), 1.0))
-            stats = CollectionStats("ivf", index.nlist, index.nprobe, max(cost, 1.0), int(sizes.max(initial=0)))
+            unit_sizes = index.lists.list_len.astype(np.int64)
+            unit_sizes.setflags(write=False)
+            stats = CollectionStats("ivf", index.nlist, index.nprobe, max(cost, 1.0), int(sizes.max(initial=0)),
+                                    unit_sizes)
         else:
             chunk = index.chunk_blocks * index.lists.block_size
             stats = CollectionStats("flat", index.num_chunks, 0, float(chunk), chunk)

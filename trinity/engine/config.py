@@ -22,23 +22,30 @@ class SchedulerConfig:
         deadline_policy: ``"partial"`` returns best-so-far at the deadline;
             ``"reject"`` also rejects at admission requests that clearly cannot finish.
         budget_ewma: smoothing of the measured scan rate.
+        urgent_share: under load, an IVF newcomer with slack only joins (is assigned) and
+            scans from the next iteration on, riding along on lists read for others; one
+            with less than this share of its deadline window left (or decode-level) scans
+            at once.
     """
 
     target_iteration_ms: float = 4.0
     initial_budget_vectors: int = 200_000
     min_budget_vectors: int = 4_096
     max_budget_vectors: int = 8_000_000
-    max_num_running: int = 512
+    max_num_running: int = 64
     max_num_waiting: int = 20_000
     stage_aware: bool = True
     aging_s: float = 0.25
     deadline_policy: str = "partial"
     budget_ewma: float = 0.2
+    urgent_share: float = 0.5
 
     def __post_init__(self) -> None:
         if self.deadline_policy not in ("partial", "reject"):
             raise ValueError("deadline_policy: expected 'partial' or 'reject'")
         if not 0 < self.min_budget_vectors <= self.initial_budget_vectors <= self.max_budget_vectors:
             raise ValueError("budget: need 0 < min <= initial <= max")
+        if not 0.0 <= self.urgent_share <= 1.0:
+            raise ValueError("urgent_share: expected a fraction in [0, 1]")
         if self.target_iteration_ms <= 0 or self.max_num_running < 1 or self.max_num_waiting < 1:
             raise ValueError("target_iteration_ms, max_num_running and max_num_waiting must be positive")

@@ -27,18 +27,22 @@ class NewRequest:
 class ScanWork:
     """Units one request scans this iteration.
 
-    IVF: probe positions ``[unit_start, unit_end)`` of the request's best-first probe
-    list.  Flat: the chunk ids in ``chunks``.
+    ``units`` are positions in the request's unit list: for IVF its best-first probe
+    list, for flat the collection's chunks (position = chunk id).  They need not be
+    contiguous: a joined IVF request scans every still-unseen probe whose list is in this
+    iteration's window, so one read of a list serves every request probing it.
+
+    An IVF *newcomer* (its probes are unknown until the runner assigns it) instead gets
+    ``max_vectors``: scan the longest best-first prefix of its probes within that cap --
+    ``0`` means join only (assign now, ride along from the next iteration).
     """
 
     request_id: str
     collection: str
-    unit_start: int = 0
-    unit_end: int = 0
-    chunks: tuple[int, ...] = ()
-    max_vectors: int | None = None  # IVF: scan the longest prefix within this cap
-    allow_overshoot: bool = False  # scan >= 1 unit even past the cap (progress guarantee)
-    returns_result: bool = False  # return the top-k if the whole planned range got scanned
+    units: tuple[int, ...] = ()
+    max_vectors: int | None = None  # IVF newcomer: scan the longest best-first prefix within this cap
+    allow_overshoot: bool = False  # newcomer: scan >= 1 unit even past the cap (progress guarantee)
+    returns_result: bool = False  # return the top-k if this work completes the request
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,8 @@ class IterationPlan:
     finish_partial: tuple[str, ...] = ()  # deadline reached: return best-so-far, then free
     free: tuple[str, ...] = ()  # aborted / rejected: drop state, no result
     budget_vectors: int = 0
-    planned_vectors: int = 0
+    planned_vectors: int = 0  # cost charged against the budget (pair vectors + weighted reads)
+    forced: bool = False  # one unit was planned past the budget (the progress guarantee)
 
     @property
     def is_empty(self) -> bool:
@@ -62,7 +67,9 @@ class RunnerOutput:
 
     results: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # id -> (scores, ids)
     unit_costs: dict[str, np.ndarray] = field(default_factory=dict)  # new IVF requests: list sizes of probes
-    units_end: dict[str, int] = field(default_factory=dict)  # IVF: probe cursor after this iteration
-    vectors_scanned: dict[str, int] = field(default_factory=dict)
+    unit_ids: dict[str, np.ndarray] = field(default_factory=dict)  # new IVF requests: probed list ids, best first
+    units_end: dict[str, int] = field(default_factory=dict)  # IVF newcomers: probes scanned (a prefix)
+    vectors_scanned: dict[str, int] = field(default_factory=dict)  # per request (query x vector pairs)
+    vectors_read: int = 0  # distinct vectors read (a list shared by several requests counts once)
     errors: dict[str, str] = field(default_factory=dict)  # id -> message (e.g. collection dropped)
     duration_s: float = 0.0

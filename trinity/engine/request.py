@@ -78,8 +78,10 @@ class SearchRequest:
     first_scan_time: float | None = None
     finish_time: float | None = None
     unit_costs: np.ndarray | None = None  # vectors per unit (IVF: probed list sizes), known after assignment
-    seen_chunks: np.ndarray | None = None  # flat only: which chunks this request has scanned
+    unit_ids: np.ndarray | None = None  # IVF: probed list ids, best first, known after assignment
+    seen: np.ndarray | None = None  # which units (positions) this request has scanned (flat: from admission)
     est_unit_cost: float = 0.0  # vectors per unit before assignment is known
+    _remaining: int = field(default=0, repr=False)  # cached remaining cost once unit costs are known
     message: str = ""  # why it finished the way it did (rejection reason, error, ...)
 
     @property
@@ -94,14 +96,20 @@ class SearchRequest:
     def fraction_scanned(self) -> float:
         return 1.0 if self.num_units_total == 0 else self.num_units_done / self.num_units_total
 
-    def cost_of_next(self, num_units: int) -> int:
-        """Vectors scanned by the next ``num_units`` units (estimated before assignment)."""
-        if self.unit_costs is None:
-            return int(round(num_units * self.est_unit_cost))
-        return int(self.unit_costs[self.num_units_done:self.num_units_done + num_units].sum())
-
     def remaining_cost(self) -> int:
-        return self.cost_of_next(self.num_units_left)
+        """Vectors still to scan (estimated before assignment)."""
+        if self.unit_costs is None or self.seen is None:
+            return int(round(self.num_units_left * self.est_unit_cost))
+        return self._remaining
+
+    def mark_seen(self, positions) -> None:
+        """Record scanned unit positions; update the progress counter and remaining cost."""
+        positions = np.asarray(positions, dtype=np.int64)
+        fresh = positions[~self.seen[positions]]
+        self.seen[fresh] = True
+        self.num_units_done += fresh.size
+        if self.unit_costs is not None:
+            self._remaining -= int(self.unit_costs[fresh].sum())
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
+from operator import itemgetter
 
 import numpy as np
 
@@ -22,9 +23,14 @@ from trinity.engine.collections import Collections, CollectionStats, UnknownColl
 from trinity.engine.config import SchedulerConfig
 from trinity.engine.plan import IterationPlan, NewRequest, RunnerOutput, ScanWork
 from trinity.engine.request import RequestStatus, SearchRequest
+from trinity.engine.window import ListWindow
 
 #: Below this many vectors per iteration the cost fit says nothing about scanning.
 _MIN_FIT_VECTORS = 1024
+#: Refit the cost model every this many iterations (a least-squares fit costs ~0.1 ms).
+_REFIT_EVERY = 4
+#: Upper clamp of the fitted read weight (a read costs at most this many pair scans).
+_MAX_READ_WEIGHT = 8.0
 
 Finished = tuple[SearchRequest, "np.ndarray | None", "np.ndarray | None"]  # (request, scores, ids)
 
@@ -42,7 +48,8 @@ class Scheduler:
         self.budget_vectors = config.initial_budget_vectors
         self.scan_rate: float | None = None  # vectors per second, EWMA over full iterations
         self.iteration_s = config.target_iteration_ms / 1e3  # EWMA of observed iteration durations
-        self._samples: deque[tuple[int, int, float]] = deque(maxlen=64)  # (vectors, items, seconds)
+        self.read_weight = 0.0  # cost of reading a vector / scanning a (query, vector) pair; fitted
+        self._samples: deque[tuple[int, int, int, float]] = deque(maxlen=64)  # (pairs, reads, items, seconds)
         self._items = 0.0  # EWMA of work items per iteration
         self.iteration = 0
         self.num_admitted = 0
@@ -51,6 +58,7 @@ class Scheduler:
         self._flat_cursor: dict[str, int] = {}
         self._windows: dict[str, tuple[int, ...]] = {}
         self._to_free: list[str] = []
+        self._saturated = False  # the last plan left wanted work for later (budget-bound)
         self._finished: list[Finished] = []
 
     # ------------------------------------------------------------------ admission
@@ -68,7 +76,7 @@ class Scheduler:
             req.num_units_total = min(req.nprobe or stats.default_nprobe, stats.num_units)
         else:
             req.num_units_total = stats.num_units
-            req.seen_chunks = np.zeros(stats.num_units, dtype=bool)
+            req.seen = np.zeros(stats.num_units, dtype=bool)
         req.est_unit_cost = stats.unit_cost
         waiting = len(self.requests) - len(self.joined)
         if waiting > self.config.max_num_waiting:
@@ -104,7 +112,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ one iteration
     def schedule(self) -> IterationPlan:
-        """Plan the next iteration."""
+        """Plan the next iteration: work and list claims in priority order, then riders."""
         now = self.clock()
         self.iteration += 1
         self._windows = {}
@@ -121,42 +129,132 @@ class Scheduler:
             elif now + self.iteration_s >= req.deadline:  # resolved before this iteration runs
                 self._finish(req, RequestStatus.FINISHED_PARTIAL, message="deadline reached before any scan")
         closing = set(finish_partial)
-        candidates = [r for r in self.requests.values() if r.request_id not in closing]
-        candidates.sort(key=lambda r: self._priority(r, now))
-        budget_left, planned = self.budget_vectors, 0
+        keyed = [(self._priority(r, now), r) for r in self.requests.values() if r.request_id not in closing]
+        keyed.sort(key=itemgetter(0))
+        keyed = self._demote_hopeless(keyed, now)
+        candidates = [r for _, r in keyed]
+        budget_left, planned = float(self.budget_vectors), 0.0
         work: list[ScanWork] = []
         new: list[NewRequest] = []
+        lists = self._open_list_windows(candidates)
         num_joined = len(self.joined) - len(closing)
-        for req in candidates:
-            if budget_left <= 0:
-                break
+        forced = exhausted = False
+        for (aged, *_), req in keyed:
             joined = req.request_id in self.joined
+            if budget_left <= 0:
+                exhausted = True
+                if num_joined >= self.config.max_num_running:
+                    break  # nothing left to plan: no budget, no free running slot
+                if joined or req.seen is not None or self._urgent(req, now, aged):
+                    continue  # NOTE: a full budget still lets newcomers join (free: they only get assigned)
+            first = not work and planned == 0
+            if req.unit_ids is not None:  # joined IVF: claim lists best-first; riders join below
+                window = lists.get(req.collection)
+                if window is None or (window.cut and not first):
+                    continue  # NOTE: once the budget bound a window, lower priorities only ride
+                charge = window.claim(req, budget_left, force=first)
+                if charge is None:
+                    continue
+                forced |= first and charge > budget_left
+                planned += charge
+                budget_left -= charge
+                continue
             # NOTE: decode-level work may exceed max_num_running; otherwise preempted
             # prefill requests holding every slot would invert priorities.
-            if not joined and num_joined >= self.config.max_num_running and self._priority(req, now)[0] > 0:
+            if not joined and num_joined >= self.config.max_num_running and aged > 0:
                 continue
-            planned_item = self._plan_item(req, budget_left, first=not work)
+            planned_item = self._plan_item(req, budget_left, first, now, aged)
             if planned_item is None:
+                exhausted = True  # it did not fit
                 continue
             item, cost = planned_item
+            forced |= first and cost > budget_left
             work.append(item)
             planned += cost
             budget_left -= cost
             if not joined:
                 num_joined += 1
                 new.append(NewRequest(req.request_id, req.collection, req.query, req.k, req.num_units_total))
-        scheduled = {w.request_id for w in work}
+        for window in lists.values():
+            work.extend(window.work())
+            exhausted |= window.cut
+        rank = {r.request_id: i for i, r in enumerate(candidates)}
+        work.sort(key=lambda w: rank[w.request_id])
+        # NOTE: a join-only newcomer holds runner state but has not started scanning.
+        self._mark_scheduled(candidates, {w.request_id for w in work if w.max_vectors != 0}, now, exhausted)
+        self._saturated = exhausted
+        return IterationPlan(self.iteration, tuple(new), tuple(work), tuple(finish_partial), free,
+                             self.budget_vectors, int(math.ceil(planned)), forced)
+
+    def _demote_hopeless(self, keyed: list, now: float) -> list:
+        """Move requests that cannot finish by their deadline behind those that can.
+
+        NOTE: plain EDF collapses under overload (the domino effect): the oldest requests,
+        already too late, take the budget and then the next ones miss too.  Walking the
+        priority order with the cumulative remaining work at the current scan rate, a
+        request that would finish after its deadline is served only after every request
+        that still can -- it keeps riding along and ends with its best-so-far answer.
+        Decode-level requests are never demoted.
+        """
+        if not self.config.stage_aware or not self.scan_rate or not self._saturated:
+            return keyed  # NOTE: without a backlog every request can finish: skip the walk
+        rate = self.budget_vectors / max(self.iteration_s, 1e-6)  # pair equivalents per second
+        margin = now + 2 * self.iteration_s
+        ahead = 0.0
+        on_time, late = [], []
+        for item in keyed:
+            (aged, *_), req = item
+            ahead += req.remaining_cost()
+            if aged > 0 and req.deadline is not None and margin + ahead / rate > req.deadline:
+                late.append(item)
+                ahead -= req.remaining_cost()
+            else:
+                on_time.append(item)
+        return on_time + late if late else keyed
+
+    def _open_list_windows(self, candidates: list[SearchRequest]) -> dict[str, ListWindow]:
+        """One :class:`ListWindow` per IVF collection with joined candidates."""
+        riders: dict[str, list[SearchRequest]] = {}
+        for req in candidates:
+            if req.unit_ids is not None:
+                riders.setdefault(req.collection, []).append(req)
+        out = {}
+        for name, reqs in riders.items():
+            try:
+                stats = self.collections.stats(name)
+            except UnknownCollectionError as e:
+                for req in reqs:
+                    self._finish(req, RequestStatus.FINISHED_ERROR, message=str(e))
+                continue
+            if stats.unit_sizes is not None:
+                out[name] = ListWindow(name, stats.unit_sizes, reqs, self.read_weight)
+        return out
+
+    def _urgent(self, req: SearchRequest, now: float, aged: int) -> bool:
+        """Whether a newcomer scans now even under load, rather than joining to ride along."""
+        if not self.config.stage_aware or aged == 0:
+            return True  # FIFO mode and decode-level work never wait for company
+        if req.deadline is None:
+            return False  # background: rides along (aging promotes it to decode level)
+        need = req.remaining_cost() / self.scan_rate if self.scan_rate else 0.0
+        left = req.deadline - now
+        return left <= max(self.config.urgent_share * (req.deadline - req.arrival_time),
+                           4 * self.iteration_s + 2 * need)
+
+    def _mark_scheduled(self, candidates: list[SearchRequest], scheduled: set[str], now: float,
+                        exhausted: bool) -> None:
         for req in candidates:
             if req.request_id in scheduled:
                 req.status = RequestStatus.RUNNING
                 if req.first_scan_time is None:
                     req.first_scan_time = now
-            elif req.status is RequestStatus.RUNNING:
+            elif req.status is RequestStatus.RUNNING and req.request_id in self.joined:
+                # NOTE: only a request displaced by a full budget counts as preempted; one
+                # waiting for its lists to come round with other riders is just deferred.
                 req.status = RequestStatus.PREEMPTED
-                req.num_preemptions += 1
-                self.num_preemptions += 1
-        return IterationPlan(self.iteration, tuple(new), tuple(work), tuple(finish_partial), free,
-                             self.budget_vectors, planned)
+                if exhausted:
+                    req.num_preemptions += 1
+                    self.num_preemptions += 1
 
     def _priority(self, req: SearchRequest, now: float) -> tuple[float, ...]:
         if not self.config.stage_aware:
@@ -170,42 +268,41 @@ class Scheduler:
             deadline = req.arrival_time + self.config.aging_s * (int(req.stage) + 1)
         return (aged, deadline, req.arrival_time)
 
-    def _plan_item(self, req: SearchRequest, budget_left: int, first: bool) -> tuple[ScanWork, int] | None:
-        if req.seen_chunks is not None:
+    def _plan_item(self, req: SearchRequest, budget_left: float, first: bool, now: float,
+                   aged: int) -> tuple[ScanWork, float] | None:
+        """Work of a flat request, or of an IVF newcomer (its probes are not known yet)."""
+        if req.seen is not None:
             return self._plan_flat(req, budget_left, first)
-        start, total = req.num_units_done, req.num_units_total
-        if req.unit_costs is None:  # not assigned yet: cap by vectors, the runner cuts the prefix
-            if not first and budget_left < req.est_unit_cost:
+        if (self._saturated or budget_left <= 0) and not self._urgent(req, now, aged):
+            # NOTE: under load a request with slack joins only (assigned now, riding along
+            # from the next iteration); at light load it scans at once, as nothing is gained
+            # by waiting for company.
+            return ScanWork(req.request_id, req.collection, max_vectors=0), 0.0
+        if not first and budget_left < req.est_unit_cost * (1 + self.read_weight):
+            return None
+        # NOTE: the cap is the size-biased estimate itself: a request whose probed lists
+        # run larger finishes next iteration, instead of every newcomer reserving
+        # headroom that other work then cannot use.  A newcomer reads its lists alone.
+        per_vector = 1 + self.read_weight
+        cap = int(min(budget_left / per_vector, math.ceil(req.remaining_cost()) + 1))
+        # NOTE: the most urgent item always progresses (>= 1 probe even past its cap), so
+        # it is charged the worst case of one probe: the budget holds for the rest.
+        charge = cap * per_vector
+        if first:
+            stats = self._stats_or_fail(req)
+            if stats is None:
                 return None
-            # NOTE: the cap is the size-biased estimate itself: a request whose probed lists
-            # run larger finishes next iteration, instead of every newcomer reserving
-            # headroom that other work then cannot use.
-            cap = int(min(budget_left, math.ceil(req.remaining_cost()) + 1))
-            # NOTE: the most urgent item always progresses (>= 1 probe even past its cap), so
-            # it is charged the worst case of one probe: the budget holds for the rest.
-            charge = cap
-            if first:
-                stats = self._stats_or_fail(req)
-                if stats is None:
-                    return None
-                charge = max(cap, stats.max_unit_cost)
-            return ScanWork(req.request_id, req.collection, start, total, max_vectors=cap, returns_result=True,
-                            allow_overshoot=first), charge
-        cum = np.cumsum(req.unit_costs[start:total])
-        n = int(np.searchsorted(cum, budget_left, side="right"))
-        if n == 0:
-            if not first:
-                return None
-            n = 1  # NOTE: progress guarantee: one unit even if it alone exceeds the budget
-        end = start + n
-        return ScanWork(req.request_id, req.collection, start, end, returns_result=end == total), int(cum[n - 1])
+            charge = max(cap, stats.max_unit_cost) * per_vector
+        return ScanWork(req.request_id, req.collection, max_vectors=cap, returns_result=True,
+                        allow_overshoot=first), charge
 
-    def _plan_flat(self, req: SearchRequest, budget_left: int, first: bool) -> tuple[ScanWork, int] | None:
+    def _plan_flat(self, req: SearchRequest, budget_left: float, first: bool) -> tuple[ScanWork, float] | None:
         stats = self._stats_or_fail(req)
         if stats is None:
             return None
-        seen = req.seen_chunks
-        seen[stats.num_units:] = True  # the collection shrank: those chunks no longer exist
+        seen = req.seen
+        if stats.num_units < seen.size:  # the collection shrank: those chunks no longer exist
+            req.mark_seen(np.arange(stats.num_units, seen.size))
         window = self._windows.get(req.collection)
         if window is None and stats.num_units:
             n = stats.num_units
@@ -230,7 +327,7 @@ class Scheduler:
         if not chunks and left:
             return None  # waits for the shared cursor to come round to its unseen chunks
         cost = int(len(chunks) * stats.unit_cost)
-        return ScanWork(req.request_id, req.collection, chunks=chunks, returns_result=len(chunks) == left), cost
+        return ScanWork(req.request_id, req.collection, units=chunks, returns_result=len(chunks) == left), cost
 
     def _stats_or_fail(self, req: SearchRequest) -> CollectionStats | None:
         """The collection's stats, or ``None`` after failing ``req`` if it was dropped."""
@@ -251,14 +348,15 @@ class Scheduler:
             if w.request_id in out.errors:
                 self._finish(req, RequestStatus.FINISHED_ERROR, message=out.errors[w.request_id])
                 continue
-            if req.seen_chunks is not None:
-                req.seen_chunks[list(w.chunks)] = True
-                req.num_units_done = int(req.seen_chunks.sum())
+            if req.seen is None:  # an IVF newcomer: its probes are known now
+                req.unit_costs = out.unit_costs[req.request_id]
+                req.unit_ids = out.unit_ids[req.request_id]
+                req.num_units_total = len(req.unit_costs)
+                req.seen = np.zeros(req.num_units_total, dtype=bool)
+                req._remaining = int(req.unit_costs.sum())
+                req.mark_seen(np.arange(out.units_end[req.request_id]))
             else:
-                if req.unit_costs is None:
-                    req.unit_costs = out.unit_costs[req.request_id]
-                    req.num_units_total = len(req.unit_costs)
-                req.num_units_done = out.units_end[req.request_id]
+                req.mark_seen(list(w.units))
             req.num_vectors_scanned += out.vectors_scanned.get(req.request_id, 0)
             req.num_iterations += 1
             if w.request_id in out.results:
@@ -279,8 +377,11 @@ class Scheduler:
 
     # ------------------------------------------------------------------ internals
     def _adapt_budget(self, plan: IterationPlan, out: RunnerOutput) -> None:
-        """Fit ``duration ~ a + b * vectors + c * items`` over recent iterations and size
-        the budget so a full iteration lasts ``target_iteration_ms``.
+        """Fit ``duration ~ a + b * pairs + c * reads + d * items`` over recent iterations
+        and size the budget so a full iteration lasts ``target_iteration_ms``.
+
+        ``pairs`` are (query, vector) scans, ``reads`` the distinct vectors read; the
+        budget is in pair equivalents, a read weighing ``c / b`` (``read_weight``).
 
         NOTE: a plain vectors/duration rate charges fixed per-iteration and per-request
         costs to the scan, so a smaller budget looks slower still and the budget spirals
@@ -294,26 +395,31 @@ class Scheduler:
         # NOTE: clamp outliers (a JIT compile, a page-in after idling) before fitting or
         # smoothing: one slow iteration must not make every deadline look unreachable.
         sample = min(out.duration_s, 4 * target)
-        self._samples.append((scanned, items, sample))
+        self._samples.append((scanned, out.vectors_read, items, sample))
         a = self.config.budget_ewma
         self._items = (1 - a) * self._items + a * items
         # NOTE: deadlines are checked against observed iteration times, not against the
         # fit's prediction: with tiny collections the fit is degenerate (a clamped budget
         # would "predict" iterations hundreds of ms long and expire every request).
         self.iteration_s = (1 - a) * self.iteration_s + a * sample
-        if len(self._samples) < 8:
+        if len(self._samples) < 8 or self.iteration % _REFIT_EVERY:
             return
         data = np.asarray(self._samples, dtype=np.float64)
-        scale = np.maximum(data[:, :2].max(axis=0), 1.0)
-        design = np.column_stack([np.ones(len(data)), data[:, 0] / scale[0], data[:, 1] / scale[1]])
-        (fixed, per_vec, per_item), *_ = np.linalg.lstsq(design, data[:, 2], rcond=None)
-        per_vec /= scale[0]
-        per_item /= scale[1]
-        if not per_vec > 0 or data[:, 0].max() < _MIN_FIT_VECTORS:
-            return  # degenerate window (constant or tiny scans): keep the current budget
+        if data[:, 0].max() < _MIN_FIT_VECTORS:
+            return  # tiny scans say nothing about the scan rate: keep the current budget
+        scale = np.maximum(data[:, :3].max(axis=0), 1.0)
+        design = np.column_stack([np.ones(len(data)), data[:, :3] / scale])
+        fixed, per_pair, per_read, per_item = np.linalg.lstsq(design, data[:, 3], rcond=None)[0] / np.r_[1.0, scale]
+        if not per_pair > 0 or per_read < 0:  # reads and pairs too collinear to separate
+            design = np.column_stack([np.ones(len(data)), data[:, 0] / scale[0], data[:, 2] / scale[2]])
+            fixed, per_pair, per_item = np.linalg.lstsq(design, data[:, 3], rcond=None)[0] / np.r_[1.0, scale[0], scale[2]]
+            per_read = self.read_weight * per_pair
+            if not per_pair > 0:
+                return  # degenerate window (constant scans): keep the current budget
         fixed, per_item = max(fixed, 0.0), max(per_item, 0.0)
-        self.scan_rate = 1.0 / per_vec
-        budget = (target - fixed - per_item * self._items) / per_vec
+        self.read_weight = (1 - a) * self.read_weight + a * min(per_read / per_pair, _MAX_READ_WEIGHT)
+        self.scan_rate = 1.0 / per_pair
+        budget = (target - fixed - per_item * self._items) / per_pair
         self.budget_vectors = int(min(max(budget, self.config.min_budget_vectors), self.config.max_budget_vectors))
 
     def _finish(self, req: SearchRequest, status: RequestStatus, scores=None, ids=None, message: str = "") -> None:
@@ -329,6 +435,6 @@ class Scheduler:
         self._finished.append((req, scores, ids))
 
     def _check_invariants(self, plan: IterationPlan) -> None:
-        assert plan.planned_vectors <= plan.budget_vectors or len(plan.work) == 1, "budget exceeded"
+        assert plan.planned_vectors <= plan.budget_vectors or plan.forced, "budget exceeded"
         assert self.requests.keys() >= self.joined, "runner state for a finished request"
         assert len(self.requests) + self.num_finished == self.num_admitted, "a request was lost"

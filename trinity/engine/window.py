@@ -1,0 +1,110 @@
+"""List-centric batching for IVF: which lists one iteration reads, and who rides along.
+
+Per-request cursors alone share little: two requests scan the same list in the same
+iteration only when both happen to be at it, so a loaded engine reads popular lists again
+and again.  Instead, each iteration builds a *window* of lists per IVF collection: joined
+requests *claim* lists in priority order (stage, then earliest deadline), each its
+best-first unseen probes, so the most urgent answers stay anytime prefixes; every joined
+request that still needs a claimed list *rides along* and scans it in the same iteration.
+The runner's list-major kernel reads each list once for all its riders, so the more
+requests wait, the more each read serves.
+
+A list costs ``size * read_weight`` pair-vector equivalents to read plus ``size`` per
+rider.  When the budget cannot take every rider of a list, riders are taken in priority
+order and claiming stops there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from trinity.engine.plan import ScanWork
+from trinity.engine.request import SearchRequest
+
+
+class ListWindow:
+    """The window of one IVF collection for one iteration.
+
+    Args:
+        collection: the collection's name.
+        list_sizes: vectors per list (the scheduler's metadata copy).
+        riders: joined, active requests on this collection, in priority order.
+        read_weight: cost of reading one vector, in units of scanning one (query, vector)
+            pair (fitted from iteration times).
+    """
+
+    def __init__(self, collection: str, list_sizes: np.ndarray, riders: list[SearchRequest],
+                 read_weight: float) -> None:
+        self.collection = collection
+        self.riders = riders
+        self.sizes = list_sizes
+        self.read_weight = read_weight
+        self.index = {r.request_id: i for i, r in enumerate(riders)}
+        nlist = list_sizes.size
+        # Every pending (rider, list, position), grouped by list, riders in priority order.
+        pos = [np.flatnonzero(~r.seen) for r in riders]
+        self.pending = [r.unit_ids[p] for r, p in zip(riders, pos)]  # per rider, best first
+        lid = np.concatenate(self.pending) if riders else np.empty(0, np.int64)
+        rid = np.repeat(np.arange(len(riders)), [p.size for p in pos])
+        pos = np.concatenate(pos) if riders else np.empty(0, np.int64)
+        keep = lid < nlist  # a re-created collection may have fewer lists
+        order = np.lexsort((rid[keep], lid[keep]))
+        self.pair_rider, self.pair_list, self.pair_pos = rid[keep][order], lid[keep][order], pos[keep][order]
+        self.list_ptr = np.searchsorted(self.pair_list, np.arange(nlist + 1))
+        self.demand = np.diff(self.list_ptr)
+        self.take = np.zeros(self.pair_list.size, dtype=bool)
+        self.chosen = np.zeros(nlist, dtype=bool)
+        self.cut = False  # a claim did not fit: the budget bound this iteration
+
+    def claim(self, req: SearchRequest, budget_left: float, force: bool) -> float | None:
+        """Add ``req``'s unseen lists, best first, with their riders, while they fit.
+
+        Returns the charge, or ``None`` if ``req`` gets nothing this iteration.  With
+        ``force`` (the iteration's first item: the progress guarantee) ``req``'s next
+        list is scanned by ``req`` even past the budget.
+        """
+        me = self.index[req.request_id]
+        pending = self.pending[me]
+        pending = pending[pending < self.chosen.size]
+        new = pending[~self.chosen[pending]]
+        if new.size == 0:
+            return 0.0 if pending.size else None
+        full = self.sizes[new] * (self.read_weight + self.demand[new])
+        cum = np.cumsum(full)
+        n = int(np.searchsorted(cum, budget_left, side="right"))
+        for lst in new[:n]:
+            self.take[self.list_ptr[lst]:self.list_ptr[lst + 1]] = True
+        self.chosen[new[:n]] = True
+        charge = float(cum[n - 1]) if n else 0.0
+        if n == new.size:
+            return charge
+        self.cut = True
+        lst = int(new[n])  # the first list that does not fit with every rider: take some
+        size, lo = float(self.sizes[lst]), int(self.list_ptr[lst])
+        m = int((budget_left - charge - size * self.read_weight) // size) if size else 0
+        m = min(max(m, 0), int(self.demand[lst]))
+        if m == 0 and not (force and n == 0):
+            return charge if n else (0.0 if self.chosen[pending].any() else None)
+        self.chosen[lst] = True
+        if m:
+            self.take[lo:lo + m] = True
+        else:  # forced: this request alone
+            self.take[lo + int(np.flatnonzero(self.pair_rider[lo:self.list_ptr[lst + 1]] == me)[0])] = True
+            m = 1
+        return charge + size * (self.read_weight + m)
+
+    def work(self) -> list[ScanWork]:
+        """Each rider's positions taken this iteration (riders in priority order)."""
+        sel = np.flatnonzero(self.take)
+        if sel.size == 0:
+            return []
+        by_rider = sel[np.argsort(self.pair_rider[sel], kind="stable")]
+        riders = self.pair_rider[by_rider]
+        bounds = np.flatnonzero(np.diff(riders)) + 1
+        out = []
+        for chunk in np.split(by_rider, bounds):
+            req = self.riders[int(self.pair_rider[chunk[0]])]
+            units = np.sort(self.pair_pos[chunk])
+            done = req.num_units_done + units.size == req.num_units_total
+            out.append(ScanWork(req.request_id, self.collection, tuple(units.tolist()), returns_result=done))
+        return out
