@@ -140,7 +140,7 @@ class FakeRunner:
                 assert rid in new_ids and not st.seen, f"{rid}: max_vectors only for newcomers"
                 cum = np.cumsum(st.probe_costs)
                 fits = int(np.searchsorted(cum, w.max_vectors, side="right"))
-                end = min(max(1, fits) if w.allow_overshoot else fits, len(st.probes))
+                end = min(max(1, fits) if w.allow_overshoot else fits, len(st.probes)) if w.max_vectors else 0
                 units = tuple(range(end))
                 out.units_end[rid] = end
             else:

@@ -449,7 +449,7 @@ def test_reject_policy_rejects_clearly_infeasible_requests(clock):
     assert ok.status is RequestStatus.FINISHED_COMPLETE and ok.finish_time <= ok.deadline
     # the default policy admits the same request and answers partially
     sched2 = Scheduler(fixed_budget(4000), cols, clock)
-    sched2.scan_rate = sched.scan_rate
+    sched2.cost.scan_rate = sched.scan_rate
     doomed2 = make_req(clock, IVF, nprobe=64, deadline_s=0.005, qi=2)
     sched2.add_request(doomed2)
     assert not doomed2.is_finished

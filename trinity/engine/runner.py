@@ -69,6 +69,8 @@ class SearchRunner:
         for w in plan.work:
             if w.request_id in self.states:
                 by_collection.setdefault(w.collection, []).append(w)
+            else:  # NOTE: never drop planned work silently: the scheduler fails the request
+                out.errors.setdefault(w.request_id, "runner holds no state for this request")
         for name, items in by_collection.items():
             try:
                 index = self.collections.get(name)
@@ -156,7 +158,7 @@ class SearchRunner:
             else:  # newcomer: the longest best-first prefix within the cap (0: join only)
                 cum = np.cumsum(st.probe_costs)
                 fits = int(np.searchsorted(cum, w.max_vectors, side="right"))
-                end = min(max(1, fits) if w.allow_overshoot else fits, len(st.probes))
+                end = min(max(1, fits) if w.allow_overshoot else fits, len(st.probes)) if w.max_vectors else 0
                 out.units_end[w.request_id] = end
                 probes = st.probes[:end]
             out.vectors_scanned[w.request_id] = int(index.lists.list_len[probes].sum())

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
 from collections.abc import Callable
 from operator import itemgetter
 
@@ -21,16 +20,11 @@ import numpy as np
 
 from trinity.engine.collections import Collections, CollectionStats, UnknownCollectionError
 from trinity.engine.config import SchedulerConfig
+from trinity.engine.cost_model import IterationCostModel
 from trinity.engine.plan import IterationPlan, NewRequest, RunnerOutput, ScanWork
 from trinity.engine.request import RequestStatus, SearchRequest
 from trinity.engine.window import ListWindow
 
-#: Below this many vectors per iteration the cost fit says nothing about scanning.
-_MIN_FIT_VECTORS = 1024
-#: Refit the cost model every this many iterations (a least-squares fit costs ~0.1 ms).
-_REFIT_EVERY = 4
-#: Upper clamp of the fitted read weight (a read costs at most this many pair scans).
-_MAX_READ_WEIGHT = 8.0
 
 Finished = tuple[SearchRequest, "np.ndarray | None", "np.ndarray | None"]  # (request, scores, ids)
 
@@ -45,12 +39,7 @@ class Scheduler:
         self.clock = clock
         self.requests: dict[str, SearchRequest] = {}  # active, in admission order
         self.joined: set[str] = set()  # the runner holds state for these
-        self.budget_vectors = config.initial_budget_vectors
-        self.scan_rate: float | None = None  # vectors per second, EWMA over full iterations
-        self.iteration_s = config.target_iteration_ms / 1e3  # EWMA of observed iteration durations
-        self.read_weight = 0.0  # cost of reading a vector / scanning a (query, vector) pair; fitted
-        self._samples: deque[tuple[int, int, int, float]] = deque(maxlen=64)  # (pairs, reads, items, seconds)
-        self._items = 0.0  # EWMA of work items per iteration
+        self.cost = IterationCostModel(config)
         self.iteration = 0
         self.num_admitted = 0
         self.num_finished = 0
@@ -105,6 +94,12 @@ class Scheduler:
         """Requests finished outside an iteration (rejections, aborts, expiries)."""
         out, self._finished = self._finished, []
         return out
+
+    # NOTE: the cost model owns these; the scheduler reads them every iteration.
+    budget_vectors = property(lambda self: self.cost.budget_vectors, doc="Budget of the next iteration.")
+    scan_rate = property(lambda self: self.cost.scan_rate, doc="Fitted (query, vector) pairs per second.")
+    iteration_s = property(lambda self: self.cost.iteration_s, doc="Smoothed observed iteration duration.")
+    read_weight = property(lambda self: self.cost.read_weight, doc="Fitted cost of a read per pair scan.")
 
     @property
     def has_work(self) -> bool:
@@ -371,57 +366,11 @@ class Scheduler:
                 self._finish(req, RequestStatus.FINISHED_PARTIAL, scores, ids, message="deadline reached")
         for col, window in self._windows.items():
             self._flat_cursor[col] = window[-1] + 1
-        self._adapt_budget(plan, out)
+        self.cost.observe(plan, out, self.iteration)
         self._check_invariants(plan)
         return self.pop_finished()
 
     # ------------------------------------------------------------------ internals
-    def _adapt_budget(self, plan: IterationPlan, out: RunnerOutput) -> None:
-        """Fit ``duration ~ a + b * pairs + c * reads + d * items`` over recent iterations
-        and size the budget so a full iteration lasts ``target_iteration_ms``.
-
-        ``pairs`` are (query, vector) scans, ``reads`` the distinct vectors read; the
-        budget is in pair equivalents, a read weighing ``c / b`` (``read_weight``).
-
-        NOTE: a plain vectors/duration rate charges fixed per-iteration and per-request
-        costs to the scan, so a smaller budget looks slower still and the budget spirals
-        down; separating the terms keeps it stable at light and heavy load alike.
-        """
-        if out.duration_s <= 0 or plan.is_empty:
-            return
-        target = self.config.target_iteration_ms / 1e3
-        items = len(plan.work) + len(plan.new_requests)
-        scanned = sum(out.vectors_scanned.values())
-        # NOTE: clamp outliers (a JIT compile, a page-in after idling) before fitting or
-        # smoothing: one slow iteration must not make every deadline look unreachable.
-        sample = min(out.duration_s, 4 * target)
-        self._samples.append((scanned, out.vectors_read, items, sample))
-        a = self.config.budget_ewma
-        self._items = (1 - a) * self._items + a * items
-        # NOTE: deadlines are checked against observed iteration times, not against the
-        # fit's prediction: with tiny collections the fit is degenerate (a clamped budget
-        # would "predict" iterations hundreds of ms long and expire every request).
-        self.iteration_s = (1 - a) * self.iteration_s + a * sample
-        if len(self._samples) < 8 or self.iteration % _REFIT_EVERY:
-            return
-        data = np.asarray(self._samples, dtype=np.float64)
-        if data[:, 0].max() < _MIN_FIT_VECTORS:
-            return  # tiny scans say nothing about the scan rate: keep the current budget
-        scale = np.maximum(data[:, :3].max(axis=0), 1.0)
-        design = np.column_stack([np.ones(len(data)), data[:, :3] / scale])
-        fixed, per_pair, per_read, per_item = np.linalg.lstsq(design, data[:, 3], rcond=None)[0] / np.r_[1.0, scale]
-        if not per_pair > 0 or per_read < 0:  # reads and pairs too collinear to separate
-            design = np.column_stack([np.ones(len(data)), data[:, 0] / scale[0], data[:, 2] / scale[2]])
-            fixed, per_pair, per_item = np.linalg.lstsq(design, data[:, 3], rcond=None)[0] / np.r_[1.0, scale[0], scale[2]]
-            per_read = self.read_weight * per_pair
-            if not per_pair > 0:
-                return  # degenerate window (constant scans): keep the current budget
-        fixed, per_item = max(fixed, 0.0), max(per_item, 0.0)
-        self.read_weight = (1 - a) * self.read_weight + a * min(per_read / per_pair, _MAX_READ_WEIGHT)
-        self.scan_rate = 1.0 / per_pair
-        budget = (target - fixed - per_item * self._items) / per_pair
-        self.budget_vectors = int(min(max(budget, self.config.min_budget_vectors), self.config.max_budget_vectors))
-
     def _finish(self, req: SearchRequest, status: RequestStatus, scores=None, ids=None, message: str = "") -> None:
         req.status = status
         req.finish_time = self.clock()

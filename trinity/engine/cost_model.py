@@ -1,0 +1,83 @@
+"""The iteration cost model: how many vectors fit in one target-length iteration.
+
+Iteration time is fitted as ``a + b * pairs + c * reads + d * items`` over recent
+iterations -- ``pairs`` are (query, vector) scans, ``reads`` the distinct vectors read
+(a list shared by several requests is read once), ``items`` the requests touched -- and
+the next budget is what fills ``target_iteration_ms``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from trinity.engine.config import SchedulerConfig
+from trinity.engine.plan import IterationPlan, RunnerOutput
+
+#: Below this many vectors per iteration the cost fit says nothing about scanning.
+_MIN_FIT_VECTORS = 1024
+#: Refit every this many iterations (a least-squares fit costs ~0.1 ms).
+_REFIT_EVERY = 4
+#: Upper clamp of the fitted read weight (a read costs at most this many pair scans).
+_MAX_READ_WEIGHT = 8.0
+
+
+class IterationCostModel:
+    """Budget, scan rate and read weight, adapted from measured iteration durations."""
+
+    def __init__(self, config: SchedulerConfig) -> None:
+        self.config = config
+        self.budget_vectors = config.initial_budget_vectors  # pair equivalents per iteration
+        self.scan_rate: float | None = None  # (query, vector) pairs per second, fitted
+        self.iteration_s = config.target_iteration_ms / 1e3  # EWMA of observed iteration durations
+        self.read_weight = 0.0  # cost of reading a vector / scanning a (query, vector) pair; fitted
+        self._samples: deque[tuple[int, int, int, float]] = deque(maxlen=64)  # (pairs, reads, items, seconds)
+        self._items = 0.0  # EWMA of work items per iteration
+
+    def observe(self, plan: IterationPlan, out: RunnerOutput, iteration: int) -> None:
+        """Fit ``duration ~ a + b * pairs + c * reads + d * items`` over recent iterations
+        and size the budget so a full iteration lasts ``target_iteration_ms``.
+
+        ``pairs`` are (query, vector) scans, ``reads`` the distinct vectors read; the
+        budget is in pair equivalents, a read weighing ``c / b`` (``read_weight``).
+
+        NOTE: a plain vectors/duration rate charges fixed per-iteration and per-request
+        costs to the scan, so a smaller budget looks slower still and the budget spirals
+        down; separating the terms keeps it stable at light and heavy load alike.
+        """
+        if out.duration_s <= 0 or plan.is_empty:
+            return
+        target = self.config.target_iteration_ms / 1e3
+        items = len(plan.work) + len(plan.new_requests)
+        scanned = sum(out.vectors_scanned.values())
+        # NOTE: clamp outliers (a JIT compile, a page-in after idling) before fitting or
+        # smoothing: one slow iteration must not make every deadline look unreachable.
+        sample = min(out.duration_s, 4 * target)
+        self._samples.append((scanned, out.vectors_read, items, sample))
+        a = self.config.budget_ewma
+        self._items = (1 - a) * self._items + a * items
+        # NOTE: deadlines are checked against observed iteration times, not against the
+        # fit's prediction: with tiny collections the fit is degenerate (a clamped budget
+        # would "predict" iterations hundreds of ms long and expire every request).
+        self.iteration_s = (1 - a) * self.iteration_s + a * sample
+        if len(self._samples) < 8 or iteration % _REFIT_EVERY:
+            return
+        data = np.asarray(self._samples, dtype=np.float64)
+        if data[:, 0].max() < _MIN_FIT_VECTORS:
+            return  # tiny scans say nothing about the scan rate: keep the current budget
+        scale = np.maximum(data[:, :3].max(axis=0), 1.0)
+        design = np.column_stack([np.ones(len(data)), data[:, :3] / scale])
+        fixed, per_pair, per_read, per_item = np.linalg.lstsq(design, data[:, 3], rcond=None)[0] / np.r_[1.0, scale]
+        if not per_pair > 0 or per_read < 0:  # reads and pairs too collinear to separate
+            design = np.column_stack([np.ones(len(data)), data[:, 0] / scale[0], data[:, 2] / scale[2]])
+            fixed, per_pair, per_item = np.linalg.lstsq(design, data[:, 3], rcond=None)[0] / np.r_[1.0, scale[0], scale[2]]
+            per_read = self.read_weight * per_pair
+            if not per_pair > 0:
+                return  # degenerate window (constant scans): keep the current budget
+        fixed, per_item = max(fixed, 0.0), max(per_item, 0.0)
+        self.read_weight = (1 - a) * self.read_weight + a * min(per_read / per_pair, _MAX_READ_WEIGHT)
+        self.scan_rate = 1.0 / per_pair
+        budget = (target - fixed - per_item * self._items) / per_pair
+        self.budget_vectors = int(min(max(budget, self.config.min_budget_vectors), self.config.max_budget_vectors))
+
