@@ -80,6 +80,8 @@ def bench_engine(
     max_batch: int = typer.Option(64, min=1, help="Static batcher: dispatch a (k, nprobe) group at this size."),
     max_wait_ms: float = typer.Option(2.0, min=0.0, help="Static batcher: ... or when its oldest request waited this."),
     target_iteration_ms: float = typer.Option(4.0, min=0.1, help="Trinity: target iteration duration."),
+    max_num_running: int | None = typer.Option(None, min=1, help="Trinity: requests holding runner state "
+                                               "(default: SchedulerConfig's, 64)."),
     drain_cap: float = typer.Option(10.0, min=0.1, help="Seconds to wait for outstanding results after a stream."),
     data: str = typer.Option("real", help="real: embedded docstring corpus; synthetic: clustered random (tests)."),
     embed_missing: bool = typer.Option(False, help="Embed passages missing from the cache instead of shrinking."),
@@ -103,7 +105,8 @@ def bench_engine(
             duration_s=duration, systems=tuple(s.strip() for s in systems.split(",") if s.strip()), classes=classes,
             max_batch=max_batch, max_wait_ms=max_wait_ms, target_iteration_ms=target_iteration_ms,
             drain_cap_s=drain_cap, data=data, embed_missing=embed_missing, cache_index=cache_index, threads=threads,
-            blas_threshold=faiss_blas_threshold, switch_interval_ms=switch_interval_ms, seed=seed, out=out, plot=plot)
+            blas_threshold=faiss_blas_threshold, switch_interval_ms=switch_interval_ms, seed=seed, out=out, plot=plot,
+            scheduler_kwargs={} if max_num_running is None else {"max_num_running": max_num_running})
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     run_engine_bench(cfg)

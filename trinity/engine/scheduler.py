@@ -45,7 +45,7 @@ class Scheduler:
         self.num_finished = 0
         self.num_preemptions = 0
         self._flat_cursor: dict[str, int] = {}
-        self._windows: dict[str, tuple[int, ...]] = {}
+        self._flat_windows: dict[str, tuple[int, ...]] = {}
         self._to_free: list[str] = []
         self._saturated = False  # the last plan left wanted work for later (budget-bound)
         self._finished: list[Finished] = []
@@ -110,7 +110,7 @@ class Scheduler:
         """Plan the next iteration: work and list claims in priority order, then riders."""
         now = self.clock()
         self.iteration += 1
-        self._windows = {}
+        self._flat_windows = {}
         free, self._to_free = tuple(self._to_free), []
         finish_partial = []
         for req in list(self.requests.values()):
@@ -298,7 +298,7 @@ class Scheduler:
         seen = req.seen
         if stats.num_units < seen.size:  # the collection shrank: those chunks no longer exist
             req.mark_seen(np.arange(stats.num_units, seen.size))
-        window = self._windows.get(req.collection)
+        window = self._flat_windows.get(req.collection)
         if window is None and stats.num_units:
             n = stats.num_units
             cursor = self._flat_cursor.get(req.collection, 0) % n
@@ -311,7 +311,7 @@ class Scheduler:
                 cursor = int(after[0]) if after.size else int(unseen[0])
             width = int(min(max(1, budget_left // stats.unit_cost), n))
             window = tuple((cursor + i) % n for i in range(width))
-            self._windows[req.collection] = window
+            self._flat_windows[req.collection] = window
         chunks = tuple(c for c in window or () if c < seen.size and not seen[c])
         fits = int(budget_left // stats.unit_cost) if stats.unit_cost else len(chunks)
         if len(chunks) > fits:
@@ -364,7 +364,7 @@ class Scheduler:
             if req is not None:
                 scores, ids = out.results.get(rid, (None, None))
                 self._finish(req, RequestStatus.FINISHED_PARTIAL, scores, ids, message="deadline reached")
-        for col, window in self._windows.items():
+        for col, window in self._flat_windows.items():
             self._flat_cursor[col] = window[-1] + 1
         self.cost.observe(plan, out, self.iteration)
         self._check_invariants(plan)
