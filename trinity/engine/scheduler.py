@@ -147,6 +147,8 @@ class Scheduler:
                 window = lists.get(req.collection)
                 if window is None or (window.cut and not first):
                     continue  # NOTE: once the budget bound a window, lower priorities only ride
+                if self._saturated and not first and not self._urgent(req, now, aged):
+                    continue  # NOTE: under load a request with slack rides (and gets the fill)
                 charge = window.claim(req, budget_left, force=first)
                 if charge is None:
                     continue
@@ -171,6 +173,9 @@ class Scheduler:
                 num_joined += 1
                 new.append(NewRequest(req.request_id, req.collection, req.query, req.k, req.num_units_total))
         for window in lists.values():
+            charge = window.fill(budget_left)
+            planned += charge
+            budget_left -= charge
             work.extend(window.work())
             exhausted |= window.cut
         rank = {r.request_id: i for i, r in enumerate(candidates)}

@@ -93,6 +93,20 @@ class ListWindow:
             m = 1
         return charge + size * (self.read_weight + m)
 
+    def fill(self, budget_left: float) -> float:
+        """Spend what is left on the lists the most riders wait for; return the charge."""
+        open_ = np.flatnonzero((self.demand > 0) & ~self.chosen)
+        if open_.size == 0 or budget_left <= 0:
+            return 0.0
+        order = open_[np.argsort(-self.demand[open_], kind="stable")]
+        cum = np.cumsum(self.sizes[order] * (self.read_weight + self.demand[order]))
+        n = int(np.searchsorted(cum, budget_left, side="right"))
+        self.cut |= n < order.size
+        for lst in order[:n]:
+            self.take[self.list_ptr[lst]:self.list_ptr[lst + 1]] = True
+        self.chosen[order[:n]] = True
+        return float(cum[n - 1]) if n else 0.0
+
     def work(self) -> list[ScanWork]:
         """Each rider's positions taken this iteration (riders in priority order)."""
         sel = np.flatnonzero(self.take)

@@ -145,13 +145,70 @@ class IVFIndex(BaseIndex):
 
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
 def _assign_rows(queries, centroids, c_aux, out):  # pragma: no cover - compiled
-    """Best ``out.shape[1]`` centroids per query row (score desc, then smaller list id)."""
+    """Best ``out.shape[1]`` centroids per query row (score desc, then smaller list id).
+
+    NOTE: queries go in register tiles of 4 (each centroid row is loaded once for 4 dot
+    products, ~3x faster for the engine's batches of newcomers); every dot keeps the
+    summation order of the single-query loop, so a query's probes never depend on its
+    batch.
+    """
     nlist, dim = centroids.shape
-    for i in numba.prange(queries.shape[0]):
-        scores = np.empty(nlist, dtype=np.float32)
-        for c in range(nlist):
-            s = np.float32(0.0)
-            for d in range(dim):
-                s += queries[i, d] * centroids[c, d]
-            scores[c] = s + c_aux[c]
-        out[i, :] = np.argsort(-scores, kind="mergesort")[: out.shape[1]]
+    n = queries.shape[0]
+    for g in numba.prange((n + 3) // 4):
+        i0 = 4 * g
+        rows = min(4, n - i0)
+        scores = np.empty((4, nlist), dtype=np.float32)
+        if rows == 4:
+            for c in range(nlist):
+                s0 = np.float32(0.0)
+                s1 = np.float32(0.0)
+                s2 = np.float32(0.0)
+                s3 = np.float32(0.0)
+                for d in range(dim):
+                    x = centroids[c, d]
+                    s0 += queries[i0, d] * x
+                    s1 += queries[i0 + 1, d] * x
+                    s2 += queries[i0 + 2, d] * x
+                    s3 += queries[i0 + 3, d] * x
+                scores[0, c] = s0 + c_aux[c]
+                scores[1, c] = s1 + c_aux[c]
+                scores[2, c] = s2 + c_aux[c]
+                scores[3, c] = s3 + c_aux[c]
+        else:
+            for r in range(rows):
+                for c in range(nlist):
+                    s = np.float32(0.0)
+                    for d in range(dim):
+                        s += queries[i0 + r, d] * centroids[c, d]
+                    scores[r, c] = s + c_aux[c]
+        for r in range(rows):
+            _top_ids(scores[r], out[i0 + r])
+
+
+@numba.njit(inline="always")
+def _top_ids(scores, out):  # pragma: no cover - compiled
+    """The ``out.size`` best ids of ``scores`` (score desc, then smaller id) into ``out``.
+
+    NOTE: a full stable argsort of every row cost ~23 us per query at nlist 1024; selecting
+    the w-th best with a partition and sorting only the winners is several times cheaper.
+    """
+    n = scores.size
+    w = out.size
+    if w >= n:
+        out[:n] = np.argsort(-scores, kind="mergesort")
+        return
+    thr = np.partition(scores.copy(), n - w)[n - w]  # the w-th largest score
+    sel = np.empty(w, dtype=np.int64)
+    m = 0
+    for c in range(n):  # ids ascending: ties keep the smaller id first
+        if scores[c] > thr:
+            sel[m] = c
+            m += 1
+    for c in range(n):
+        if m == w:
+            break
+        if scores[c] == thr:
+            sel[m] = c
+            m += 1
+    order = np.argsort(-scores[sel], kind="mergesort")  # stable: equal scores stay id-ascending
+    out[:] = sel[order]
