@@ -16,9 +16,10 @@ from .test_scheduler import make_req
 IVF = "ivf_ip"
 
 
-def joined_requests(clock: FakeClock, sched: Scheduler, runner, n: int, nprobe: int = 32, **kw) -> list:
+def joined_requests(clock: FakeClock, sched: Scheduler, runner, n: int, nprobe: int | list[int] = 32, **kw) -> list:
     """``n`` prefill requests that have joined (assigned) but not scanned yet."""
-    reqs = [make_req(clock, IVF, nprobe=nprobe, stage=Stage.PREFILL, qi=i, **kw) for i in range(n)]
+    nprobes = nprobe if isinstance(nprobe, list) else [nprobe] * n
+    reqs = [make_req(clock, IVF, nprobe=nprobes[i], stage=Stage.PREFILL, qi=i, **kw) for i in range(n)]
     for r in reqs:
         sched.add_request(r)
     sched._saturated = True  # under load: newcomers with slack join only
@@ -122,3 +123,32 @@ def test_overload_demotes_hopeless_requests_instead_of_missing_every_deadline():
     on_time = [r for r in complete if r.finish_time <= r.deadline]
     assert len(on_time) >= 6, [fin[r.request_id][0].status.name for r in reqs]
     assert all(np.isfinite(r.deadline) for r in reqs)
+
+
+def test_fill_prefers_lists_that_finish_requests():
+    clock = FakeClock()
+    cols = make_collections(IVF)
+    sched = Scheduler(fixed_budget(10_000_000), cols, clock)
+    runner = FakeRunner(cols, clock=clock)
+    few, many = joined_requests(clock, sched, runner, 2, nprobe=[2, 64])
+    sizes = cols.stats(IVF).unit_sizes
+    window = ListWindow(IVF, sizes, [few, many], read_weight=1.0)
+    # budget for exactly one of few's lists (with its riders): it goes to a list of `few`
+    first = int(few.unit_ids[0])
+    window.fill(float(sizes[first] * (1.0 + window.demand[first])))
+    chosen = set(np.flatnonzero(window.chosen).tolist())
+    assert chosen and chosen <= set(few.unit_ids.tolist())
+
+
+def test_tight_deadline_newcomers_scan_at_once_under_load():
+    clock = FakeClock()
+    cols = make_collections(IVF)
+    sched = Scheduler(fixed_budget(10_000_000), cols, clock)
+    sched._saturated = True
+    lookup = make_req(clock, IVF, nprobe=4, k=1, qi=1, deadline_s=0.020)  # a cache lookup: 20 ms
+    rag = make_req(clock, IVF, nprobe=32, k=32, qi=2, deadline_s=0.150)
+    sched.add_request(lookup)
+    sched.add_request(rag)
+    plan = sched.schedule()
+    kinds = {w.request_id: w.max_vectors for w in plan.work}
+    assert kinds[lookup.request_id] > 0 and kinds[rag.request_id] == 0  # scans now / joins only

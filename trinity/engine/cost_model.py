@@ -20,7 +20,7 @@ _MIN_FIT_VECTORS = 1024
 #: Refit every this many iterations (a least-squares fit costs ~0.1 ms).
 _REFIT_EVERY = 4
 #: Upper clamp of the fitted read weight (a read costs at most this many pair scans).
-_MAX_READ_WEIGHT = 8.0
+_MAX_READ_WEIGHT = 32.0
 
 
 class IterationCostModel:

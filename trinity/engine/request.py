@@ -82,6 +82,7 @@ class SearchRequest:
     seen: np.ndarray | None = None  # which units (positions) this request has scanned (flat: from admission)
     est_unit_cost: float = 0.0  # vectors per unit before assignment is known
     _remaining: int = field(default=0, repr=False)  # cached remaining cost once unit costs are known
+    _pending: tuple | None = field(default=None, repr=False)  # cached pending() until the next scan
     message: str = ""  # why it finished the way it did (rejection reason, error, ...)
 
     @property
@@ -110,6 +111,14 @@ class SearchRequest:
         self.num_units_done += fresh.size
         if self.unit_costs is not None:
             self._remaining -= int(self.unit_costs[fresh].sum())
+        self._pending = None
+
+    def pending(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(positions, unit ids)`` not scanned yet, best first (cached until the next scan)."""
+        if self._pending is None:
+            pos = np.flatnonzero(~self.seen)
+            self._pending = (pos, self.unit_ids[pos] if self.unit_ids is not None else pos)
+        return self._pending
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,9 @@ from trinity.engine.request import RequestStatus, SearchRequest
 from trinity.engine.window import ListWindow
 
 
+#: A deadline window of at most this many iterations makes a request urgent on arrival.
+_TIGHT_DEADLINE_ITERATIONS = 8
+
 Finished = tuple[SearchRequest, "np.ndarray | None", "np.ndarray | None"]  # (request, scores, ids)
 
 
@@ -237,9 +240,10 @@ class Scheduler:
         if req.deadline is None:
             return False  # background: rides along (aging promotes it to decode level)
         need = req.remaining_cost() / self.scan_rate if self.scan_rate else 0.0
-        left = req.deadline - now
-        return left <= max(self.config.urgent_share * (req.deadline - req.arrival_time),
-                           4 * self.iteration_s + 2 * need)
+        left, window = req.deadline - now, req.deadline - req.arrival_time
+        # NOTE: a deadline only a few iterations long (a cache lookup) cannot afford to wait.
+        return (window <= _TIGHT_DEADLINE_ITERATIONS * self.iteration_s
+                or left <= max(self.config.urgent_share * window, 4 * self.iteration_s + 2 * need))
 
     def _mark_scheduled(self, candidates: list[SearchRequest], scheduled: set[str], now: float,
                         exhausted: bool) -> None:

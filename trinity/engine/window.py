@@ -2,16 +2,22 @@
 
 Per-request cursors alone share little: two requests scan the same list in the same
 iteration only when both happen to be at it, so a loaded engine reads popular lists again
-and again.  Instead, each iteration builds a *window* of lists per IVF collection: joined
-requests *claim* lists in priority order (stage, then earliest deadline), each its
-best-first unseen probes, so the most urgent answers stay anytime prefixes; every joined
-request that still needs a claimed list *rides along* and scans it in the same iteration.
-The runner's list-major kernel reads each list once for all its riders, so the more
-requests wait, the more each read serves.
+and again -- and at 200k x 384 the reads, not the arithmetic, bound the scan.  Instead,
+each iteration builds a *window* of lists per IVF collection, and every joined request
+that still needs a list in the window *rides along* and scans it in the same iteration;
+the runner's list-major kernel reads each list once for all its riders.
+
+Lists enter the window two ways:
+
+* *claims*, in priority order (stage, then earliest deadline): a request adds its
+  best-first unseen probes, so the most urgent answers stay anytime prefixes.  Under load
+  only urgent requests claim (decode-level, tight or nearly spent deadlines);
+* *fill*: what budget is left goes to the lists worth most to their riders (the share
+  of each rider's remaining lists a list completes), so requests finish and leave.
 
 A list costs ``size * read_weight`` pair-vector equivalents to read plus ``size`` per
-rider.  When the budget cannot take every rider of a list, riders are taken in priority
-order and claiming stops there.
+rider.  When the budget cannot take every rider of a claimed list, riders are taken in
+priority order and claiming stops there.
 """
 
 from __future__ import annotations
@@ -42,16 +48,22 @@ class ListWindow:
         self.index = {r.request_id: i for i, r in enumerate(riders)}
         nlist = list_sizes.size
         # Every pending (rider, list, position), grouped by list, riders in priority order.
-        pos = [np.flatnonzero(~r.seen) for r in riders]
-        self.pending = [r.unit_ids[p] for r, p in zip(riders, pos)]  # per rider, best first
+        pending = [r.pending() for r in riders]
+        self.pending = [ids for _, ids in pending]  # per rider, best first
         lid = np.concatenate(self.pending) if riders else np.empty(0, np.int64)
-        rid = np.repeat(np.arange(len(riders)), [p.size for p in pos])
-        pos = np.concatenate(pos) if riders else np.empty(0, np.int64)
+        rid = np.repeat(np.arange(len(riders)), [ids.size for ids in self.pending])
+        pos = np.concatenate([p for p, _ in pending]) if riders else np.empty(0, np.int64)
         keep = lid < nlist  # a re-created collection may have fewer lists
         order = np.lexsort((rid[keep], lid[keep]))
         self.pair_rider, self.pair_list, self.pair_pos = rid[keep][order], lid[keep][order], pos[keep][order]
         self.list_ptr = np.searchsorted(self.pair_list, np.arange(nlist + 1))
         self.demand = np.diff(self.list_ptr)
+        # NOTE: a list's worth to the fill is the share of their remaining work it completes
+        # for its riders (sum of 1 / lists left): lists that finish requests go first, which
+        # keeps requests' time in the running set -- and so throughput -- up.
+        left = np.array([ids.size for ids in self.pending], dtype=np.float64)
+        per_pair = 1.0 / np.maximum(left, 1.0)
+        self.worth = np.bincount(self.pair_list, weights=per_pair[self.pair_rider], minlength=nlist)
         self.take = np.zeros(self.pair_list.size, dtype=bool)
         self.chosen = np.zeros(nlist, dtype=bool)
         self.cut = False  # a claim did not fit: the budget bound this iteration
@@ -94,11 +106,11 @@ class ListWindow:
         return charge + size * (self.read_weight + m)
 
     def fill(self, budget_left: float) -> float:
-        """Spend what is left on the lists the most riders wait for; return the charge."""
+        """Spend what is left on the lists worth most to their riders; return the charge."""
         open_ = np.flatnonzero((self.demand > 0) & ~self.chosen)
         if open_.size == 0 or budget_left <= 0:
             return 0.0
-        order = open_[np.argsort(-self.demand[open_], kind="stable")]
+        order = open_[np.argsort(-self.worth[open_], kind="stable")]
         cum = np.cumsum(self.sizes[order] * (self.read_weight + self.demand[order]))
         n = int(np.searchsorted(cum, budget_left, side="right"))
         self.cut |= n < order.size
