@@ -133,11 +133,12 @@ def test_fill_prefers_lists_that_finish_requests():
     few, many = joined_requests(clock, sched, runner, 2, nprobe=[2, 64])
     sizes = cols.stats(IVF).unit_sizes
     window = ListWindow(IVF, sizes, [few, many], read_weight=1.0)
-    # budget for exactly one of few's lists (with its riders): it goes to a list of `few`
-    first = int(few.unit_ids[0])
-    window.fill(float(sizes[first] * (1.0 + window.demand[first])))
-    chosen = set(np.flatnonzero(window.chosen).tolist())
-    assert chosen and chosen <= set(few.unit_ids.tolist())
+    # a budget for exactly few's two lists (with their riders): the fill takes those
+    # (worth 1/2 each to `few`) before any list only `many` needs (worth 1/64)
+    mine = few.unit_ids
+    window.fill(float((sizes[mine] * (1.0 + window.demand[mine])).sum()))
+    assert window.chosen[mine].all()
+    assert {w.request_id for w in window.work()} >= {few.request_id}
 
 
 def test_tight_deadline_newcomers_scan_at_once_under_load():
