@@ -548,6 +548,7 @@ def test_metrics_registry():
     iterations = get("trinity_engine_iterations_total")
     assert iterations == len(engine.runner.plans) and get("trinity_engine_iteration_seconds_count") == iterations
     assert get("trinity_engine_vectors_scanned_total") == sum(sum(o.vectors_scanned.values()) for o in engine.runner.outputs)
+    assert 0 < get("trinity_engine_vectors_read_total") == sum(o.vectors_read for o in engine.runner.outputs)
     assert get("trinity_engine_preemptions_total") == engine.scheduler.num_preemptions >= 1
     assert get("trinity_search_queue_seconds_count", {"stage": "decode"}) == 3
     assert get("trinity_search_finished_total", {"stage": "prefill", "status": "partial"}) == 1

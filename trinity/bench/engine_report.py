@@ -101,6 +101,8 @@ def summarize_run(rec: RunRecord, system: str, refs: dict[str, np.ndarray] | Non
             row["mean_iter_ms"] = 1e3 * d["runner_busy_s"] / d["iterations"] if d["iterations"] else math.nan
             row["busy_pct"] = 100.0 * d["runner_busy_s"] / span
             row["vectors_per_iter"] = d["vectors_scanned"] / d["iterations"] if d["iterations"] else math.nan
+            # scans per distinct vector read: how many riders one read of a list served
+            row["scans_per_read"] = d["vectors_scanned"] / d["vectors_read"] if d.get("vectors_read") else math.nan
             row["preemptions"] = int(d["preemptions"])
             row["budget_vectors"] = int(after["budget_vectors"])
             row["iteration_est_ms_at_start"] = before["iteration_est_ms"]

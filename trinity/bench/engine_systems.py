@@ -276,7 +276,8 @@ class TrinitySystem(_System):
         sch, reg = self.engine.scheduler, self.engine.metrics.registry
         return {"iterations": sch.iteration, "preemptions": sch.num_preemptions, "iteration_est_ms": 1e3 * sch.iteration_s,
                 "runner_busy_s": self.runner.busy_s, "budget_vectors": sch.budget_vectors,
-                "vectors_scanned": reg.get_sample_value("trinity_engine_vectors_scanned_total") or 0.0}
+                "vectors_scanned": reg.get_sample_value("trinity_engine_vectors_scanned_total") or 0.0,
+                "vectors_read": reg.get_sample_value("trinity_engine_vectors_read_total") or 0.0}
 
     def close(self):
         self.engine.shutdown(drain=False, timeout_s=2.0)

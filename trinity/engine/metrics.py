@@ -34,6 +34,8 @@ class EngineMetrics:
                                         buckets=_ITERATION_BUCKETS_S, registry=r)
         self.vectors_scanned = Counter("trinity_engine_vectors_scanned_total", "Query-vector pairs scanned",
                                        registry=r)
+        self.vectors_read = Counter("trinity_engine_vectors_read_total",
+                                    "Distinct vectors read (one read of a list serves all its riders)", registry=r)
         self.iteration_vectors = Histogram("trinity_engine_iteration_vectors", "Vectors scanned per iteration",
                                            buckets=(1e3, 4e3, 1.6e4, 6.4e4, 2.56e5, 1e6, 4e6), registry=r)
         self.budget = Gauge("trinity_engine_budget_vectors", "Current per-iteration scan budget", registry=r)
