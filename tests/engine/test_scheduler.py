@@ -139,7 +139,9 @@ def test_budget_adapts_to_scan_rate(clock, overhead_s, budget):
     drive(sched, runner, clock=clock)
     assert runner.plans[0].budget_vectors == 2000
     assert sched.scan_rate == pytest.approx(2e6, rel=1e-3)
-    assert sched.budget_vectors == pytest.approx(budget, rel=1e-3)
+    # the fit gives exactly this; the feedback gain may lift it a little, as planned charges
+    # (worst case for a newcomer's first probe) overstate what the runner then scans
+    assert budget <= sched.budget_vectors <= 1.15 * budget
     # iteration_s tracks observed durations (EWMA, incl. the draining tail): at most the target
     assert 0 < sched.iteration_s <= 4e-3 * 1.05
     steady = [o.duration_s for o in runner.outputs[10:-5]]

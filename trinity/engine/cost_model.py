@@ -19,6 +19,11 @@ from trinity.engine.plan import IterationPlan, RunnerOutput
 _MIN_FIT_VECTORS = 1024
 #: Refit every this many iterations (a least-squares fit costs ~0.1 ms).
 _REFIT_EVERY = 4
+#: An iteration whose plan used at least this share of the budget was budget-bound.
+_BOUND_SHARE = 0.8
+#: Feedback step: the gain moves by (target / observed) ** this per budget-bound iteration.
+_GAIN_EXPONENT = 0.2
+_MIN_GAIN, _MAX_GAIN = 0.25, 8.0
 #: Upper clamp of the fitted read weight (a read costs at most this many pair scans).
 _MAX_READ_WEIGHT = 32.0
 
@@ -34,6 +39,8 @@ class IterationCostModel:
         self.read_weight = 0.0  # cost of reading a vector / scanning a (query, vector) pair; fitted
         self._samples: deque[tuple[int, int, int, float]] = deque(maxlen=64)  # (pairs, reads, items, seconds)
         self._items = 0.0  # EWMA of work items per iteration
+        self._fit_budget = float(config.initial_budget_vectors)
+        self._gain = 1.0  # feedback correction of the fit, from budget-bound iterations
 
     def observe(self, plan: IterationPlan, out: RunnerOutput, iteration: int) -> None:
         """Fit ``duration ~ a + b * pairs + c * reads + d * items`` over recent iterations
@@ -61,6 +68,13 @@ class IterationCostModel:
         # fit's prediction: with tiny collections the fit is degenerate (a clamped budget
         # would "predict" iterations hundreds of ms long and expire every request).
         self.iteration_s = (1 - a) * self.iteration_s + a * sample
+        if plan.planned_vectors >= _BOUND_SHARE * plan.budget_vectors:
+            # NOTE: a budget-bound iteration shows what the budget really buys; correct the
+            # fit towards the target duration (the regression extrapolates badly from the
+            # short iterations of light load, and a budget it underestimates starves work).
+            step = (target / max(sample, 1e-6)) ** _GAIN_EXPONENT
+            self._gain = min(max(self._gain * step, _MIN_GAIN), _MAX_GAIN)
+            self._set_budget()
         if len(self._samples) < 8 or iteration % _REFIT_EVERY:
             return
         data = np.asarray(self._samples, dtype=np.float64)
@@ -78,6 +92,10 @@ class IterationCostModel:
         fixed, per_item = max(fixed, 0.0), max(per_item, 0.0)
         self.read_weight = (1 - a) * self.read_weight + a * min(per_read / per_pair, _MAX_READ_WEIGHT)
         self.scan_rate = 1.0 / per_pair
-        budget = (target - fixed - per_item * self._items) / per_pair
+        self._fit_budget = (target - fixed - per_item * self._items) / per_pair
+        self._set_budget()
+
+    def _set_budget(self) -> None:
+        budget = self._fit_budget * self._gain
         self.budget_vectors = int(min(max(budget, self.config.min_budget_vectors), self.config.max_budget_vectors))
 

@@ -185,7 +185,10 @@ class Scheduler:
         work.sort(key=lambda w: rank[w.request_id])
         # NOTE: a join-only newcomer holds runner state but has not started scanning.
         self._mark_scheduled(candidates, {w.request_id for w in work if w.max_vectors != 0}, now, exhausted)
-        self._saturated = exhausted
+        # NOTE: "under load" needs both a binding budget and iterations that actually run
+        # long: at light load the cost fit extrapolates from tiny iterations, and a budget
+        # it underestimates must not make requests with slack wait for company.
+        self._saturated = exhausted and self.iteration_s >= 0.5 * self.config.target_iteration_ms / 1e3
         return IterationPlan(self.iteration, tuple(new), tuple(work), tuple(finish_partial), free,
                              self.budget_vectors, int(math.ceil(planned)), forced)
 
