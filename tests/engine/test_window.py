@@ -19,6 +19,7 @@ IVF = "ivf_ip"
 def joined_requests(clock: FakeClock, sched: Scheduler, runner, n: int, nprobe: int | list[int] = 32, **kw) -> list:
     """``n`` prefill requests that have joined (assigned) but not scanned yet."""
     nprobes = nprobe if isinstance(nprobe, list) else [nprobe] * n
+    kw.setdefault("deadline_s", 10.0)  # slack: under load they join only, then ride along
     reqs = [make_req(clock, IVF, nprobe=nprobes[i], stage=Stage.PREFILL, qi=i, **kw) for i in range(n)]
     for r in reqs:
         sched.add_request(r)

@@ -237,11 +237,18 @@ class Scheduler:
         return out
 
     def _urgent(self, req: SearchRequest, now: float, aged: int) -> bool:
-        """Whether a newcomer scans now even under load, rather than joining to ride along."""
+        """Whether ``req`` scans (claims) now even under load, rather than riding along.
+
+        Urgent: FIFO mode, decode-level, no deadline, a tight deadline window, or less than
+        ``urgent_share`` of it (or of what its remaining work needs) left.
+        """
         if not self.config.stage_aware or aged == 0:
             return True  # FIFO mode and decode-level work never wait for company
         if req.deadline is None:
-            return False  # background: rides along (aging promotes it to decode level)
+            # NOTE: without a deadline there is no slack to spend waiting for company: it
+            # claims in priority order (virtual deadline, aging).  Riding-only would leave
+            # it until aging lifts it to decode level, and then it would delay decodes.
+            return True
         need = req.remaining_cost() / self.scan_rate if self.scan_rate else 0.0
         left, window = req.deadline - now, req.deadline - req.arrival_time
         # NOTE: a deadline only a few iterations long (a cache lookup) cannot afford to wait.
