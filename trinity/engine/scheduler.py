@@ -1,12 +1,14 @@
 """Stage-aware, deadline-driven continuous-batching scheduler (policy only).
 
-Each iteration :meth:`Scheduler.schedule` hands out a budget of *vectors scanned*
-(adapted so one iteration lasts about ``target_iteration_ms``) to active requests in
-priority order -- (aged stage, deadline, arrival) when stage-aware, arrival when FIFO.
-Requests that got work last iteration but not this one are *preempted*: they keep their
-probe cursor and (in the runner) their running top-k, so nothing is recomputed.  A
-request whose deadline falls before the next iteration could end is finished with its
-best-so-far answer (``partial``); nothing ever misses silently.
+Each iteration :meth:`Scheduler.schedule` hands out a budget of (query, vector) scans
+(sized by :class:`~trinity.engine.cost_model.IterationCostModel` so one iteration lasts
+about ``target_iteration_ms``) in priority order -- (aged stage, deadline, arrival) when
+stage-aware, arrival when FIFO.  Newcomers join (IVF: are assigned) and scan a capped
+best-first prefix; joined IVF requests claim lists and ride along on others' claims
+(:mod:`trinity.engine.window`).  Work not scheduled keeps its progress and (in the runner)
+its running top-k, so nothing is recomputed.  A request whose deadline falls before the
+next iteration could end is finished with its best-so-far answer (``partial``); nothing
+ever misses silently.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 from trinity.engine.collections import Collections, CollectionStats, UnknownCollectionError
 from trinity.engine.config import SchedulerConfig
 from trinity.engine.cost_model import IterationCostModel
+from trinity.engine.overload import demote_hopeless
 from trinity.engine.plan import IterationPlan, NewRequest, RunnerOutput, ScanWork
 from trinity.engine.request import RequestStatus, SearchRequest
 from trinity.engine.window import ListWindow
@@ -129,7 +132,10 @@ class Scheduler:
         closing = set(finish_partial)
         keyed = [(self._priority(r, now), r) for r in self.requests.values() if r.request_id not in closing]
         keyed.sort(key=itemgetter(0))
-        keyed = self._demote_hopeless(keyed, now)
+        if self.config.stage_aware and self.scan_rate and self._saturated:
+            # pair equivalents per second at the current budget; results due 2 iterations out
+            keyed = demote_hopeless(keyed, self.budget_vectors / max(self.iteration_s, 1e-6),
+                                    now + 2 * self.iteration_s)
         candidates = [r for _, r in keyed]
         budget_left, planned = float(self.budget_vectors), 0.0
         work: list[ScanWork] = []
@@ -191,32 +197,6 @@ class Scheduler:
         self._saturated = exhausted and self.iteration_s >= 0.5 * self.config.target_iteration_ms / 1e3
         return IterationPlan(self.iteration, tuple(new), tuple(work), tuple(finish_partial), free,
                              self.budget_vectors, int(math.ceil(planned)), forced)
-
-    def _demote_hopeless(self, keyed: list, now: float) -> list:
-        """Move requests that cannot finish by their deadline behind those that can.
-
-        NOTE: plain EDF collapses under overload (the domino effect): the oldest requests,
-        already too late, take the budget and then the next ones miss too.  Walking the
-        priority order with the cumulative remaining work at the current scan rate, a
-        request that would finish after its deadline is served only after every request
-        that still can -- it keeps riding along and ends with its best-so-far answer.
-        Decode-level requests are never demoted.
-        """
-        if not self.config.stage_aware or not self.scan_rate or not self._saturated:
-            return keyed  # NOTE: without a backlog every request can finish: skip the walk
-        rate = self.budget_vectors / max(self.iteration_s, 1e-6)  # pair equivalents per second
-        margin = now + 2 * self.iteration_s
-        ahead = 0.0
-        on_time, late = [], []
-        for item in keyed:
-            (aged, *_), req = item
-            ahead += req.remaining_cost()
-            if aged > 0 and req.deadline is not None and margin + ahead / rate > req.deadline:
-                late.append(item)
-                ahead -= req.remaining_cost()
-            else:
-                on_time.append(item)
-        return on_time + late if late else keyed
 
     def _open_list_windows(self, candidates: list[SearchRequest]) -> dict[str, ListWindow]:
         """One :class:`ListWindow` per IVF collection with joined candidates."""

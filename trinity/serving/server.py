@@ -10,16 +10,15 @@ finish, every collection is snapshotted and its WAL trimmed.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import os
 import sys
 from pathlib import Path
 
 from trinity.serving.config import ServerConfig, default_data_dir, keys_from_env
+from trinity.serving.memory import tune_malloc
 
 log = logging.getLogger("trinity.serving")
-_M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8  # mallopt parameters (malloc.h)
 
 
 def quiet_openmp() -> None:
@@ -31,22 +30,6 @@ def quiet_openmp() -> None:
     a 100-vector search 27 ms -> 0.3 ms.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
-def tune_malloc() -> None:
-    """Keep glibc from hoarding freed buffers (no-op elsewhere).
-
-    NOTE: glibc raises its mmap threshold after big buffers are freed (up to 32 MiB), so
-    request bodies, WAL records and index-growth copies end up in per-thread arenas that
-    are never returned to the OS.  A fixed 128 KiB threshold and two arenas cut the RSS
-    added by a 50k x 384 bulk load from ~2.6x to ~1.3x the vector bytes.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, 128 << 10)
-        libc.mallopt(_M_ARENA_MAX, 2)
-    except (OSError, AttributeError):
-        pass
 
 
 def run(config: ServerConfig) -> None:

@@ -41,6 +41,7 @@ import numpy as np
 from trinity.engine import SearchEngine
 from trinity.index import FlatIndex, IVFIndex
 from trinity.index.base import BaseIndex
+from trinity.serving.memory import trim_heap
 from trinity.serving.snapshot import read_snapshot, write_snapshot
 from trinity.fsutil import atomic_write
 from trinity.serving.spec import CollectionGone, CollectionSpec, Conflict, InvalidRequest
@@ -314,6 +315,9 @@ class DurableCollection:
             log.exception("collection %s: background snapshot/training failed", self.spec.name)
         finally:
             self._pending_bg = False
+            # NOTE: training and snapshots free hundreds of MiB of transient copies; hand
+            # the freed heap back to the OS so the server's RSS tracks what it holds.
+            trim_heap()
 
     # ------------------------------------------------------------------ IVF training
     def _needs_training(self) -> bool:
