@@ -11,8 +11,9 @@ from trinity.index import FlatIndex, IVFIndex
 
 from .helpers import clustered_data
 
-# The production shape is 200k vectors in 1024 lists (~195 per list); keep that ratio.
-NLIST, PER_LIST, DIM, BLOCK = 128, 195, 64, 16  # BLOCK = the IVF default
+# The production shape is 200k x 384 in 1024 lists (~195 per list); keep that ratio and
+# the dim (the per-id costs -- id, id -> slot map -- weigh against 1.5 KiB vectors).
+NLIST, PER_LIST, DIM, BLOCK = 128, 195, 384, 16  # the production dim; BLOCK = the IVF default
 N = NLIST * PER_LIST  # 24,960
 BUDGET = 1.15
 

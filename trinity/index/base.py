@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from trinity.index.blocks import BlockedLists
+from trinity.index.idmap import IdMap
 from trinity.index.inputs import ArrayLike, as_ids, as_matrix, check_k
 from trinity.index.metric import Metric, get_metric
 
@@ -50,7 +51,7 @@ class BaseIndex:
         self.device, self.dtype = resolve_device_dtype(device, dtype)
         self.lists = BlockedLists(num_lists, self.dim, block_size, dtype=self.dtype,
                                   device=self.device, with_aux=self.metric.uses_norms)
-        self._slot_of: dict[int, int] = {}
+        self._slot_of = IdMap()  # id -> slot
         self._next_id = 0
         # NOTE: one writer at a time; searches may run concurrently with each other, and
         # callers that mix searches with writes (the engine) serialise them themselves.
@@ -70,7 +71,7 @@ class BaseIndex:
         return self.ntotal
 
     def __contains__(self, vid: int) -> bool:
-        return int(vid) in self._slot_of
+        return int(vid) >= 0 and int(vid) in self._slot_of
 
     # ------------------------------------------------------------------ writes
     def add(self, x: ArrayLike, ids: ArrayLike | None = None) -> np.ndarray:
@@ -87,14 +88,14 @@ class BaseIndex:
             if id_arr is None:
                 id_arr = np.arange(self._next_id, self._next_id + vecs.shape[0], dtype=np.int64)
             else:
-                existing = [i for i in id_arr.tolist() if i in self._slot_of]
-                if existing:
+                existing = id_arr[self._slot_of.get(id_arr) >= 0]
+                if existing.size:
                     self.remove(existing)
             vecs = self.metric.prepare_vectors(vecs)
             lists = self._assign_lists(vecs)
             aux = self.metric.vector_aux(vecs) if self.metric.uses_norms else None
             slots = self.lists.append(lists, vecs, aux, id_arr)
-            self._slot_of.update(zip(id_arr.tolist(), slots.tolist()))
+            self._slot_of.put(id_arr, slots)
             self._next_id = max(self._next_id, int(id_arr.max()) + 1)
         return id_arr
 
@@ -108,27 +109,33 @@ class BaseIndex:
         if arr.size and arr.dtype.kind not in "iu":
             raise ValueError(f"ids: expected integer ids, got dtype {arr.dtype}")
         with self.write_lock:
-            present = [i for i in dict.fromkeys(arr.astype(np.int64).tolist()) if i in self._slot_of]
-            if not present:
+            arr = arr.astype(np.int64)
+            _, first = np.unique(arr, return_index=True)
+            arr = arr[np.sort(first)]  # distinct, in the given order
+            slots = self._slot_of.pop(arr[arr >= 0]) if arr.size else arr
+            slots = slots[slots >= 0]
+            if not slots.size:
                 return 0
-            slots = np.array([self._slot_of.pop(i) for i in present], dtype=np.int64)
-            self._slot_of.update(self.lists.remove_slots(slots))
-        return len(present)
+            moved = self.lists.remove_slots(slots)
+            if moved:
+                self._slot_of.put(np.fromiter(moved.keys(), np.int64, len(moved)),
+                                  np.fromiter(moved.values(), np.int64, len(moved)))
+        return int(slots.size)
 
     remove_ids = remove
 
     def reconstruct(self, ids: ArrayLike | list[int]) -> np.ndarray:
         """Stored vectors for ``ids`` (after metric preparation, e.g. normalised for cosine)."""
         arr = np.atleast_1d(np.asarray(ids, dtype=np.int64))
-        missing = [i for i in arr.tolist() if i not in self._slot_of]
-        if missing:
-            raise KeyError(f"ids not found: {missing[:10]}")
-        slots = torch.tensor([self._slot_of[i] for i in arr.tolist()], device=self.device)
+        found = self._slot_of.get(arr) if arr.size else arr
+        if (found < 0).any():
+            raise KeyError(f"ids not found: {arr[found < 0][:10].tolist()}")
+        slots = torch.from_numpy(found).to(self.device)
         return self.lists.vectors.view(-1, self.dim).index_select(0, slots).float().cpu().numpy()
 
     def ids(self) -> np.ndarray:
         """All stored ids (unordered)."""
-        return np.fromiter(self._slot_of.keys(), dtype=np.int64, count=len(self._slot_of))
+        return self._slot_of.keys()
 
     # ------------------------------------------------------------------ search helpers
     def _prepare_search(self, q: ArrayLike, k: int) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -168,7 +175,8 @@ class BaseIndex:
         self.lists.load_state(arrays)
         ids = self.lists.slot_ids.view(-1).cpu().numpy()
         slots = np.nonzero(ids >= 0)[0]
-        self._slot_of = dict(zip(ids[slots].tolist(), slots.tolist()))
+        self._slot_of = IdMap(2 * slots.size)
+        self._slot_of.put(ids[slots], slots)
         self._next_id = int(arrays["next_id"][0])
 
     def save(self, path: str) -> None:
@@ -180,5 +188,7 @@ class BaseIndex:
     def memory_bytes(self) -> dict[str, int]:
         """Storage bytes by purpose, plus ``raw_vectors`` (ntotal * dim * element size)."""
         out = self.lists.memory_bytes()
+        out["id_map"] = self._slot_of.nbytes()
+        out["total"] += out["id_map"]
         out["raw_vectors"] = self.ntotal * self.dim * self.lists.vectors.element_size()
         return out
