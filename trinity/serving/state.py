@@ -25,6 +25,7 @@ from trinity.index import FlatIndex, IVFIndex
 from trinity.serving.catalog import Catalog
 from trinity.serving.config import ServerConfig
 from trinity.serving.errors import Overloaded
+from trinity.serving.memory import trim_heap
 from trinity.serving.spec import CacheSpec, InvalidRequest, NotFound
 
 T = TypeVar("T")
@@ -133,7 +134,11 @@ class PoolState:
             if self._embedder is None:
                 from trinity.data.embed import Embedder  # NOTE: lazy: sentence-transformers is heavy
 
-                self._embedder = Embedder(device=self.config.embed_device)
+                embedder = Embedder(device=self.config.embed_device)
+                out = embedder.encode(texts, batch_size=64)  # loads the model
+                trim_heap()  # NOTE: loading the weights leaves freed copies behind
+                self._embedder = embedder
+                return out
         return self._embedder.encode(texts, batch_size=64)
 
     async def embed(self, texts: list[str], embedder: str | None, field: str) -> np.ndarray:

@@ -41,9 +41,9 @@ import numpy as np
 from trinity.engine import SearchEngine
 from trinity.index import FlatIndex, IVFIndex
 from trinity.index.base import BaseIndex
+from trinity.fsutil import atomic_write
 from trinity.serving.memory import trim_heap
 from trinity.serving.snapshot import read_snapshot, write_snapshot
-from trinity.fsutil import atomic_write
 from trinity.serving.spec import CollectionGone, CollectionSpec, Conflict, InvalidRequest
 from trinity.serving.wal import WalRecord, WriteAheadLog
 
