@@ -21,17 +21,23 @@ def _home(key, shift):  # pragma: no cover - compiled
     return np.int64((np.uint64(key) * _GOLDEN) >> np.uint64(shift))
 
 
+@numba.njit(inline="always")
+def _find(keys, shift, key):  # pragma: no cover - compiled
+    """The bucket holding ``key``, or -1."""
+    mask = keys.size - 1
+    j = _home(key, shift)
+    while keys[j] != _EMPTY:
+        if keys[j] == key:
+            return j
+        j = (j + 1) & mask
+    return -1
+
+
 @numba.njit(cache=True, nogil=True)
 def _get(keys, vals, shift, ks, out):  # pragma: no cover - compiled
-    mask = keys.size - 1
     for i in range(ks.size):
-        j = _home(ks[i], shift)
-        out[i] = -1
-        while keys[j] != _EMPTY:
-            if keys[j] == ks[i]:
-                out[i] = vals[j]
-                break
-            j = (j + 1) & mask
+        j = _find(keys, shift, ks[i])
+        out[i] = vals[j] if j >= 0 else -1
 
 
 @numba.njit(cache=True, nogil=True)
@@ -63,18 +69,14 @@ def _put(keys, vals, shift, ks, vs):  # pragma: no cover - compiled
 
 @numba.njit(cache=True, nogil=True)
 def _pop(keys, vals, shift, ks, out):  # pragma: no cover - compiled
-    mask = keys.size - 1
     removed = 0
     for i in range(ks.size):
-        j = _home(ks[i], shift)
+        j = _find(keys, shift, ks[i])
         out[i] = -1
-        while keys[j] != _EMPTY:
-            if keys[j] == ks[i]:
-                out[i] = vals[j]
-                keys[j] = _DELETED
-                removed += 1
-                break
-            j = (j + 1) & mask
+        if j >= 0:
+            out[i] = vals[j]
+            keys[j] = _DELETED
+            removed += 1
     return removed
 
 
