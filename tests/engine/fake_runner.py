@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from trinity.engine import Collections, IterationPlan, RunnerOutput
+from trinity.engine.plan import prefix_end
 from trinity.index import IVFIndex
 
 
@@ -138,9 +139,7 @@ class FakeRunner:
             assert w.collection == st.collection
             if st.probes is not None and w.max_vectors is not None:
                 assert rid in new_ids and not st.seen, f"{rid}: max_vectors only for newcomers"
-                cum = np.cumsum(st.probe_costs)
-                fits = int(np.searchsorted(cum, w.max_vectors, side="right"))
-                end = min(max(1, fits) if w.allow_overshoot else fits, len(st.probes)) if w.max_vectors else 0
+                end = prefix_end(st.probe_costs, w.max_vectors, w.allow_overshoot)
                 units = tuple(range(end))
                 out.units_end[rid] = end
             else:

@@ -80,12 +80,9 @@ class IterationCostModel:
         data = np.asarray(self._samples, dtype=np.float64)
         if data[:, 0].max() < _MIN_FIT_VECTORS:
             return  # tiny scans say nothing about the scan rate: keep the current budget
-        scale = np.maximum(data[:, :3].max(axis=0), 1.0)
-        design = np.column_stack([np.ones(len(data)), data[:, :3] / scale])
-        fixed, per_pair, per_read, per_item = np.linalg.lstsq(design, data[:, 3], rcond=None)[0] / np.r_[1.0, scale]
+        fixed, per_pair, per_read, per_item = _fit(data, [0, 1, 2])
         if not per_pair > 0 or per_read < 0:  # reads and pairs too collinear to separate
-            design = np.column_stack([np.ones(len(data)), data[:, 0] / scale[0], data[:, 2] / scale[2]])
-            fixed, per_pair, per_item = np.linalg.lstsq(design, data[:, 3], rcond=None)[0] / np.r_[1.0, scale[0], scale[2]]
+            fixed, per_pair, per_item = _fit(data, [0, 2])
             per_read = self.read_weight * per_pair
             if not per_pair > 0:
                 return  # degenerate window (constant scans): keep the current budget
@@ -99,3 +96,10 @@ class IterationCostModel:
         budget = self._fit_budget * self._gain
         self.budget_vectors = int(min(max(budget, self.config.min_budget_vectors), self.config.max_budget_vectors))
 
+
+def _fit(data: np.ndarray, cols: list[int]) -> np.ndarray:
+    """Least squares of iteration seconds (last column) on ``1`` and the ``cols`` features:
+    ``[intercept, coefficient per feature]`` (features scaled to [0, 1] for conditioning)."""
+    scale = np.maximum(data[:, cols].max(axis=0), 1.0)
+    design = np.column_stack([np.ones(len(data)), data[:, cols] / scale])
+    return np.linalg.lstsq(design, data[:, -1], rcond=None)[0] / np.r_[1.0, scale]

@@ -168,7 +168,7 @@ class SearchEngine:
             m.iteration_time.observe(out.duration_s)
             scanned = sum(out.vectors_scanned.values())
             m.vectors_scanned.inc(scanned)
-            m.vectors_read.inc(getattr(out, "vectors_read", 0))
+            m.vectors_read.inc(out.vectors_read)
             m.iteration_vectors.observe(scanned)
             m.budget.set(self.scheduler.budget_vectors)
             m.preemptions.inc(self.scheduler.num_preemptions - preempted_before)

@@ -45,6 +45,15 @@ class ScanWork:
     returns_result: bool = False  # return the top-k if this work completes the request
 
 
+def prefix_end(unit_costs: np.ndarray, max_vectors: int, allow_overshoot: bool) -> int:
+    """Units of a newcomer's capped best-first prefix: the longest one within
+    ``max_vectors`` -- at least one unit with ``allow_overshoot``; none for ``0`` (join only)."""
+    if not max_vectors:
+        return 0
+    fits = int(np.searchsorted(np.cumsum(unit_costs), max_vectors, side="right"))
+    return min(max(1, fits) if allow_overshoot else fits, len(unit_costs))
+
+
 @dataclass(frozen=True)
 class IterationPlan:
     iteration: int

@@ -103,6 +103,14 @@ class SearchRequest:
             return int(round(self.num_units_left * self.est_unit_cost))
         return self._remaining
 
+    def assign(self, unit_ids: np.ndarray, unit_costs: np.ndarray) -> None:
+        """IVF: the probes are known (list ids best first, their sizes); nothing scanned yet."""
+        self.unit_ids, self.unit_costs = unit_ids, unit_costs
+        self.num_units_total = len(unit_costs)
+        self.seen = np.zeros(self.num_units_total, dtype=bool)
+        self._remaining = int(unit_costs.sum())
+        self._pending = None
+
     def mark_seen(self, positions) -> None:
         """Record scanned unit positions; update the progress counter and remaining cost."""
         positions = np.asarray(positions, dtype=np.int64)
@@ -114,10 +122,10 @@ class SearchRequest:
         self._pending = None
 
     def pending(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(positions, unit ids)`` not scanned yet, best first (cached until the next scan)."""
+        """IVF: ``(positions, list ids)`` not scanned yet, best first (cached until the next scan)."""
         if self._pending is None:
             pos = np.flatnonzero(~self.seen)
-            self._pending = (pos, self.unit_ids[pos] if self.unit_ids is not None else pos)
+            self._pending = (pos, self.unit_ids[pos])
         return self._pending
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from trinity.engine.collections import Collections, UnknownCollectionError
-from trinity.engine.plan import IterationPlan, NewRequest, RunnerOutput, ScanWork
+from trinity.engine.plan import IterationPlan, NewRequest, RunnerOutput, ScanWork, prefix_end
 from trinity.index import FlatIndex, IVFIndex, ProbeChunk, RunningTopK
 from trinity.index.base import BaseIndex
 
@@ -156,9 +156,7 @@ class SearchRunner:
             if w.max_vectors is None:  # joined: the planned positions (this iteration's window)
                 probes = st.probes[np.asarray(w.units, dtype=np.int64)]
             else:  # newcomer: the longest best-first prefix within the cap (0: join only)
-                cum = np.cumsum(st.probe_costs)
-                fits = int(np.searchsorted(cum, w.max_vectors, side="right"))
-                end = min(max(1, fits) if w.allow_overshoot else fits, len(st.probes)) if w.max_vectors else 0
+                end = prefix_end(st.probe_costs, w.max_vectors, w.allow_overshoot)
                 out.units_end[w.request_id] = end
                 probes = st.probes[:end]
             out.vectors_scanned[w.request_id] = int(index.lists.list_len[probes].sum())

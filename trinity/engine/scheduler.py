@@ -272,12 +272,12 @@ class Scheduler:
             # from the next iteration); at light load it scans at once, as nothing is gained
             # by waiting for company.
             return ScanWork(req.request_id, req.collection, max_vectors=0), 0.0
-        if not first and budget_left < req.est_unit_cost * (1 + self.read_weight):
+        per_vector = 1 + self.read_weight  # NOTE: a newcomer reads its lists alone
+        if not first and budget_left < req.est_unit_cost * per_vector:
             return None
         # NOTE: the cap is the size-biased estimate itself: a request whose probed lists
         # run larger finishes next iteration, instead of every newcomer reserving
-        # headroom that other work then cannot use.  A newcomer reads its lists alone.
-        per_vector = 1 + self.read_weight
+        # headroom that other work then cannot use.
         cap = int(min(budget_left / per_vector, math.ceil(req.remaining_cost()) + 1))
         # NOTE: the most urgent item always progresses (>= 1 probe even past its cap), so
         # it is charged the worst case of one probe: the budget holds for the rest.
@@ -343,11 +343,7 @@ class Scheduler:
                 self._finish(req, RequestStatus.FINISHED_ERROR, message=out.errors[w.request_id])
                 continue
             if req.seen is None:  # an IVF newcomer: its probes are known now
-                req.unit_costs = out.unit_costs[req.request_id]
-                req.unit_ids = out.unit_ids[req.request_id]
-                req.num_units_total = len(req.unit_costs)
-                req.seen = np.zeros(req.num_units_total, dtype=bool)
-                req._remaining = int(req.unit_costs.sum())
+                req.assign(out.unit_ids[req.request_id], out.unit_costs[req.request_id])
                 req.mark_seen(np.arange(out.units_end[req.request_id]))
             else:
                 req.mark_seen(list(w.units))

@@ -84,9 +84,7 @@ class ListWindow:
         full = self.sizes[new] * (self.read_weight + self.demand[new])
         cum = np.cumsum(full)
         n = int(np.searchsorted(cum, budget_left, side="right"))
-        for lst in new[:n]:
-            self.take[self.list_ptr[lst]:self.list_ptr[lst + 1]] = True
-        self.chosen[new[:n]] = True
+        self._choose(new[:n])
         charge = float(cum[n - 1]) if n else 0.0
         if n == new.size:
             return charge
@@ -114,10 +112,14 @@ class ListWindow:
         cum = np.cumsum(self.sizes[order] * (self.read_weight + self.demand[order]))
         n = int(np.searchsorted(cum, budget_left, side="right"))
         self.cut |= n < order.size
-        for lst in order[:n]:
-            self.take[self.list_ptr[lst]:self.list_ptr[lst + 1]] = True
-        self.chosen[order[:n]] = True
+        self._choose(order[:n])
         return float(cum[n - 1]) if n else 0.0
+
+    def _choose(self, lists: np.ndarray) -> None:
+        """Read ``lists`` this iteration, for every rider that needs them."""
+        for lst in lists:
+            self.take[self.list_ptr[lst]:self.list_ptr[lst + 1]] = True
+        self.chosen[lists] = True
 
     def work(self) -> list[ScanWork]:
         """Each rider's positions taken this iteration (riders in priority order)."""
