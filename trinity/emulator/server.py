@@ -202,13 +202,7 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
             watcher.cancel()
         return _error("engine stopped", 503)  # pragma: no cover - events always end with Finished
 
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Response:
-        return await generate(request, "completions")
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
-        return await generate(request, "chat")
+    wire.add_openai_routes(app, generate)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

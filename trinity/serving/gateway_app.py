@@ -296,13 +296,7 @@ def create_app(cfg: GatewayConfig, embedder: Any = None) -> FastAPI:
             if not streaming:
                 release()
 
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Response:
-        return await handle(request, "completions")
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
-        return await handle(request, "chat")
+    wire.add_openai_routes(app, handle)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

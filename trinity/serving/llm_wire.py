@@ -14,17 +14,31 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
-from starlette.responses import StreamingResponse
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 __all__ = [
-    "ClosingStreamingResponse", "Endpoint", "chunk", "done_event", "error_body", "iter_sse_json", "new_id", "response",
+    "ClosingStreamingResponse", "Endpoint", "add_openai_routes", "chunk", "done_event", "error_body", "iter_sse_json", "new_id", "response",
     "sse_event",
     "usage",
 ]
 
 #: ``"completions"`` (``/v1/completions``) or ``"chat"`` (``/v1/chat/completions``).
 Endpoint = Literal["completions", "chat"]
+
+
+def add_openai_routes(app: Any, handle: Callable[[Any, Endpoint], Any]) -> None:
+    """Register ``POST /v1/completions`` and ``POST /v1/chat/completions`` on a FastAPI
+    ``app``, both answered by ``await handle(request, endpoint)``."""
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await handle(request, "completions")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await handle(request, "chat")
 
 
 def new_id(endpoint: Endpoint) -> str:
