@@ -599,3 +599,23 @@ def test_flat_requests_share_chunks_and_see_each_once(clock):
     assert len(firsts) > 1, "late joiners should start mid-scan, at the shared cursor"
     assert any(len({w.request_id for w in p.work}) > 1 and len(set.intersection(*[set(w.units) for w in p.work])) > 0
                for p in runner.plans if len(p.work) > 1), "riders should share chunks"
+
+
+def test_decode_newcomer_finishes_in_one_iteration_when_its_lists_run_large(clock):
+    """Queries probe larger lists than the size-biased mean; a decode lookup's first scan
+    must still cover all its probes (a second iteration would double its latency)."""
+    cols = make_collections(IVF)
+    sched = Scheduler(fixed_budget(10_000_000), cols, clock)
+    runner = SearchRunner(cols)
+    stats = cols.stats(IVF)
+    qs = queries(IVF)
+    cost = stats.unit_sizes[index(IVF).assign(qs, 2)].sum(axis=1)
+    large = np.flatnonzero((cost > 2 * stats.unit_cost * 1.1) & (cost < 2 * stats.unit_cost * 1.9))
+    assert large.size, "the test index should have queries probing larger-than-estimated lists"
+    for qi in large[:5]:
+        req = make_req(clock, IVF, nprobe=2, k=4, stage=Stage.DECODE, qi=int(qi), deadline_s=0.020)
+        sched.add_request(req)
+        plan = sched.schedule()
+        finished = sched.update_from_output(plan, runner.run(plan))
+        assert [r.request_id for r, *_ in finished] == [req.request_id]
+        assert req.status is RequestStatus.FINISHED_COMPLETE and req.num_iterations == 1
