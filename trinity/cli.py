@@ -71,6 +71,8 @@ def bench_engine(
     num_queries: int = typer.Option(1000, min=1, help="Held-out query pool (passages not in the index)."),
     rates: str = typer.Option("500,1000,1500,2000,2500,3000,3500,4000", help="Comma-separated offered rates (req/s)."),
     duration: float = typer.Option(3.0, min=0.05, help="Seconds of Poisson arrivals per (rate, system)."),
+    repeats: int = typer.Option(1, min=1, help="Runs per (rate, system), interleaved; rows and verdicts use "
+                                              "the median."),
     systems: str = typer.Option("static,trinity-fifo,trinity", help="Comma-separated subset of the systems."),
     request_class: list[str] | None = typer.Option(
         None, "--class", help="Replace the default mix; repeatable NAME:STAGE:K:NPROBE:DEADLINE_MS:WEIGHT "
@@ -102,7 +104,8 @@ def bench_engine(
                    else default_classes(ttft_slo_ms=ttft_slo_ms, rag_share=rag_share))
         cfg = EngineBenchConfig(
             num_vectors=num_vectors, nlist=nlist, num_queries=num_queries, rates=parse_float_list(rates),
-            duration_s=duration, systems=tuple(s.strip() for s in systems.split(",") if s.strip()), classes=classes,
+            duration_s=duration, repeats=repeats, systems=tuple(s.strip() for s in systems.split(",") if s.strip()),
+            classes=classes,
             max_batch=max_batch, max_wait_ms=max_wait_ms, target_iteration_ms=target_iteration_ms,
             drain_cap_s=drain_cap, data=data, embed_missing=embed_missing, cache_index=cache_index, threads=threads,
             blas_threshold=faiss_blas_threshold, switch_interval_ms=switch_interval_ms, seed=seed, out=out, plot=plot,

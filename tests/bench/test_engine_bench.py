@@ -11,6 +11,7 @@ import pytest
 faiss = pytest.importorskip("faiss")
 
 from trinity.bench.engine_bench import EngineBenchConfig, parse_float_list, run_engine_bench  # noqa: E402
+from trinity.bench.engine_report import merge_repeats, summarize  # noqa: E402
 from trinity.bench.static_batcher import StaticBatcher, faiss_ivf_like  # noqa: E402
 from trinity.bench.workload import (  # noqa: E402
     DEFAULT_CLASSES, OpenLoopDriver, RequestClass, Status, parse_class, poisson_schedule,
@@ -125,3 +126,42 @@ def test_engine_bench_smoke(tmp_path):
     assert set(summary["sustained_rate"]) == {"static", "trinity-fifo", "trinity"}
     assert (tmp_path / "engine.png").stat().st_size > 0
     assert payload["json"] == str(out)
+
+
+def _row(rate, system, decode_p99, miss=0.0, rag_p99=50.0, cache_p99=5.0):
+    return {"rate": rate, "system": system, "throughput_rps": rate, "miss_pct": miss, "decode_p50_ms": 1.0,
+            "decode_p99_ms": decode_p99, "decode_miss_pct": miss, "rag_p50_ms": 1.0, "rag_p99_ms": rag_p99,
+            "rag_miss_pct": 0.0, "cache_p50_ms": 1.0, "cache_p99_ms": cache_p99, "cache_miss_pct": 0.0,
+            "p99_within_deadlines": True, "sustained": True}
+
+
+def test_repeats_merge_to_medians_and_recompute_the_flags():
+    cfg = EngineBenchConfig(data="synthetic", repeats=3)
+    runs = [_row(1000.0, "trinity", p99, miss) for p99, miss in ((12.0, 0.5), (30.0, 3.0), (14.0, 0.2))]
+    (row,) = merge_repeats([{**r, "repeat": i} for i, r in enumerate(runs)], cfg)
+    assert row["repeats"] == 3 and row["decode_p99_ms"] == 14.0 and row["miss_pct"] == 0.5
+    assert row["decode_p99_ms_min"] == 12.0 and row["decode_p99_ms_max"] == 30.0
+    assert row["p99_within_deadlines"] and row["sustained"]  # from the medians, not the outlier run
+    (row,) = merge_repeats([_row(1000.0, "static", 25.0), _row(1000.0, "static", 26.0)], cfg)
+    assert not row["p99_within_deadlines"] and not row["sustained"]
+
+
+def test_summary_interpolates_where_static_hits_the_deadline():
+    cfg = EngineBenchConfig(data="synthetic", rates=(1000.0, 2000.0))
+    rows = [_row(1000.0, "static", 10.0), _row(2000.0, "static", 30.0),
+            _row(1000.0, "trinity", 8.0), _row(2000.0, "trinity", 12.0)]
+    summary = summarize(rows, cfg)
+    assert summary["static_crossing_rate"] == 2000.0 and summary["trinity"]["decode_p99_ratio"] == 12.0 / 30.0
+    ip = summary["interpolated"]  # static reaches 20 ms half way: Trinity ~10 ms there
+    assert ip["rate"] == 1500.0 and ip["trinity_decode_p99_ms"] == 10.0 and ip["ratio"] == 0.5
+
+
+def test_engine_bench_repeats_write_medians_and_raw_runs(tmp_path):
+    out = tmp_path / "engine.json"
+    cfg = EngineBenchConfig(data="synthetic", num_vectors=4000, nlist=32, num_queries=64, rates=(100.0,),
+                            duration_s=0.3, warmup_s=0.2, drain_cap_s=5.0, settle_s=0.05, systems=("static", "trinity"),
+                            repeats=2, out=out, plot=False)
+    run_engine_bench(cfg)
+    saved = json.loads(out.read_text())
+    assert len(saved["raw_runs"]) == 4 and {r["repeat"] for r in saved["raw_runs"]} == {0, 1}
+    assert len(saved["runs"]) == 2 and all(r["repeats"] == 2 for r in saved["runs"])

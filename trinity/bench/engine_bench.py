@@ -39,7 +39,7 @@ from rich.console import Console
 
 # NOTE: the names below that this module does not use itself are re-exported for callers of the pre-split module.
 from trinity.bench.engine_report import (  # noqa: F401
-    _INF_MS, _pct, _summary_lines, plot_from_json, plot_results, summarize, summarize_run,
+    _INF_MS, _pct, _summary_lines, merge_repeats, plot_from_json, plot_results, summarize, summarize_run,
 )
 from trinity.bench.engine_systems import (  # noqa: F401
     _COLLECTION, BenchData, StaticSystem, TrinitySystem, _fingerprint, _synthetic, _System, _TimedRunner,
@@ -85,6 +85,7 @@ class EngineBenchConfig:
     blas_threshold: int = 16
     switch_interval_ms: float | None = None  # sys.setswitchinterval for the run; None = Python default
     miss_target: float = 0.01
+    repeats: int = 1  # runs per (rate, system); rows and verdicts use the median
     scheduler_kwargs: dict[str, Any] = field(default_factory=dict)  # extra SchedulerConfig fields (ablations)
     out: Path | None = None
     plot: bool = True
@@ -95,6 +96,8 @@ class EngineBenchConfig:
         unknown = set(self.systems) - set(SYSTEMS)
         if unknown:
             raise ValueError(f"systems: unknown {sorted(unknown)}; expected a subset of {SYSTEMS}")
+        if self.repeats < 1:
+            raise ValueError("repeats: need at least 1")
         if not self.rates or min(self.rates) <= 0:
             raise ValueError("rates: need at least one positive rate")
         if self.num_vectors < self.nlist:
@@ -160,7 +163,7 @@ def run_engine_bench(cfg: EngineBenchConfig, console: Console | None = None) -> 
             systems[name] = TrinitySystem(ivf, stage_aware=name == "trinity", target_iteration_ms=cfg.target_iteration_ms,
                                           **cfg.scheduler_kwargs)
     old_switch = sys.getswitchinterval()
-    rows: list[dict[str, Any]] = []
+    raw_rows: list[dict[str, Any]] = []
     try:
         if cfg.switch_interval_ms is not None:
             sys.setswitchinterval(cfg.switch_interval_ms / 1e3)
@@ -169,22 +172,25 @@ def run_engine_bench(cfg: EngineBenchConfig, console: Console | None = None) -> 
         gc.collect()
         gc.freeze()  # NOTE: keeps full collections of the long-lived setup objects out of the runs
         for rate in cfg.rates:
-            sched = poisson_schedule(rate, cfg.duration_s, cfg.classes, len(queries), seed=cfg.seed)
-            for name, system in systems.items():
-                time.sleep(cfg.settle_s)
-                before = system.counters()
-                rec = run_stream(system, sched, queries, cfg.drain_cap_s)
-                row = summarize_run(rec, name, refs, before, system.counters(), cfg.miss_target)
-                rows.append(row)
-                c0 = cfg.classes[0].name
-                console.print(f"  {rate:>6g} req/s  {name:<13} thr {row['throughput_rps']:7.0f}/s  "
-                              f"{c0} p99 {row[f'{c0}_p99_ms']:8.1f} ms  miss {row['miss_pct']:5.1f}%", highlight=False)
+            for rep in range(cfg.repeats):  # NOTE: repeats interleave the systems, as the VM drifts
+                sched = poisson_schedule(rate, cfg.duration_s, cfg.classes, len(queries), seed=cfg.seed + rep)
+                for name, system in systems.items():
+                    time.sleep(cfg.settle_s)
+                    before = system.counters()
+                    rec = run_stream(system, sched, queries, cfg.drain_cap_s)
+                    row = summarize_run(rec, name, refs, before, system.counters(), cfg.miss_target)
+                    raw_rows.append({**row, "repeat": rep} if cfg.repeats > 1 else row)
+                    c0 = cfg.classes[0].name
+                    console.print(f"  {rate:>6g} req/s  {name:<13} thr {row['throughput_rps']:7.0f}/s  "
+                                  f"{c0} p99 {row[f'{c0}_p99_ms']:8.1f} ms  miss {row['miss_pct']:5.1f}%"
+                                  + (f"  (repeat {rep + 1}/{cfg.repeats})" if cfg.repeats > 1 else ""), highlight=False)
     finally:
         sys.setswitchinterval(old_switch)
         gc.unfreeze()
         for system in systems.values():
             system.close()
 
+    rows = merge_repeats(raw_rows, cfg) if cfg.repeats > 1 else raw_rows
     columns: list = [("rate", "rate", "g"), ("system", "system"), ("throughput_rps", "thr/s", ".0f")]
     for c in cfg.classes:
         columns += [(f"{c.name}_p50_ms", f"{c.name} p50", ".1f"), (f"{c.name}_p99_ms", f"{c.name} p99", ".1f")]
@@ -192,7 +198,9 @@ def run_engine_bench(cfg: EngineBenchConfig, console: Console | None = None) -> 
                 ("rejected_pct", "rej%", ".2f"), ("submit_lag_p99_ms", "lag p99", ".1f"),
                 ("agree_with_faiss", "agree", ".2f")]
     deadlines = ", ".join(f"{c.name} {c.deadline_ms:g} ms" for c in cfg.classes)
-    print_table(f"Engine bench: latency in ms from scheduled arrival (deadlines: {deadlines})", rows, columns, console)
+    median = f", median of {cfg.repeats} runs" if cfg.repeats > 1 else ""
+    print_table(f"Engine bench: latency in ms from scheduled arrival (deadlines: {deadlines}{median})", rows, columns,
+                console)
     summary = summarize(rows, cfg)
     lines = _summary_lines(summary, cfg)
     for line in lines:
@@ -217,7 +225,8 @@ def run_engine_bench(cfg: EngineBenchConfig, console: Console | None = None) -> 
                     "numba": _numba_threads(), "switch_interval_s": cfg.switch_interval_ms / 1e3
                     if cfg.switch_interval_ms is not None else old_switch, "nice": _nice()},
         "git": _git_state(),
-        "runs": rows,
+        "runs": rows,  # the median over repeats when --repeats > 1
+        **({"raw_runs": raw_rows} if cfg.repeats > 1 else {}),
         "summary": summary,
         "elapsed_s": round(time.perf_counter() - started, 1),
     }

@@ -109,6 +109,36 @@ def summarize_run(rec: RunRecord, system: str, refs: dict[str, np.ndarray] | Non
     return {k: v.item() if isinstance(v, np.generic) else v for k, v in row.items()}
 
 
+def merge_repeats(rows: Sequence[dict[str, Any]], cfg: EngineBenchConfig) -> list[dict[str, Any]]:
+    """One row per (rate, system): the median of each number over the repeated runs.
+
+    NOTE: on a noisy shared VM one run near a system's cliff can land on either side of
+    it; the median of interleaved repeats is what the verdicts use.  The deadline and
+    sustained flags are recomputed from the median p99s and miss rate, and each row keeps
+    the spread of the decode p99 (``<decode>_p99_ms_min`` / ``_max``).
+    """
+    groups: dict[tuple[float, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["rate"], r["system"]), []).append(r)
+    decode = next((c for c in cfg.classes if c.stage == "decode"), cfg.classes[0])
+    out = []
+    for (rate, system), runs in groups.items():
+        row: dict[str, Any] = {"rate": rate, "system": system, "repeats": len(runs)}
+        for key, value in runs[0].items():
+            if key in row or key == "repeat":
+                continue
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                vals = [float(r[key]) for r in runs if isinstance(r.get(key), (int, float))]
+                row[key] = float(np.median(vals)) if vals else math.nan
+        key = f"{decode.name}_p99_ms"
+        row[f"{key}_min"], row[f"{key}_max"] = min(r[key] for r in runs), max(r[key] for r in runs)
+        within = all(row[f"{c.name}_p99_ms"] <= c.deadline_ms for c in cfg.classes)
+        row["p99_within_deadlines"] = bool(within)
+        row["sustained"] = bool(within and row["miss_pct"] <= 100.0 * cfg.miss_target)
+        out.append(row)
+    return out
+
+
 # --------------------------------------------------------------------------- summary
 def summarize(rows: Sequence[dict[str, Any]], cfg: EngineBenchConfig) -> dict[str, Any]:
     """The issue's two targets, computed from the rows."""
@@ -133,6 +163,7 @@ def summarize(rows: Sequence[dict[str, Any]], cfg: EngineBenchConfig) -> dict[st
             out[name] = {"decode_p99_ms_at_crossing": t[key], "decode_p99_ratio": ratio,
                          "miss_pct_at_crossing": t["miss_pct"], "decode_miss_pct_at_crossing": t[f"{decode.name}_miss_pct"],
                          "meets_latency_target": bool(ratio <= 1 / 3 and t["miss_pct"] <= 100 * cfg.miss_target)}
+    out["interpolated"] = _interpolated_crossing(by, rates, key, decode.deadline_ms)
     sustained = {}
     for system in cfg.systems:
         ok = [r for r in rates if (system, r) in by and by[(system, r)]["sustained"]]
@@ -146,6 +177,25 @@ def summarize(rows: Sequence[dict[str, Any]], cfg: EngineBenchConfig) -> dict[st
             out[name]["meets_throughput_target"] = bool(ratio >= 1.5)
     out["rates_capped"] = bool(sustained and max(sustained.values()) >= max(rates))
     return out
+
+
+def _interpolated_crossing(by: dict, rates: list[float], key: str, deadline_ms: float) -> dict[str, float] | None:
+    """Where static's decode p99 reaches the deadline, linearly between the two tested
+    rates around it, and Trinity's decode p99 interpolated at that rate.
+
+    NOTE: the first tested rate past the crossing can sit far up static's cliff (its p99
+    there varied 22-54 ms between runs of the same grid), which makes the ratio there a
+    matter of grid and luck; this reading asks for the ratio where static *hits* its
+    deadline.
+    """
+    pts = [(r, by[("static", r)][key], by[("trinity", r)][key]) for r in rates
+           if ("static", r) in by and ("trinity", r) in by]
+    for (r0, s0, t0), (r1, s1, t1) in zip(pts, pts[1:]):
+        if s0 <= deadline_ms < s1 and math.isfinite(s1) and math.isfinite(t0) and math.isfinite(t1):
+            w = (deadline_ms - s0) / (s1 - s0)
+            trinity = t0 + w * (t1 - t0)
+            return {"rate": r0 + w * (r1 - r0), "trinity_decode_p99_ms": trinity, "ratio": trinity / deadline_ms}
+    return None
 
 
 def _summary_lines(summary: dict[str, Any], cfg: EngineBenchConfig) -> list[str]:
@@ -163,6 +213,10 @@ def _summary_lines(summary: dict[str, Any], cfg: EngineBenchConfig) -> list[str]
                      f"{t['decode_p99_ratio']:.2f}x static (target <= 0.33), misses {t['miss_pct_at_crossing']:.2f}% "
                      f"(target <= {100 * cfg.miss_target:g}%) -> {'MET' if t['meets_latency_target'] else 'NOT MET'}")
         lines.append(line)
+    ip = summary.get("interpolated")
+    if ip is not None:
+        lines.append(f"(1b) interpolated: static's {dn} p99 reaches {dd:g} ms near {ip['rate']:.0f} req/s; Trinity's "
+                     f"{dn} p99 there ~{ip['trinity_decode_p99_ms']:.1f} ms = {ip['ratio']:.2f}x the deadline")
     sr = summary["sustained_rate"]
     line = "(2) sustained rate (every class p99 <= deadline and misses <= " f"{100 * cfg.miss_target:g}%): " + ", ".join(
         f"{k} {v:g}" for k, v in sr.items())
