@@ -113,7 +113,7 @@ class IterationCostModel:
         # NOTE: slow start.  The fit extrapolates from the iterations it has seen; after
         # light load (short iterations, lists in cache) it promised 3x what a loaded
         # iteration scans, and the first iterations of a burst ran 10-12 ms instead of 4
-        # (the decode-p99 tail at 2,000 req/s came from there).  Growing at most 2x past
+        # (the decode-p99 tail at 2,000 req/s came from there).  Growing at most 1.5x past
         # what actually ran within target reaches any budget in a few short iterations.
         cap = _TRUST_FACTOR * max(max(self._proven, default=0.0), self.config.min_budget_vectors)
         self._capped, budget = budget > cap, min(budget, cap)
