@@ -20,12 +20,8 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc = ManagedProcess("decode", [sys.executable, "-m", "trinity.cli", "emulate", "--role", "decode",
                                      "--port", str(port), "--max-model-len", "2048"],
                           f"http://127.0.0.1:{port}", Path(tmp_path_factory.mktemp("emu")) / "decode.log")
-    proc.start()
-    try:
-        proc.wait_ready(60)
-        yield proc.url
-    finally:
-        proc.stop()
+    with proc.running(60) as url:
+        yield url
 
 
 @pytest.fixture()

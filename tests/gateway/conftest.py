@@ -78,12 +78,8 @@ def _gateway(e2e: E2E, name: str, pool_url: str, *extra: str, openai_backend: bo
     proc = ManagedProcess(name, [sys.executable, "-m", "trinity.cli", "gateway", "--port", str(port), "--pool-url",
                                  pool_url, *backend, "--embed", "pool", *GATEWAY_FLAGS, *extra],
                           f"http://127.0.0.1:{port}", e2e.log_dir / f"{name}.log")
-    proc.start()
-    try:
-        proc.wait_ready(60)
-        yield proc.url
-    finally:
-        proc.stop()
+    with proc.running(60) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -6,12 +6,14 @@ replay after ``kill -9`` and graceful shutdown on SIGTERM.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +71,16 @@ class ManagedProcess:
                 pass
             time.sleep(0.1)
         raise TimeoutError(f"{self.name} not healthy at {self.url} after {timeout_s:.0f} s:\n{self.log_tail()}")
+
+    @contextlib.contextmanager
+    def running(self, timeout_s: float) -> Iterator[str]:
+        """Start, wait until healthy, yield the URL; stop on exit (also if it never got healthy)."""
+        self.start()
+        try:
+            self.wait_ready(timeout_s)
+            yield self.url
+        finally:
+            self.stop()
 
     def kill(self) -> None:
         """SIGKILL: no shutdown hooks -- a crash."""
