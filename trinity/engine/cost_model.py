@@ -3,7 +3,9 @@
 Iteration time is fitted as ``a + b * pairs + c * reads + d * items`` over recent
 iterations -- ``pairs`` are (query, vector) scans, ``reads`` the distinct vectors read
 (a list shared by several requests is read once), ``items`` the requests touched -- and
-the next budget is what fills ``target_iteration_ms``.
+the next budget is what fills ``target_iteration_ms``, corrected by a feedback gain from
+budget-bound iterations (cut at once after an overrun) and capped by a slow start (at
+most 1.5x the largest volume that recently ran within the target).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class IterationCostModel:
         self._items = 0.0  # EWMA of work items per iteration
         self._fit_budget = float(config.initial_budget_vectors)
         self._gain = 1.0  # feedback correction of the fit, from budget-bound iterations
-        self._proven: deque[float] = deque(maxlen=_TRUST_WINDOW)  # volumes that ran within target
+        self._proven: deque[float] = deque(maxlen=_TRUST_WINDOW)  # planned volumes, scaled to fit the target
         self._capped = False  # the trust region, not the fit, set the budget
 
     def observe(self, plan: IterationPlan, out: RunnerOutput, iteration: int) -> None:
