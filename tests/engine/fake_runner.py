@@ -99,7 +99,8 @@ class FakeRunner:
         return -np.arange(k, dtype=np.float32), ids
 
     # ------------------------------------------------------------------ run
-    def run(self, plan: IterationPlan) -> RunnerOutput:
+    def run(self, plan: IterationPlan, on_early=None) -> RunnerOutput:
+        """Bookkeeping only: nothing is delivered early (``on_early`` is never called)."""
         assert not self.plans or plan.iteration > self.plans[-1].iteration, "iterations must increase"
         self.plans.append(plan)
         out = RunnerOutput()

@@ -34,8 +34,8 @@ class RecordingRunner(SearchRunner):
         self.plans, self.outputs = [], []
         self.clock, self.advance_s = clock, advance_s
 
-    def run(self, plan):
-        out = super().run(plan)
+    def run(self, plan, on_early=None):
+        out = super().run(plan, on_early)
         self.plans.append(plan)
         self.outputs.append(out)
         if self.clock is not None:
@@ -438,11 +438,11 @@ class FailingRunner(SearchRunner):
         super().__init__(collections)
         self.calls, self.fail_at = 0, fail_at
 
-    def run(self, plan):
+    def run(self, plan, on_early=None):
         self.calls += 1
         if self.calls == self.fail_at:
             raise RuntimeError("device lost")
-        return super().run(plan)
+        return super().run(plan, on_early)
 
 
 def test_engine_survives_a_failing_iteration():
@@ -471,14 +471,14 @@ class GatedFailingRunner(SearchRunner):
         self.calls = 0
         self.entered, self.gate = threading.Event(), threading.Event()
 
-    def run(self, plan):
+    def run(self, plan, on_early=None):
         self.calls += 1
         if self.calls == 1:
             self.entered.set()
             self.gate.wait(10)
         if self.calls == 2:
             raise RuntimeError("device lost")
-        return super().run(plan)
+        return super().run(plan, on_early)
 
 
 def test_requests_finished_in_a_failing_iteration_still_resolve():
@@ -567,3 +567,43 @@ def test_queue_depth_gauge_tracks_waiting_and_running():
     waiting = get("trinity_engine_queue_depth", {"stage": "background", "state": "waiting"})
     assert running >= 1 and waiting >= 1 and running + waiting == 5
     step_until_idle(engine)
+
+
+class EarlyRecordingRunner(SearchRunner):
+    """The real runner, recording which results it handed out early (and when)."""
+
+    def __init__(self, collections) -> None:
+        super().__init__(collections)
+        self.early: list[set[str]] = []
+
+    def run(self, plan, on_early=None):
+        def record(results):
+            self.early.append(set(results))
+            on_early(results)
+
+        return super().run(plan, record if on_early is not None else None)
+
+
+def test_decode_results_leave_before_the_rest_of_the_scan():
+    """A decode lookup's lists are scanned first, with every rider of those lists; its
+    result is delivered before the bulk scan ends, exactly once, and every answer --
+    decode and the riders split across the two parts -- equals index.search."""
+    cols = make_collections("ivf_ip")
+    runner = EarlyRecordingRunner(cols)
+    engine = SearchEngine(fixed_budget(40_000), collections=cols, runner=runner, start=False)
+    qs = queries("ivf_ip")
+    bulk = [engine.submit("ivf_ip", qs[i], 10, nprobe=64, stage="prefill") for i in range(3)]
+    first = engine.step()  # the bulk requests join and start scanning (several iterations at this budget)
+    decode = [engine.submit("ivf_ip", qs[10 + i], 4, nprobe=8, stage="decode") for i in range(2)]
+    finished = {r.request_id: r for r in first + step_until_idle(engine)}
+    decode_ids = {f.request_id for f in decode}
+    delivered = set().union(*runner.early) if runner.early else set()
+    assert decode_ids <= delivered and not delivered & {f.request_id for f in bulk}
+    for futs, k, nprobe, rows in ((decode, 4, 8, [10, 11]), (bulk, 10, 64, [0, 1, 2])):
+        refs = reference_many("ivf_ip", qs[rows], [k] * len(rows), [nprobe] * len(rows))
+        for f, ref in zip(futs, refs):
+            res = f.result(timeout=0)
+            assert res.status is RequestStatus.FINISHED_COMPLETE
+            assert_matches("ivf_ip", res.scores, res.ids, ref)
+            assert finished[f.request_id].total_ms == res.total_ms  # one finish time: the delivery
+    assert not engine._delivered and engine.scheduler.num_finished == 5

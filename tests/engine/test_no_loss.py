@@ -28,8 +28,8 @@ class TimedRunner(SearchRunner):
         super().__init__(collections)
         self.clock = clock
 
-    def run(self, plan):
-        out = super().run(plan)
+    def run(self, plan, on_early=None):
+        out = super().run(plan, on_early)
         out.duration_s = 1e-4 + sum(out.vectors_scanned.values()) / 2e6
         self.clock.advance(out.duration_s)
         return out

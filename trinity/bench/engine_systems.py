@@ -213,9 +213,9 @@ class _TimedRunner:
         self.busy_s = 0.0
         self.calls = 0
 
-    def run(self, plan):
+    def run(self, plan, on_early=None):
         t = time.perf_counter()
-        out = self.runner.run(plan)
+        out = self.runner.run(plan, on_early)
         self.busy_s += time.perf_counter() - t
         self.calls += 1
         return out

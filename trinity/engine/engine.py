@@ -76,6 +76,7 @@ class SearchEngine:
         self.metrics.bind_queue_depth(lambda: list(self.scheduler.requests.values()))
         self._inbox: deque[tuple[str, object]] = deque()
         self._futures: dict[str, Future] = {}
+        self._delivered: dict[str, float] = {}  # id -> when its result left early (see _deliver_early)
         self._cv = threading.Condition()
         self._closing = False
         self._stop = False
@@ -161,7 +162,7 @@ class SearchEngine:
         plan = self.scheduler.schedule()
         results = [self._resolve(f) for f in self.scheduler.pop_finished()]
         if not plan.is_empty:
-            out = self.runner.run(plan)
+            out = self.runner.run(plan, on_early=self._deliver_early)
             finished = self.scheduler.update_from_output(plan, out)
             m = self.metrics
             m.iterations.inc()
@@ -175,24 +176,53 @@ class SearchEngine:
             results += [self._resolve(f) for f in finished]
         return results
 
+    def _deliver_early(self, results: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        """Hand complete results to their callers while the iteration still scans.
+
+        The scheduler records them with the rest of the iteration's output; ``_resolve``
+        then keeps this delivery time (latency and deadline metrics use it) and does not
+        deliver twice.
+        """
+        now = self.clock()
+        for rid, (scores, ids) in results.items():
+            req = self.scheduler.requests.get(rid)
+            with self._cv:
+                fut = self._futures.pop(rid, None) if req is not None else None
+            if fut is None:
+                continue
+            self._delivered[rid] = now
+            if not fut.done():
+                fut.set_result(self._result_of(req, scores, ids, RequestStatus.FINISHED_COMPLETE, now,
+                                               req.num_iterations + 1))
+
     def _resolve(self, finished: Finished) -> SearchResult:
         req, scores, ids = finished
-        missed = req.deadline is not None and req.finish_time > req.deadline and req.status in (
-            RequestStatus.FINISHED_COMPLETE, RequestStatus.FINISHED_PARTIAL)
+        delivered = self._delivered.pop(req.request_id, None)
+        if delivered is not None:
+            req.finish_time = delivered
         if ids is None:
             ids = np.full(req.k, -1, dtype=np.int64)
             sentinel = self.collections.get(req.collection).metric.sentinel if req.collection in self.collections else math.nan
             scores = np.full(req.k, sentinel, dtype=np.float32)
-        first = req.first_scan_time if req.first_scan_time is not None else req.finish_time
-        result = SearchResult(req.request_id, ids, scores, req.status, req.fraction_scanned, req.stage,
-                              (first - req.arrival_time) * 1e3, (req.finish_time - req.arrival_time) * 1e3,
-                              req.num_iterations, req.num_preemptions, missed, req.message)
-        self.metrics.observe_finished(req, missed)
-        with self._cv:
-            fut = self._futures.pop(req.request_id, None)
-        if fut is not None and not fut.done():
-            fut.set_result(result)
+        result = self._result_of(req, scores, ids, req.status, req.finish_time, req.num_iterations)
+        self.metrics.observe_finished(req, result.deadline_missed)
+        if delivered is None:
+            with self._cv:
+                fut = self._futures.pop(req.request_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(result)
         return result
+
+    @staticmethod
+    def _result_of(req: SearchRequest, scores: np.ndarray, ids: np.ndarray, status: RequestStatus,
+                   finish_time: float, num_iterations: int) -> SearchResult:
+        missed = req.deadline is not None and finish_time > req.deadline and status in (
+            RequestStatus.FINISHED_COMPLETE, RequestStatus.FINISHED_PARTIAL)
+        first = req.first_scan_time if req.first_scan_time is not None else finish_time
+        fraction = 1.0 if status is RequestStatus.FINISHED_COMPLETE else req.fraction_scanned
+        return SearchResult(req.request_id, ids, scores, status, fraction, req.stage,
+                            (first - req.arrival_time) * 1e3, (finish_time - req.arrival_time) * 1e3,
+                            num_iterations, req.num_preemptions, missed, req.message)
 
     def start(self) -> None:
         """Compile the CPU kernels, then start the loop thread."""

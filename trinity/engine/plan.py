@@ -35,6 +35,10 @@ class ScanWork:
     An IVF *newcomer* (its probes are unknown until the runner assigns it) instead gets
     ``max_vectors``: scan the longest best-first prefix of its probes within that cap --
     ``0`` means join only (assign now, ride along from the next iteration).
+
+    ``early`` work (a decode-level or tight-deadline newcomer) has its lists scanned first
+    in the iteration, with every rider of those lists, and a result it completes is
+    handed back before the rest of the scan (``SearchRunner.run``'s ``on_early``).
     """
 
     request_id: str
@@ -43,6 +47,7 @@ class ScanWork:
     max_vectors: int | None = None  # IVF newcomer: scan the longest best-first prefix within this cap
     allow_overshoot: bool = False  # newcomer: scan >= 1 unit even past the cap (progress guarantee)
     returns_result: bool = False  # return the top-k if this work completes the request
+    early: bool = False  # its lists go first in the scan; its result leaves before the rest
 
 
 def prefix_end(unit_costs: np.ndarray, max_vectors: int, allow_overshoot: bool) -> int:

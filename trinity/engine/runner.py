@@ -10,6 +10,8 @@ all riders, and scatters the rows back.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -17,6 +19,9 @@ from trinity.engine.collections import Collections, UnknownCollectionError
 from trinity.engine.plan import IterationPlan, NewRequest, RunnerOutput, ScanWork, prefix_end
 from trinity.index import FlatIndex, IVFIndex, ProbeChunk, RunningTopK
 from trinity.index.base import BaseIndex
+
+#: ``on_early`` of :meth:`SearchRunner.run`: receives ``{request_id: (scores, ids)}``.
+EarlyResults = Callable[[dict[str, tuple[np.ndarray, np.ndarray]]], None]
 
 
 class _RequestState:
@@ -52,14 +57,19 @@ class SearchRunner:
         # it never serialises behind other work on the default stream.
         self._stream = torch.cuda.Stream() if torch.cuda.is_available() else None
 
-    def run(self, plan: IterationPlan) -> RunnerOutput:
-        """Execute one plan; the only host sync is the one returning finished results."""
-        if self._stream is None:
-            return self._run(plan)
-        with torch.cuda.stream(self._stream):
-            return self._run(plan)
+    def run(self, plan: IterationPlan, on_early: EarlyResults | None = None) -> RunnerOutput:
+        """Execute one plan; the only host sync is the one returning finished results.
 
-    def _run(self, plan: IterationPlan) -> RunnerOutput:
+        With ``on_early``, the lists of ``early`` work are scanned first (with all their
+        riders) and the results that completes go to ``on_early`` before the rest of the
+        scan; they are in the returned output too.
+        """
+        if self._stream is None:
+            return self._run(plan, on_early)
+        with torch.cuda.stream(self._stream):
+            return self._run(plan, on_early)
+
+    def _run(self, plan: IterationPlan, on_early: EarlyResults | None) -> RunnerOutput:
         t0 = time.perf_counter()
         out = RunnerOutput()
         for rid in plan.free:
@@ -88,10 +98,11 @@ class SearchRunner:
                 continue
             with index.write_lock:
                 if isinstance(index, IVFIndex):
-                    self._scan_ivf(index, items, out)
+                    out.results.update(self._scan_ivf(index, items, out, on_early))
                 else:
                     self._scan_flat(index, items, out)
-            done = [w.request_id for w in items if w.returns_result and self._completed(w, out)]
+            done = [w.request_id for w in items
+                    if w.returns_result and w.request_id not in out.results and self._completed(w, out)]
             if done:
                 out.results.update(self._pop_results(index, done))
         partial: dict[int, list[str]] = {}
@@ -143,14 +154,20 @@ class SearchRunner:
         return torch.stack([s.query for s in states]), topk
 
     def _scatter(self, rids: list[str], topk: RunningTopK) -> None:
+        """Rows back into the states of ``rids`` (rows whose state was popped are skipped)."""
         src_s, src_i = (topk.scores.numpy(), topk.ids.numpy()) if topk.scores.device.type == "cpu" else (topk.scores, topk.ids)
         for i, rid in enumerate(rids):
-            s = self.states[rid]
-            s.scores[:] = src_s[i, : s.k]
-            s.ids[:] = src_i[i, : s.k]
+            s = self.states.get(rid)
+            if s is not None:
+                s.scores[:] = src_s[i, : s.k]
+                s.ids[:] = src_i[i, : s.k]
 
-    def _scan_ivf(self, index: IVFIndex, items: list[ScanWork], out: RunnerOutput) -> None:
-        rids, lists = [], []
+    def _scan_ivf(self, index: IVFIndex, items: list[ScanWork], out: RunnerOutput,
+                  on_early: EarlyResults | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """One list-major scan of every item's probes; with ``on_early``, the lists of
+        completing ``early`` items go first and their results are popped and handed out
+        in between (returned too)."""
+        rids, lists, early_rows = [], [], []
         for w in items:
             st = self.states[w.request_id]
             if w.max_vectors is None:  # joined: the planned positions (this iteration's window)
@@ -161,17 +178,33 @@ class SearchRunner:
                 probes = st.probes[:end]
             out.vectors_scanned[w.request_id] = int(index.lists.list_len[probes].sum())
             if probes.size:
+                if w.early and w.returns_result and self._completed(w, out):
+                    early_rows.append(len(rids))
                 rids.append(w.request_id)
                 lists.append(probes)
         if not rids:
-            return
+            return {}
         flat = np.concatenate(lists).astype(np.int64)
         out.vectors_read += int(index.lists.list_len[np.unique(flat)].sum())
         ptr = np.zeros(len(lists) + 1, dtype=np.int64)
         np.cumsum([len(p) for p in lists], out=ptr[1:])
         queries, topk = self._gather(rids)
-        index.scan(queries, ProbeChunk(ptr, flat), topk)
+        early: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if on_early is not None and early_rows and len(early_rows) < len(rids):
+            # NOTE: every rider of an early list scans it in the first part, so no list is
+            # read twice; the two parts together are the same scan as one call.
+            is_early = np.zeros(index.nlist, dtype=bool)
+            is_early[np.concatenate([lists[r] for r in early_rows])] = True
+            first = is_early[flat]
+            index.scan(queries, _sub_chunk(ptr, flat, first), topk)
+            early = self._take_results(index, rids, topk, early_rows)
+            on_early(early)
+            if not first.all():
+                index.scan(queries, _sub_chunk(ptr, flat, ~first), topk)
+        else:
+            index.scan(queries, ProbeChunk(ptr, flat), topk)
         self._scatter(rids, topk)
+        return early
 
     def _scan_flat(self, index: FlatIndex, items: list[ScanWork], out: RunnerOutput) -> None:
         riders: dict[int, list[str]] = {}
@@ -192,7 +225,16 @@ class SearchRunner:
 
     def _pop_results(self, index, rids: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Pop finished requests' state; return ``{id: (scores, ids)}`` in user units."""
-        queries, topk = self._gather(rids)
+        _, topk = self._gather(rids)
+        return self._take_results(index, rids, topk, None)
+
+    def _take_results(self, index, rids: list[str], topk: RunningTopK,
+                      rows: list[int] | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Pop the states of ``rids[rows]`` (all with ``None``); their results from ``topk``'s rows."""
+        if rows is not None:
+            sel = torch.as_tensor(rows, dtype=torch.int64, device=topk.scores.device)
+            topk = RunningTopK(scores=topk.scores[sel], ids=topk.ids[sel], k=topk.k[sel])
+            rids = [rids[r] for r in rows]
         offsets = torch.stack([self.states[r].offset for r in rids])
         d, i = topk.to_results(index.metric, offsets)
         out = {}
@@ -200,3 +242,12 @@ class SearchRunner:
             k = self.states.pop(rid).k
             out[rid] = (d[row, :k], i[row, :k])
         return out
+
+
+def _sub_chunk(ptr: np.ndarray, flat: np.ndarray, keep: np.ndarray) -> ProbeChunk:
+    """The pairs of the CSR ``(ptr, flat)`` where ``keep`` holds, rows kept (possibly empty)."""
+    counts = np.diff(ptr)
+    kept = np.bincount(np.repeat(np.arange(counts.size), counts)[keep], minlength=counts.size)
+    sub_ptr = np.zeros(counts.size + 1, dtype=np.int64)
+    np.cumsum(kept, out=sub_ptr[1:])
+    return ProbeChunk(sub_ptr, flat[keep])

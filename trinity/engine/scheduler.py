@@ -59,6 +59,7 @@ class Scheduler:
         self._flat_windows: dict[str, tuple[int, ...]] = {}
         self._to_free: list[str] = []
         self._saturated = False  # the last plan left wanted work for later (budget-bound)
+        self._overloaded = False  # this plan demoted requests that can no longer make their deadline
         self._finished: list[Finished] = []
 
     # ------------------------------------------------------------------ admission
@@ -137,10 +138,12 @@ class Scheduler:
         closing = set(finish_partial)
         keyed = [(self._priority(r, now), r) for r in self.requests.values() if r.request_id not in closing]
         keyed.sort(key=itemgetter(0))
+        self._overloaded = False
         if self.config.stage_aware and self.scan_rate and self._saturated:
             # pair equivalents per second at the current budget; results due 2 iterations out
-            keyed = demote_hopeless(keyed, self.budget_vectors / max(self.iteration_s, 1e-6),
-                                    now + 2 * self.iteration_s)
+            ordered = demote_hopeless(keyed, self.budget_vectors / max(self.iteration_s, 1e-6),
+                                      now + 2 * self.iteration_s)
+            self._overloaded, keyed = ordered is not keyed, ordered
         candidates = [r for _, r in keyed]
         budget_left, planned = float(self.budget_vectors), 0.0
         work: list[ScanWork] = []
@@ -255,6 +258,20 @@ class Scheduler:
                     req.num_preemptions += 1
                     self.num_preemptions += 1
 
+    def _early(self, req: SearchRequest, aged: int) -> bool:
+        """Whether a newcomer's lists go first in the scan and its result leaves early.
+
+        NOTE: under load an iteration lasts the whole target (4 ms) and a decode lookup
+        that joined one waited for all of it, although its few lists are a small part of
+        the scan.  Scanning them first -- with every rider of those lists, so no list is
+        read twice -- hands its result back after that part.  The split costs a second
+        kernel call; once requests miss their deadlines (overload) throughput comes first.
+        """
+        if not self.config.stage_aware or self._overloaded:
+            return False
+        return aged == 0 or (req.deadline is not None
+                             and req.deadline - req.arrival_time <= _TIGHT_DEADLINE_ITERATIONS * self.iteration_s)
+
     def _priority(self, req: SearchRequest, now: float) -> tuple[float, ...]:
         if not self.config.stage_aware:
             return (req.arrival_time,)
@@ -295,7 +312,7 @@ class Scheduler:
                 return None
             charge = max(cap, stats.max_unit_cost) * per_vector
         return ScanWork(req.request_id, req.collection, max_vectors=cap, returns_result=True,
-                        allow_overshoot=first), charge
+                        allow_overshoot=first, early=self._early(req, aged)), charge
 
     def _plan_flat(self, req: SearchRequest, budget_left: float, first: bool) -> tuple[ScanWork, float] | None:
         stats = self._stats_or_fail(req)
