@@ -239,9 +239,12 @@ class Scheduler:
             return True
         need = req.remaining_cost() / self.scan_rate if self.scan_rate else 0.0
         left, window = req.deadline - now, req.deadline - req.arrival_time
-        # NOTE: a deadline only a few iterations long (a cache lookup) cannot afford to wait.
-        return (window <= _TIGHT_DEADLINE_ITERATIONS * self.iteration_s
-                or left <= max(self.config.urgent_share * window, 4 * self.iteration_s + 2 * need))
+        return self._tight(req) or left <= max(self.config.urgent_share * window, 4 * self.iteration_s + 2 * need)
+
+    def _tight(self, req: SearchRequest) -> bool:
+        """A deadline window only a few iterations long (a cache lookup): it cannot afford to wait."""
+        window = math.inf if req.deadline is None else req.deadline - req.arrival_time
+        return window <= _TIGHT_DEADLINE_ITERATIONS * self.iteration_s
 
     def _mark_scheduled(self, candidates: list[SearchRequest], scheduled: set[str], now: float,
                         exhausted: bool) -> None:
@@ -267,10 +270,7 @@ class Scheduler:
         read twice -- hands its result back after that part.  The split costs a second
         kernel call; once requests miss their deadlines (overload) throughput comes first.
         """
-        if not self.config.stage_aware or self._overloaded:
-            return False
-        return aged == 0 or (req.deadline is not None
-                             and req.deadline - req.arrival_time <= _TIGHT_DEADLINE_ITERATIONS * self.iteration_s)
+        return self.config.stage_aware and not self._overloaded and (aged == 0 or self._tight(req))
 
     def _priority(self, req: SearchRequest, now: float) -> tuple[float, ...]:
         if not self.config.stage_aware:
