@@ -67,16 +67,13 @@ def summarize_run(rec: RunRecord, system: str, refs: dict[str, np.ndarray] | Non
         "submit_lag_p99_ms": _pct(rec.submit_lag_ms()[np.isfinite(rec.t_submit)], 99),
         "drain_s": max(0.0, t_end - (rec.t0 + sched.duration_s)),
     }
-    within = True
     for ci, c in enumerate(sched.classes):
         m = sched.cls == ci
         row[f"{c.name}_n"] = int(m.sum())
         row[f"{c.name}_p50_ms"] = _pct(lat_all[m], 50)
-        row[f"{c.name}_p99_ms"] = p99 = _pct(lat_all[m], 99)
+        row[f"{c.name}_p99_ms"] = _pct(lat_all[m], 99)  # NaN for a class without requests
         row[f"{c.name}_miss_pct"] = 100.0 * miss[m].mean() if m.any() else math.nan
-        within &= bool(m.any()) and p99 <= c.deadline_ms
-    row["p99_within_deadlines"] = bool(within)
-    row["sustained"] = bool(within and row["miss_pct"] <= 100.0 * miss_target)
+    _set_verdict_flags(row, sched.classes, miss_target)
     if refs is not None:
         agree, recall_partial = [], []
         for i in np.nonzero((status == Status.COMPLETE) | (status == Status.PARTIAL))[0]:
@@ -109,6 +106,14 @@ def summarize_run(rec: RunRecord, system: str, refs: dict[str, np.ndarray] | Non
     return {k: v.item() if isinstance(v, np.generic) else v for k, v in row.items()}
 
 
+def _set_verdict_flags(row: dict[str, Any], classes: Sequence[RequestClass], miss_target: float) -> None:
+    """``p99_within_deadlines`` (every class's p99 within its deadline; a NaN p99 -- no
+    requests -- is not) and ``sustained`` (that, and misses within ``miss_target``)."""
+    within = all(row[f"{c.name}_p99_ms"] <= c.deadline_ms for c in classes)
+    row["p99_within_deadlines"] = bool(within)
+    row["sustained"] = bool(within and row["miss_pct"] <= 100.0 * miss_target)
+
+
 def merge_repeats(rows: Sequence[dict[str, Any]], cfg: EngineBenchConfig) -> list[dict[str, Any]]:
     """One row per (rate, system): the median of each number over the repeated runs.
 
@@ -132,9 +137,7 @@ def merge_repeats(rows: Sequence[dict[str, Any]], cfg: EngineBenchConfig) -> lis
                 row[key] = float(np.median(vals)) if vals else math.nan
         key = f"{decode.name}_p99_ms"
         row[f"{key}_min"], row[f"{key}_max"] = min(r[key] for r in runs), max(r[key] for r in runs)
-        within = all(row[f"{c.name}_p99_ms"] <= c.deadline_ms for c in cfg.classes)
-        row["p99_within_deadlines"] = bool(within)
-        row["sustained"] = bool(within and row["miss_pct"] <= 100.0 * cfg.miss_target)
+        _set_verdict_flags(row, cfg.classes, cfg.miss_target)
         out.append(row)
     return out
 
