@@ -81,6 +81,7 @@ class SearchRequest:
     unit_ids: np.ndarray | None = None  # IVF: probed list ids, best first, known after assignment
     seen: np.ndarray | None = None  # which units (positions) this request has scanned (flat: from admission)
     est_unit_cost: float = 0.0  # vectors per unit before assignment is known
+    admission_seq: int = field(default=-1, repr=False)  # set by the scheduler; breaks priority ties
     _remaining: int = field(default=0, repr=False)  # cached remaining cost once unit costs are known
     _pending: tuple | None = field(default=None, repr=False)  # cached pending() until the next scan
     message: str = ""  # why it finished the way it did (rejection reason, error, ...)

@@ -13,6 +13,7 @@ ever misses silently.
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
 from collections.abc import Callable
@@ -25,8 +26,9 @@ from trinity.engine.config import SchedulerConfig
 from trinity.engine.cost_model import IterationCostModel
 from trinity.engine.overload import demote_hopeless
 from trinity.engine.plan import IterationPlan, NewRequest, RunnerOutput, ScanWork
-from trinity.engine.request import RequestStatus, SearchRequest
-from trinity.engine.window import ListWindow
+from trinity.engine.queue import WaitQueue
+from trinity.engine.request import RequestStatus, SearchRequest, Stage
+from trinity.engine.window import FlatWindows, ListWindow
 
 
 #: Cap of a decode-level newcomer's first scan, as a multiple of its size-biased cost
@@ -36,6 +38,10 @@ from trinity.engine.window import ListWindow
 _DECODE_CAP_FACTOR = 2.0
 #: A deadline window of at most this many iterations makes a request urgent on arrival.
 _TIGHT_DEADLINE_ITERATIONS = 8
+#: Waiting requests considered per iteration (the head of the queue).  NOTE: bounds the
+#: cost of one plan under a deep backlog; more cannot start in one iteration anyway (the
+#: running set and the budget bound them: a few tens of newcomers per iteration).
+_MAX_WAITING_CONSIDERED = 256
 
 Finished = tuple[SearchRequest, "np.ndarray | None", "np.ndarray | None"]  # (request, scores, ids)
 
@@ -50,13 +56,13 @@ class Scheduler:
         self.clock = clock
         self.requests: dict[str, SearchRequest] = {}  # active, in admission order
         self.joined: set[str] = set()  # the runner holds state for these
+        self.waiting = WaitQueue(config.stage_aware, config.aging_s)  # the others, in priority order
         self.cost = IterationCostModel(config)
         self.iteration = 0
         self.num_admitted = 0
         self.num_finished = 0
         self.num_preemptions = 0
-        self._flat_cursor: dict[str, int] = {}
-        self._flat_windows: dict[str, tuple[int, ...]] = {}
+        self.flat = FlatWindows()
         self._to_free: list[str] = []
         self._saturated = False  # the last plan left wanted work for later (budget-bound)
         self._overloaded = False  # this plan demoted requests that can no longer make their deadline
@@ -66,6 +72,7 @@ class Scheduler:
     def add_request(self, req: SearchRequest) -> None:
         """Admit ``req`` (or finish it at once as rejected / empty); see ``pop_finished``."""
         now = self.clock()
+        req.admission_seq = self.num_admitted
         self.num_admitted += 1
         self.requests[req.request_id] = req
         try:
@@ -88,6 +95,8 @@ class Scheduler:
             self._finish(req, RequestStatus.FINISHED_REJECTED, message="deadline infeasible at admission")
         elif req.num_units_total == 0:
             self._finish(req, RequestStatus.FINISHED_COMPLETE)  # empty collection
+        else:
+            self.waiting.push(req, req.admission_seq, now)
 
     def _clearly_infeasible(self, req: SearchRequest, now: float) -> bool:
         if self.config.deadline_policy != "reject" or req.deadline is None or not self.scan_rate:
@@ -122,22 +131,21 @@ class Scheduler:
         """Plan the next iteration: work and list claims in priority order, then riders."""
         now = self.clock()
         self.iteration += 1
-        self._flat_windows = {}
+        self.flat.begin()
         free, self._to_free = tuple(self._to_free), []
-        finish_partial = []
-        for req in list(self.requests.values()):
-            if req.deadline is None:
-                continue
-            if req.request_id in self.joined:
-                # NOTE: a partial answer leaves with the runner's output, one iteration from
-                # now; scanning once more first would return it a second iteration later.
-                if now + 2 * self.iteration_s >= req.deadline:
-                    finish_partial.append(req.request_id)
-            elif now + self.iteration_s >= req.deadline:  # resolved before this iteration runs
-                self._finish(req, RequestStatus.FINISHED_PARTIAL, message="deadline reached before any scan")
+        joined = [self.requests[rid] for rid in self.joined]
+        # NOTE: a partial answer leaves with the runner's output, one iteration from now;
+        # scanning once more first would return it a second iteration later.
+        finish_partial = [r.request_id for r in joined if r.deadline is not None
+                          and now + 2 * self.iteration_s >= r.deadline]
+        for req in self.waiting.expiring(now + self.iteration_s):  # resolved before this iteration runs
+            self._finish(req, RequestStatus.FINISHED_PARTIAL, message="deadline reached before any scan")
         closing = set(finish_partial)
-        keyed = [(self._priority(r, now), r) for r in self.requests.values() if r.request_id not in closing]
+        self.waiting.refresh(now)
+        keyed = [((self.waiting.key(r, now), r.admission_seq), r) for r in joined if r.request_id not in closing]
         keyed.sort(key=itemgetter(0))
+        keyed = [(key, r) for (key, _), r in heapq.merge(keyed, self.waiting.head(_MAX_WAITING_CONSIDERED),
+                                                           key=itemgetter(0))]
         self._overloaded = False
         if self.config.stage_aware and self.scan_rate and self._saturated:
             # pair equivalents per second at the current budget; results due 2 iterations out
@@ -175,7 +183,7 @@ class Scheduler:
                 continue
             # NOTE: decode-level work may exceed max_num_running; otherwise preempted
             # prefill requests holding every slot would invert priorities.
-            if not joined and num_joined >= self.config.max_num_running and aged > 0:
+            if not joined and num_joined >= self.config.max_num_running and req.stage is not Stage.DECODE:
                 continue
             planned_item = self._plan_item(req, budget_left, first, now, aged)
             if planned_item is None:
@@ -241,6 +249,19 @@ class Scheduler:
         left, window = req.deadline - now, req.deadline - req.arrival_time
         return self._tight(req) or left <= max(self.config.urgent_share * window, 4 * self.iteration_s + 2 * need)
 
+    def _scans_on_join(self, req: SearchRequest, now: float, aged: int) -> bool:
+        """Whether an IVF newcomer scans in the iteration it joins even under load (reading
+        its lists alone) rather than joining only and riding along from the next one.
+
+        NOTE: aging lifts a waiting request's priority to decode level, not its urgency: an
+        aged RAG lookup with a loose deadline (or none) that scanned alone read its 128
+        lists for itself, and once a backlog had aged alike every iteration served a few
+        such scans (real 200k IVF-1024, 5,000 req/s offered with 60 s deadlines: 182 req/s).
+        """
+        if req.stage is Stage.DECODE or not self.config.stage_aware:
+            return True
+        return req.deadline is not None and self._urgent(req, now, max(aged, 1))
+
     def _tight(self, req: SearchRequest) -> bool:
         """A deadline window only a few iterations long (a cache lookup): it cannot afford to wait."""
         window = math.inf if req.deadline is None else req.deadline - req.arrival_time
@@ -272,24 +293,12 @@ class Scheduler:
         """
         return self.config.stage_aware and not self._overloaded and (aged == 0 or self._tight(req))
 
-    def _priority(self, req: SearchRequest, now: float) -> tuple[float, ...]:
-        if not self.config.stage_aware:
-            return (req.arrival_time,)
-        aged = max(0, int(req.stage) - int((now - req.arrival_time) / self.config.aging_s))
-        # NOTE: a request without a deadline gets a virtual one (when it would age into the
-        # top stage); otherwise, once aged, it would still sort after every deadline-bearing
-        # request of that stage and starve under a steady decode stream.
-        deadline = req.deadline
-        if deadline is None:
-            deadline = req.arrival_time + self.config.aging_s * (int(req.stage) + 1)
-        return (aged, deadline, req.arrival_time)
-
     def _plan_item(self, req: SearchRequest, budget_left: float, first: bool, now: float,
                    aged: int) -> tuple[ScanWork, float] | None:
         """Work of a flat request, or of an IVF newcomer (its probes are not known yet)."""
         if req.seen is not None:
             return self._plan_flat(req, budget_left, first)
-        if (self._saturated or budget_left <= 0) and not self._urgent(req, now, aged):
+        if (self._saturated or budget_left <= 0) and not self._scans_on_join(req, now, aged):
             # NOTE: under load a request with slack joins only (assigned now, riding along
             # from the next iteration); at light load it scans at once, as nothing is gained
             # by waiting for company.
@@ -316,36 +325,7 @@ class Scheduler:
 
     def _plan_flat(self, req: SearchRequest, budget_left: float, first: bool) -> tuple[ScanWork, float] | None:
         stats = self._stats_or_fail(req)
-        if stats is None:
-            return None
-        seen = req.seen
-        if stats.num_units < seen.size:  # the collection shrank: those chunks no longer exist
-            req.mark_seen(np.arange(stats.num_units, seen.size))
-        window = self._flat_windows.get(req.collection)
-        if window is None and stats.num_units:
-            n = stats.num_units
-            cursor = self._flat_cursor.get(req.collection, 0) % n
-            # NOTE: the window opens at the first rider's next unseen chunk, so the most
-            # urgent flat request always makes progress (a preempted rider may have seen
-            # the chunks right after the shared cursor already).
-            unseen = np.flatnonzero(~seen[:n])
-            if unseen.size:
-                after = unseen[unseen >= cursor]
-                cursor = int(after[0]) if after.size else int(unseen[0])
-            width = int(min(max(1, budget_left // stats.unit_cost), n))
-            window = tuple((cursor + i) % n for i in range(width))
-            self._flat_windows[req.collection] = window
-        chunks = tuple(c for c in window or () if c < seen.size and not seen[c])
-        fits = int(budget_left // stats.unit_cost) if stats.unit_cost else len(chunks)
-        if len(chunks) > fits:
-            if not first and fits == 0:
-                return None
-            chunks = chunks[: max(fits, 1)]
-        left = int(seen.size - seen.sum())
-        if not chunks and left:
-            return None  # waits for the shared cursor to come round to its unseen chunks
-        cost = int(len(chunks) * stats.unit_cost)
-        return ScanWork(req.request_id, req.collection, units=chunks, returns_result=len(chunks) == left), cost
+        return None if stats is None else self.flat.plan(req, stats, budget_left, first)
 
     def _stats_or_fail(self, req: SearchRequest) -> CollectionStats | None:
         """The collection's stats, or ``None`` after failing ``req`` if it was dropped."""
@@ -363,6 +343,7 @@ class Scheduler:
                 self._to_free.append(w.request_id)
                 continue
             self.joined.add(req.request_id)
+            self.waiting.remove(req.request_id)
             if w.request_id in out.errors:
                 self._finish(req, RequestStatus.FINISHED_ERROR, message=out.errors[w.request_id])
                 continue
@@ -383,8 +364,7 @@ class Scheduler:
             if req is not None:
                 scores, ids = out.results.get(rid, (None, None))
                 self._finish(req, RequestStatus.FINISHED_PARTIAL, scores, ids, message="deadline reached")
-        for col, window in self._flat_windows.items():
-            self._flat_cursor[col] = window[-1] + 1
+        self.flat.advance()
         self.cost.observe(plan, out, self.iteration)
         self._check_invariants(plan)
         return self.pop_finished()
@@ -395,6 +375,7 @@ class Scheduler:
         req.finish_time = self.clock()
         req.message = message
         del self.requests[req.request_id]
+        self.waiting.remove(req.request_id)
         if req.request_id in self.joined:
             self.joined.discard(req.request_id)
             if status is not RequestStatus.FINISHED_COMPLETE and status is not RequestStatus.FINISHED_PARTIAL:
@@ -405,4 +386,5 @@ class Scheduler:
     def _check_invariants(self, plan: IterationPlan) -> None:
         assert plan.planned_vectors <= plan.budget_vectors or plan.forced, "budget exceeded"
         assert self.requests.keys() >= self.joined, "runner state for a finished request"
+        assert len(self.waiting) + len(self.joined) == len(self.requests), "a request is neither waiting nor joined"
         assert len(self.requests) + self.num_finished == self.num_admitted, "a request was lost"

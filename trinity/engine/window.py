@@ -1,4 +1,4 @@
-"""List-centric batching for IVF: which lists one iteration reads, and who rides along.
+"""Shared scans: which IVF lists / flat chunks one iteration reads, and who rides along.
 
 Per-request cursors alone share little: two requests scan the same list in the same
 iteration only when both happen to be at it, so a loaded engine reads popular lists again
@@ -18,12 +18,17 @@ Lists enter the window two ways:
 A list costs ``size * read_weight`` pair-vector equivalents to read plus ``size`` per
 rider.  When the budget cannot take every rider of a claimed list, riders are taken in
 priority order and claiming stops there.
+
+Flat collections are one shared circular scan (:class:`FlatWindows`): each iteration
+reads a window of chunks from the collection's cursor, and every flat request rides along
+until it has seen each chunk once.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from trinity.engine.collections import CollectionStats
 from trinity.engine.plan import ScanWork
 from trinity.engine.request import SearchRequest
 
@@ -136,3 +141,53 @@ class ListWindow:
             done = req.num_units_done + units.size == req.num_units_total
             out.append(ScanWork(req.request_id, self.collection, tuple(units.tolist()), returns_result=done))
         return out
+
+
+class FlatWindows:
+    """The shared circular scan of every flat collection: a cursor per collection, and
+    the window of chunks the current iteration reads (opened by its first rider)."""
+
+    def __init__(self) -> None:
+        self.cursor: dict[str, int] = {}
+        self.windows: dict[str, tuple[int, ...]] = {}
+
+    def begin(self) -> None:
+        """A new iteration: no window is open yet."""
+        self.windows = {}
+
+    def advance(self) -> None:
+        """The iteration ran: each cursor moves past its window."""
+        for col, window in self.windows.items():
+            self.cursor[col] = window[-1] + 1
+
+    def plan(self, req: SearchRequest, stats: CollectionStats, budget_left: float,
+             first: bool) -> tuple[ScanWork, float] | None:
+        """``req``'s unseen chunks of its collection's window that fit, with their cost."""
+        seen = req.seen
+        if stats.num_units < seen.size:  # the collection shrank: those chunks no longer exist
+            req.mark_seen(np.arange(stats.num_units, seen.size))
+        window = self.windows.get(req.collection)
+        if window is None and stats.num_units:
+            n = stats.num_units
+            cursor = self.cursor.get(req.collection, 0) % n
+            # NOTE: the window opens at the first rider's next unseen chunk, so the most
+            # urgent flat request always makes progress (a preempted rider may have seen
+            # the chunks right after the shared cursor already).
+            unseen = np.flatnonzero(~seen[:n])
+            if unseen.size:
+                after = unseen[unseen >= cursor]
+                cursor = int(after[0]) if after.size else int(unseen[0])
+            width = int(min(max(1, budget_left // stats.unit_cost), n))
+            window = tuple((cursor + i) % n for i in range(width))
+            self.windows[req.collection] = window
+        chunks = tuple(c for c in window or () if c < seen.size and not seen[c])
+        fits = int(budget_left // stats.unit_cost) if stats.unit_cost else len(chunks)
+        if len(chunks) > fits:
+            if not first and fits == 0:
+                return None
+            chunks = chunks[: max(fits, 1)]
+        left = int(seen.size - seen.sum())
+        if not chunks and left:
+            return None  # waits for the shared cursor to come round to its unseen chunks
+        cost = int(len(chunks) * stats.unit_cost)
+        return ScanWork(req.request_id, req.collection, units=chunks, returns_result=len(chunks) == left), cost

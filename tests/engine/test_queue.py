@@ -1,0 +1,60 @@
+"""The incrementally ordered waiting queue must always agree with a full re-sort."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trinity.engine import SearchRequest, Stage
+from trinity.engine.queue import WaitQueue, priority_key
+
+AGING_S = 0.05
+
+op = st.one_of(
+    st.tuples(st.just("push"), st.sampled_from(list(Stage)), st.one_of(st.none(), st.floats(0.0, 0.3))),
+    st.tuples(st.just("remove"), st.integers(0, 1 << 16), st.none()),
+    st.tuples(st.just("advance"), st.floats(0.0, 0.08), st.none()),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=st.lists(op, max_size=80), stage_aware=st.booleans())
+def test_order_matches_a_full_sort_at_any_time(ops, stage_aware):
+    q = WaitQueue(stage_aware, AGING_S)
+    now, seq, live, expired = 0.0, 0, {}, set()
+    for kind, a, b in ops:
+        if kind == "push":
+            req = SearchRequest("c", np.zeros(2, np.float32), 1, stage=a, arrival_time=now,
+                                deadline=None if b is None else now + b)
+            q.push(req, seq, now)
+            live[req.request_id] = (seq, req)
+            seq += 1
+        elif kind == "remove" and live:
+            rid = sorted(live)[a % len(live)]
+            q.remove(rid)
+            del live[rid]
+        else:
+            now += a
+        # expiring() hands out each request whose deadline passed, exactly once
+        for req in q.expiring(now):
+            assert req.request_id in live and req.request_id not in expired and req.deadline <= now
+            expired.add(req.request_id)
+        q.refresh(now)
+        want = sorted(((priority_key(r, now, stage_aware, AGING_S), s), r.request_id) for s, r in live.values())
+        got = [(entry, r.request_id) for entry, r in q.head(len(live) + 1)]
+        assert got == want and len(q) == len(live)
+    due = {rid for rid, (_, r) in live.items() if r.deadline is not None and r.deadline <= now}
+    assert due <= expired
+
+
+def test_aging_promotes_a_waiting_request_past_newer_urgent_ones():
+    q = WaitQueue(True, AGING_S)
+    bg = SearchRequest("c", np.zeros(2, np.float32), 1, stage=Stage.BACKGROUND, arrival_time=0.0)
+    q.push(bg, 0, 0.0)
+    for i in range(1, 4):
+        t = 2.5 * AGING_S + i * 1e-3
+        q.push(SearchRequest("c", np.zeros(2, np.float32), 1, stage=Stage.PREFILL, arrival_time=t), i, t)
+    q.refresh(2.5 * AGING_S + 0.01)
+    (key, _), first = q.head(1)[0]
+    assert first is bg and key[0] == 0  # aged two stages: decode level, ahead of fresh prefill work
