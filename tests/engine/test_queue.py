@@ -58,3 +58,12 @@ def test_aging_promotes_a_waiting_request_past_newer_urgent_ones():
     q.refresh(2.5 * AGING_S + 0.01)
     (key, _), first = q.head(1)[0]
     assert first is bg and key[0] == 0  # aged two stages: decode level, ahead of fresh prefill work
+
+
+def test_deadline_heap_stays_bounded_when_requests_join_long_before_their_deadline():
+    q = WaitQueue(True, AGING_S)
+    for i in range(20_000):
+        req = SearchRequest("c", np.zeros(2, np.float32), 1, stage=Stage.DECODE, arrival_time=0.0, deadline=60.0)
+        q.push(req, i, 0.0)
+        q.remove(req.request_id)  # joined at once
+    assert len(q) == 0 and len(q._deadlines) <= 1024 + 1

@@ -66,6 +66,12 @@ class WaitQueue:
         self._insert(req, seq, now)
         if req.deadline is not None:
             heapq.heappush(self._deadlines, (req.deadline, seq, req.request_id))
+        if len(self._deadlines) > 2 * len(self._entry) + 1024:
+            # NOTE: requests that joined leave their item behind until its deadline passes;
+            # with long deadlines (seconds) at thousands of req/s that is most of the heap.
+            self._deadlines = [(self._by_seq[s].deadline, s, rid) for rid, (_, s) in self._entry.items()
+                               if self._by_seq[s].deadline is not None]
+            heapq.heapify(self._deadlines)
 
     def remove(self, request_id: str) -> None:
         """Drop a request that joined or finished (no-op if it is not waiting)."""

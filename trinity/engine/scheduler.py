@@ -3,8 +3,10 @@
 Each iteration :meth:`Scheduler.schedule` hands out a budget of (query, vector) scans
 (sized by :class:`~trinity.engine.cost_model.IterationCostModel` so one iteration lasts
 about ``target_iteration_ms``) in priority order -- (aged stage, deadline, arrival) when
-stage-aware, arrival when FIFO.  Newcomers join (IVF: are assigned) and scan a capped
-best-first prefix; joined IVF requests claim lists and ride along on others' claims
+stage-aware, arrival when FIFO; waiting requests stay ordered across iterations
+(:mod:`trinity.engine.queue`), so a plan reads only the queue's head.  Newcomers join
+(IVF: are assigned) and scan a capped best-first prefix; joined IVF requests claim lists
+and ride along on others' claims; flat requests ride a shared circular scan
 (:mod:`trinity.engine.window`).  Work not scheduled keeps its progress and (in the runner)
 its running top-k, so nothing is recomputed.  A request whose deadline falls before the
 next iteration could end is finished with its best-so-far answer (``partial``); nothing
@@ -181,8 +183,10 @@ class Scheduler:
                 planned += charge
                 budget_left -= charge
                 continue
-            # NOTE: decode-level work may exceed max_num_running; otherwise preempted
-            # prefill requests holding every slot would invert priorities.
+            # NOTE: decode-stage work may exceed max_num_running; otherwise preempted
+            # prefill requests holding every slot would invert priorities.  Aged work waits
+            # for a slot: admitting a whole aged backlog would make the running set (and
+            # every plan) as large as the backlog.
             if not joined and num_joined >= self.config.max_num_running and req.stage is not Stage.DECODE:
                 continue
             planned_item = self._plan_item(req, budget_left, first, now, aged)
