@@ -55,19 +55,27 @@ class ListWindow:
         # Every pending (rider, list, position), grouped by list, riders in priority order.
         pending = [r.pending() for r in riders]
         self.pending = [ids for _, ids in pending]  # per rider, best first
-        lid = np.concatenate(self.pending) if riders else np.empty(0, np.int64)
-        rid = np.repeat(np.arange(len(riders)), [ids.size for ids in self.pending])
-        pos = np.concatenate([p for p, _ in pending]) if riders else np.empty(0, np.int64)
-        keep = lid < nlist  # a re-created collection may have fewer lists
-        order = np.lexsort((rid[keep], lid[keep]))
-        self.pair_rider, self.pair_list, self.pair_pos = rid[keep][order], lid[keep][order], pos[keep][order]
-        self.list_ptr = np.searchsorted(self.pair_list, np.arange(nlist + 1))
-        self.demand = np.diff(self.list_ptr)
+        left = np.fromiter((ids.size for ids in self.pending), dtype=np.int64, count=len(riders))
+        if riders:
+            lid, pos = np.concatenate(self.pending), np.concatenate([p for p, _ in pending])
+        else:
+            lid = pos = np.empty(0, np.int64)
+        rid = np.repeat(np.arange(len(riders)), left)
+        if lid.size and lid.max() >= nlist:  # a re-created collection may have fewer lists
+            keep = lid < nlist
+            lid, rid, pos = lid[keep], rid[keep], pos[keep]
+        # NOTE: pairs are concatenated rider by rider (priority order), so a stable sort by
+        # list alone keeps each list's riders in priority order -- a radix sort on int16
+        # list ids, ~2x cheaper per plan than a two-key lexsort.
+        order = np.argsort(lid.astype(np.int16) if nlist <= np.iinfo(np.int16).max else lid, kind="stable")
+        self.pair_rider, self.pair_list, self.pair_pos = rid[order], lid[order], pos[order]
+        self.demand = np.bincount(self.pair_list, minlength=nlist)
+        self.list_ptr = np.zeros(nlist + 1, dtype=np.int64)
+        np.cumsum(self.demand, out=self.list_ptr[1:])
         # NOTE: a list's worth to the fill is the share of their remaining work it completes
         # for its riders (sum of 1 / lists left): lists that finish requests go first, which
         # keeps requests' time in the running set -- and so throughput -- up.
-        left = np.array([ids.size for ids in self.pending], dtype=np.float64)
-        per_pair = 1.0 / np.maximum(left, 1.0)
+        per_pair = 1.0 / np.maximum(left, 1).astype(np.float64)
         self.worth = np.bincount(self.pair_list, weights=per_pair[self.pair_rider], minlength=nlist)
         self.take = np.zeros(self.pair_list.size, dtype=bool)
         self.chosen = np.zeros(nlist, dtype=bool)
@@ -131,15 +139,15 @@ class ListWindow:
         sel = np.flatnonzero(self.take)
         if sel.size == 0:
             return []
-        by_rider = sel[np.argsort(self.pair_rider[sel], kind="stable")]
-        riders = self.pair_rider[by_rider]
-        bounds = np.flatnonzero(np.diff(riders)) + 1
+        riders, units = self.pair_rider[sel], self.pair_pos[sel]
+        order = np.lexsort((units, riders))  # by rider, positions ascending
+        riders, units = riders[order], units[order].tolist()
+        bounds = [0, *(np.flatnonzero(np.diff(riders)) + 1).tolist(), riders.size]
         out = []
-        for chunk in np.split(by_rider, bounds):
-            req = self.riders[int(self.pair_rider[chunk[0]])]
-            units = np.sort(self.pair_pos[chunk])
-            done = req.num_units_done + units.size == req.num_units_total
-            out.append(ScanWork(req.request_id, self.collection, tuple(units.tolist()), returns_result=done))
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            req = self.riders[int(riders[a])]
+            done = req.num_units_done + (b - a) == req.num_units_total
+            out.append(ScanWork(req.request_id, self.collection, tuple(units[a:b]), returns_result=done))
         return out
 
 
