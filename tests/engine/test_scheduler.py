@@ -187,6 +187,24 @@ def test_decode_starts_within_one_iteration_when_running_slots_are_full(clock):
     assert decode.request_id in [w.request_id for w in plan.work], "decode waits for a PREFILL request to finish"
 
 
+def test_tight_deadline_lookup_starts_within_one_iteration_when_running_slots_are_full(clock):
+    """A prefill-stage cache lookup whose deadline is a few iterations long cannot wait
+    for a running slot either."""
+    cols = make_collections(IVF)
+    sched = Scheduler(fixed_budget(3000, max_num_running=4), cols, clock)
+    runner = FakeRunner(cols, clock=clock, rate=1e6)
+    for i in range(6):
+        sched.add_request(make_req(clock, IVF, nprobe=64, stage=Stage.PREFILL, deadline_s=10.0 - i, qi=i))
+        plan = sched.schedule()
+        sched.update_from_output(plan, runner.run(plan))
+    assert len(sched.joined) == 4
+    lookup = make_req(clock, IVF, nprobe=2, k=1, stage=Stage.PREFILL, deadline_s=4 * sched.iteration_s, qi=20)
+    sched.add_request(lookup)
+    plan = sched.schedule()
+    work = [w for w in plan.work if w.request_id == lookup.request_id]
+    assert work and work[0].max_vectors > 0, "a tight-deadline lookup waited for a running slot"
+
+
 def test_preempted_work_keeps_its_cursor(clock):
     cols = make_collections(IVF, FLAT)
     sched = Scheduler(fixed_budget(1500), cols, clock)
@@ -601,9 +619,11 @@ def test_flat_requests_share_chunks_and_see_each_once(clock):
                for p in runner.plans if len(p.work) > 1), "riders should share chunks"
 
 
-def test_decode_newcomer_finishes_in_one_iteration_when_its_lists_run_large(clock):
+@pytest.mark.parametrize("stage", [Stage.DECODE, Stage.PREFILL])
+def test_decode_newcomer_finishes_in_one_iteration_when_its_lists_run_large(clock, stage):
     """Queries probe larger lists than the size-biased mean; a decode lookup's first scan
-    must still cover all its probes (a second iteration would double its latency)."""
+    -- or a tight-deadline cache lookup's -- must still cover all its probes (a second
+    iteration would double its latency)."""
     cols = make_collections(IVF)
     sched = Scheduler(fixed_budget(10_000_000), cols, clock)
     runner = SearchRunner(cols)
@@ -613,7 +633,7 @@ def test_decode_newcomer_finishes_in_one_iteration_when_its_lists_run_large(cloc
     large = np.flatnonzero((cost > 2 * stats.unit_cost * 1.1) & (cost < 2 * stats.unit_cost * 1.9))
     assert large.size, "the test index should have queries probing larger-than-estimated lists"
     for qi in large[:5]:
-        req = make_req(clock, IVF, nprobe=2, k=4, stage=Stage.DECODE, qi=int(qi), deadline_s=0.020)
+        req = make_req(clock, IVF, nprobe=2, k=4, stage=stage, qi=int(qi), deadline_s=0.020)
         sched.add_request(req)
         plan = sched.schedule()
         finished = sched.update_from_output(plan, runner.run(plan))
