@@ -135,16 +135,16 @@ class Scheduler:
         self.iteration += 1
         self.flat.begin()
         free, self._to_free = tuple(self._to_free), []
-        joined = [self.requests[rid] for rid in self.joined]
+        running = [self.requests[rid] for rid in self.joined]
         # NOTE: a partial answer leaves with the runner's output, one iteration from now;
         # scanning once more first would return it a second iteration later.
-        finish_partial = [r.request_id for r in joined if r.deadline is not None
+        finish_partial = [r.request_id for r in running if r.deadline is not None
                           and now + 2 * self.iteration_s >= r.deadline]
         for req in self.waiting.expiring(now + self.iteration_s):  # resolved before this iteration runs
             self._finish(req, RequestStatus.FINISHED_PARTIAL, message="deadline reached before any scan")
         closing = set(finish_partial)
         self.waiting.refresh(now)
-        keyed = [((self.waiting.key(r, now), r.admission_seq), r) for r in joined if r.request_id not in closing]
+        keyed = [((self.waiting.key(r, now), r.admission_seq), r) for r in running if r.request_id not in closing]
         keyed.sort(key=itemgetter(0))
         keyed = [(key, r) for (key, _), r in heapq.merge(keyed, self.waiting.head(_MAX_WAITING_CONSIDERED),
                                                            key=itemgetter(0))]
