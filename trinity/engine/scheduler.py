@@ -259,17 +259,18 @@ class Scheduler:
         """Whether an IVF newcomer scans in the iteration it joins even under load (reading
         its lists alone) rather than joining only and riding along from the next one.
 
-        NOTE: aging lifts a waiting request's priority to decode level, not its urgency: an
-        aged RAG lookup with a loose deadline that scanned alone read its 128 lists for
-        itself, and once a backlog had aged alike every iteration served a few such scans
-        (real 200k IVF-1024, 5,000 req/s offered with 60 s deadlines: 182 req/s).  A request
-        without a deadline has no slack to measure and still scans at once (joining only,
-        aged prefill work of a saturated closed loop -- 64 clients, no deadlines -- claimed
-        lists with all their riders ahead of fresh decodes: decode p99 15 -> 23 ms).
+        NOTE: aging lifts priority, not urgency: aged RAG lookups with loose deadlines that
+        scanned alone read 128 lists each, and a backlog drained at 182 req/s (60 s
+        deadlines, real 200k IVF-1024).  Work without a deadline has no slack to measure:
+        joining only, aged claims starved fresh decodes (64 clients: p99 15 -> 23 ms).
         """
         if req.stage is Stage.DECODE or not self.config.stage_aware:
             return True
         return self._urgent(req, now, max(aged, 1))
+
+    def _cannot_wait(self, req: SearchRequest, aged: int) -> bool:
+        """Decode-level or tight-deadline work: one more iteration would double its latency."""
+        return aged == 0 or self._tight(req)
 
     def _tight(self, req: SearchRequest) -> bool:
         """A deadline window only a few iterations long (a cache lookup): it cannot afford to wait."""
@@ -300,7 +301,7 @@ class Scheduler:
         read twice -- hands its result back after that part.  The split costs a second
         kernel call; once requests miss their deadlines (overload) throughput comes first.
         """
-        return self.config.stage_aware and not self._overloaded and (aged == 0 or self._tight(req))
+        return self.config.stage_aware and not self._overloaded and self._cannot_wait(req, aged)
 
     def _plan_item(self, req: SearchRequest, budget_left: float, first: bool, now: float,
                    aged: int) -> tuple[ScanWork, float] | None:
@@ -320,7 +321,7 @@ class Scheduler:
         # headroom that other work then cannot use.  Decode-level and tight-deadline work
         # cannot afford that second iteration and reserves _DECODE_CAP_FACTOR x the
         # estimate (with 1x, 29% of the cache lookups at 2,500 req/s took two).
-        factor = _DECODE_CAP_FACTOR if aged == 0 or self._tight(req) else 1.0
+        factor = _DECODE_CAP_FACTOR if self._cannot_wait(req, aged) else 1.0
         cap = int(min(budget_left / per_vector, math.ceil(req.remaining_cost() * factor) + 1))
         # NOTE: the most urgent item always progresses (>= 1 probe even past its cap), so
         # it is charged the worst case of one probe: the budget holds for the rest.
