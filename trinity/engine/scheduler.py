@@ -307,7 +307,8 @@ class Scheduler:
                    aged: int) -> tuple[ScanWork, float] | None:
         """Work of a flat request, or of an IVF newcomer (its probes are not known yet)."""
         if req.seen is not None:
-            return self._plan_flat(req, budget_left, first)
+            stats = self._stats_or_fail(req)
+            return None if stats is None else self.flat.plan(req, stats, budget_left, first)
         if (self._saturated or budget_left <= 0) and not self._scans_on_join(req, now, aged):
             # NOTE: under load a request with slack joins only (assigned now, riding along
             # from the next iteration); at light load it scans at once, as nothing is gained
@@ -333,10 +334,6 @@ class Scheduler:
             charge = max(cap, stats.max_unit_cost) * per_vector
         return ScanWork(req.request_id, req.collection, max_vectors=cap, returns_result=True,
                         allow_overshoot=first, early=self._early(req, aged)), charge
-
-    def _plan_flat(self, req: SearchRequest, budget_left: float, first: bool) -> tuple[ScanWork, float] | None:
-        stats = self._stats_or_fail(req)
-        return None if stats is None else self.flat.plan(req, stats, budget_left, first)
 
     def _stats_or_fail(self, req: SearchRequest) -> CollectionStats | None:
         """The collection's stats, or ``None`` after failing ``req`` if it was dropped."""
