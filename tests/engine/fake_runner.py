@@ -74,6 +74,10 @@ class FakeRunner:
         self.kinds: dict[str, str] = {}  # id -> "ivf" / "flat"
         self.freed: list[str] = []
 
+    def reset(self) -> None:
+        """Drop every request's state (the engine calls this after a failed iteration)."""
+        self.states.clear()
+
     # ------------------------------------------------------------------ tables
     def table(self, name: str) -> np.ndarray:
         if name not in self.tables:

@@ -258,8 +258,8 @@ class SearchEngine:
         for req, _, _ in self.scheduler.pop_finished():
             req.status, req.message = RequestStatus.FINISHED_ERROR, message
             self._resolve((req, None, None))
-        if hasattr(self.runner, "states"):  # the runner's state may be inconsistent now
-            self.runner.states.clear()
+        if hasattr(self.runner, "reset"):  # the runner's state may be inconsistent now
+            self.runner.reset()
 
     def shutdown(self, drain: bool = True, timeout_s: float = 10.0) -> None:
         """Stop taking requests; drain (up to ``timeout_s``) or fail what is pending."""

@@ -1,14 +1,15 @@
 """The runner: owns per-request device state and executes one plan on the indexes.
 
-State per joined request: its prepared query, its running top-k row, and (IVF) its
-best-first probe list.  Each iteration the runner prepares and assigns newcomers in one
-batch per collection, gathers the scheduled rows into one :class:`RunningTopK` per
-collection, runs a single list-major ``scan`` (IVF) or one GEMM per flat chunk shared by
-all riders, and scatters the rows back.
+State per joined request -- its prepared query, its running top-k and (IVF) its
+best-first probe list -- is a row of its collection's :class:`~trinity.engine.rows.RunningRows`
+(a persistent batch).  Each iteration the runner prepares and assigns newcomers in one
+batch per collection, then runs a single list-major ``scan`` (IVF) over the rows in place,
+or one GEMM per flat chunk shared by all riders.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 
@@ -17,34 +18,11 @@ import torch
 
 from trinity.engine.collections import Collections, UnknownCollectionError
 from trinity.engine.plan import IterationPlan, NewRequest, RunnerOutput, ScanWork, prefix_end
-from trinity.index import FlatIndex, IVFIndex, ProbeChunk, RunningTopK
-from trinity.index.base import BaseIndex
+from trinity.engine.rows import RunningRows
+from trinity.index import FlatIndex, IVFIndex, ProbeChunk
 
 #: ``on_early`` of :meth:`SearchRunner.run`: receives ``{request_id: (scores, ids)}``.
 EarlyResults = Callable[[dict[str, tuple[np.ndarray, np.ndarray]]], None]
-
-
-class _RequestState:
-    """Per-request runner state.  Rows are numpy on CPU (cheap row copies), torch on GPU."""
-
-    __slots__ = ("collection", "index", "query", "query_np", "offset", "k", "scores", "ids", "probes", "probe_costs")
-
-    def __init__(self, collection: str, index: BaseIndex, query: torch.Tensor, offset: torch.Tensor, k: int,
-                 device: torch.device) -> None:
-        self.collection = collection
-        self.index = index  # the index the request joined; a replaced collection is an error
-        self.query = query  # (dim,) prepared (internal scoring space)
-        self.query_np = query.numpy() if device.type == "cpu" else None  # a view: cheap batching on CPU
-        self.offset = offset  # () query offset for user units
-        self.k = k
-        if device.type == "cpu":
-            self.scores = np.full(k, -np.inf, dtype=np.float32)  # running top-k, internal similarities
-            self.ids = np.full(k, -1, dtype=np.int64)
-        else:
-            self.scores = torch.full((k,), -np.inf, dtype=torch.float32, device=device)
-            self.ids = torch.full((k,), -1, dtype=torch.int64, device=device)
-        self.probes: np.ndarray | None = None  # IVF: best-first list ids
-        self.probe_costs: np.ndarray | None = None
 
 
 class SearchRunner:
@@ -52,10 +30,16 @@ class SearchRunner:
 
     def __init__(self, collections: Collections) -> None:
         self.collections = collections
-        self.states: dict[str, _RequestState] = {}
+        self.states: dict[str, RunningRows] = {}  # request id -> the rows holding its state
+        self._rows: dict[str, RunningRows] = {}  # collection -> rows of its current index
         # NOTE: all GPU work of the engine goes to one stream owned by the loop thread, so
         # it never serialises behind other work on the default stream.
         self._stream = torch.cuda.Stream() if torch.cuda.is_available() else None
+
+    def reset(self) -> None:
+        """Drop every request's state (after a failed iteration left it inconsistent)."""
+        self.states.clear()
+        self._rows.clear()
 
     def run(self, plan: IterationPlan, on_early: EarlyResults | None = None) -> RunnerOutput:
         """Execute one plan; the only host sync is the one returning finished results.
@@ -72,8 +56,7 @@ class SearchRunner:
     def _run(self, plan: IterationPlan, on_early: EarlyResults | None) -> RunnerOutput:
         t0 = time.perf_counter()
         out = RunnerOutput()
-        for rid in plan.free:
-            self.states.pop(rid, None)
+        self._drop(plan.free)
         self._join(plan.new_requests, out)
         by_collection: dict[str, list[ScanWork]] = {}
         for w in plan.work:
@@ -87,32 +70,45 @@ class SearchRunner:
             except UnknownCollectionError as e:
                 for w in items:
                     out.errors[w.request_id] = str(e)
-                    self.states.pop(w.request_id, None)
+                self._drop([w.request_id for w in items])
                 continue
-            replaced = [w for w in items if self.states[w.request_id].index is not index]
-            for w in replaced:
-                out.errors[w.request_id] = f"collection {name!r} was dropped and re-created"
-                self.states.pop(w.request_id)
+            replaced = [w.request_id for w in items if self.states[w.request_id].index is not index]
+            for rid in replaced:
+                out.errors[rid] = f"collection {name!r} was dropped and re-created"
+            self._drop(replaced)
             items = [w for w in items if w.request_id in self.states]
             if not items:
                 continue
+            rows = self.states[items[0].request_id]  # one RunningRows per index object
             with index.write_lock:
                 if isinstance(index, IVFIndex):
-                    out.results.update(self._scan_ivf(index, items, out, on_early))
+                    out.results.update(self._scan_ivf(index, rows, items, out, on_early))
                 else:
-                    self._scan_flat(index, items, out)
+                    self._scan_flat(index, rows, items, out)
             done = [w.request_id for w in items
-                    if w.returns_result and w.request_id not in out.results and self._completed(w, out)]
+                    if w.returns_result and w.request_id not in out.results and self._completed(w, rows, out)]
             if done:
-                out.results.update(self._pop_results(index, done))
+                out.results.update(self._take(rows, done))
         partial: dict[int, list[str]] = {}
         for rid in plan.finish_partial:
             if rid in self.states:
-                partial.setdefault(id(self.states[rid].index), []).append(rid)
+                partial.setdefault(id(self.states[rid]), []).append(rid)
         for rids in partial.values():
-            out.results.update(self._pop_results(self.states[rids[0]].index, rids))
+            out.results.update(self._take(self.states[rids[0]], rids))
         out.duration_s = time.perf_counter() - t0
         return out
+
+    def _drop(self, rids) -> None:
+        for rid in rids:
+            rows = self.states.pop(rid, None)
+            if rows is not None:
+                rows.remove((rid,))
+
+    def _take(self, rows: RunningRows, rids: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Results of ``rids`` (user units); their state is freed."""
+        for rid in rids:
+            del self.states[rid]
+        return rows.take_results(rids)
 
     # ------------------------------------------------------------------ joining
     def _join(self, new: tuple[NewRequest, ...], out: RunnerOutput) -> None:
@@ -127,121 +123,101 @@ class SearchRunner:
                 for r in reqs:
                     out.errors[r.request_id] = str(e)
                 continue
+            rows = self._rows.get(name)
+            if rows is None or rows.index is not index:  # NOTE: old rows stay with their requests
+                rows = self._rows[name] = RunningRows(index)
             probes = None
             if isinstance(index, IVFIndex):  # coarse assignment, batched for all newcomers
                 probes = index.assign_prepared(queries, np.array([r.num_probes for r in reqs]))
-            for i, r in enumerate(reqs):
-                state = _RequestState(name, index, queries[i], offsets[i], r.k, index.device)
-                if probes is not None:
-                    state.probes = probes[i][probes[i] >= 0]
-                    state.probe_costs = index.lists.list_len[state.probes].copy()
-                    out.unit_costs[r.request_id] = state.probe_costs
-                    out.unit_ids[r.request_id] = state.probes
-                self.states[r.request_id] = state
+            rids = [r.request_id for r in reqs]
+            rows.add(rids, queries, offsets, np.array([r.k for r in reqs], dtype=np.int64), probes)
+            for rid in rids:
+                self.states[rid] = rows
+            if probes is not None:
+                costs = index.lists.list_len[np.maximum(probes, 0)]
+                for i, rid in enumerate(rids):
+                    n = int(np.count_nonzero(probes[i] >= 0))
+                    out.unit_ids[rid] = probes[i, :n]
+                    out.unit_costs[rid] = costs[i, :n]
 
     # ------------------------------------------------------------------ scanning
-    def _gather(self, rids: list[str]) -> tuple[torch.Tensor, RunningTopK]:
-        """Stack the rows of ``rids`` into one batch (queries, running top-k)."""
-        states = [self.states[r] for r in rids]
-        topk = RunningTopK.empty(len(states), [s.k for s in states], device=states[0].query.device)
-        # NOTE: on CPU, row copies through numpy views cost ~0.5 us instead of ~3 us.
-        dst_s, dst_i = (topk.scores.numpy(), topk.ids.numpy()) if topk.scores.device.type == "cpu" else (topk.scores, topk.ids)
-        for i, s in enumerate(states):
-            dst_s[i, : s.k] = s.scores
-            dst_i[i, : s.k] = s.ids
-        if topk.scores.device.type == "cpu":  # NOTE: np.stack of numpy views is ~3x faster than torch.stack
-            return torch.from_numpy(np.stack([s.query_np for s in states])), topk
-        return torch.stack([s.query for s in states]), topk
-
-    def _scatter(self, rids: list[str], topk: RunningTopK) -> None:
-        """Rows back into the states of ``rids`` (rows whose state was popped are skipped)."""
-        src_s, src_i = (topk.scores.numpy(), topk.ids.numpy()) if topk.scores.device.type == "cpu" else (topk.scores, topk.ids)
-        for i, rid in enumerate(rids):
-            s = self.states.get(rid)
-            if s is not None:
-                s.scores[:] = src_s[i, : s.k]
-                s.ids[:] = src_i[i, : s.k]
-
-    def _scan_ivf(self, index: IVFIndex, items: list[ScanWork], out: RunnerOutput,
+    def _scan_ivf(self, index: IVFIndex, rows: RunningRows, items: list[ScanWork], out: RunnerOutput,
                   on_early: EarlyResults | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """One list-major scan of every item's probes; with ``on_early``, the lists of
-        completing ``early`` items go first and their results are popped and handed out
-        in between (returned too)."""
-        rids, lists, early_rows = [], [], []
+        """One list-major scan of every item's probes, in place on ``rows``; with
+        ``on_early``, the lists of completing ``early`` items go first and their results
+        are taken and handed out in between (returned too)."""
+        list_len = index.lists.list_len
+        row_of = rows.row_of
+        joined = [w for w in items if w.max_vectors is None]
+        # Joined requests: their planned positions, mapped to list ids in one gather.
+        # NOTE: vectorised over all items: per-item numpy calls cost ~0.5 ms per iteration.
+        num_units = np.fromiter((len(w.units) for w in joined), dtype=np.int64, count=len(joined))
+        item_rows = np.fromiter((row_of[w.request_id] for w in joined), dtype=np.int64, count=len(joined))
+        pair_row = np.repeat(item_rows, num_units)
+        pair_list = rows.probes[pair_row, np.fromiter(itertools.chain.from_iterable(w.units for w in joined),
+                                                      dtype=np.int64, count=int(num_units.sum()))]
+        early: list[tuple[int, str]] = []  # (row, id) of completing early work
+        if joined:
+            per_item = np.bincount(np.repeat(np.arange(len(joined)), num_units), weights=list_len[pair_list],
+                                   minlength=len(joined)).astype(np.int64)
+            out.vectors_scanned.update(zip((w.request_id for w in joined), per_item.tolist()))
+            early += [(r, w.request_id) for w, r in zip(joined, item_rows.tolist()) if w.early and w.returns_result]
+        # Newcomers: the longest best-first prefix of their probes within the cap (0: join only).
+        extra_rows, extra_lists = [], []
         for w in items:
-            st = self.states[w.request_id]
-            if w.max_vectors is None:  # joined: the planned positions (this iteration's window)
-                probes = st.probes[np.asarray(w.units, dtype=np.int64)]
-            else:  # newcomer: the longest best-first prefix within the cap (0: join only)
-                end = prefix_end(st.probe_costs, w.max_vectors, w.allow_overshoot)
-                out.units_end[w.request_id] = end
-                probes = st.probes[:end]
-            out.vectors_scanned[w.request_id] = int(index.lists.list_len[probes].sum())
-            if probes.size:
-                if w.early and w.returns_result and self._completed(w, out):
-                    early_rows.append(len(rids))
-                rids.append(w.request_id)
-                lists.append(probes)
-        if not rids:
+            if w.max_vectors is None:
+                continue
+            row = row_of[w.request_id]
+            mine = rows.probes_of(row)
+            end = prefix_end(list_len[mine], w.max_vectors, w.allow_overshoot)
+            out.units_end[w.request_id] = end
+            out.vectors_scanned[w.request_id] = int(list_len[mine[:end]].sum())
+            if end:
+                extra_rows.append(np.full(end, row, dtype=np.int64))
+                extra_lists.append(mine[:end])
+                if w.early and w.returns_result and end == mine.size:
+                    early.append((row, w.request_id))
+        if extra_rows:
+            pair_row = np.concatenate([pair_row, *extra_rows])
+            pair_list = np.concatenate([pair_list, *extra_lists])
+        if not pair_list.size:
             return {}
-        flat = np.concatenate(lists).astype(np.int64)
-        out.vectors_read += int(index.lists.list_len[np.unique(flat)].sum())
-        ptr = np.zeros(len(lists) + 1, dtype=np.int64)
-        np.cumsum([len(p) for p in lists], out=ptr[1:])
-        queries, topk = self._gather(rids)
-        early: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        if on_early is not None and early_rows and len(early_rows) < len(rids):
-            # NOTE: every rider of an early list scans it in the first part, so no list is
-            # read twice; the two parts together are the same scan as one call.
-            is_early = np.zeros(index.nlist, dtype=bool)
-            is_early[np.concatenate([lists[r] for r in early_rows])] = True
-            first = is_early[flat]
-            index.scan(queries, _sub_chunk(ptr, flat, first), topk)
-            early = self._take_results(index, rids, topk, early_rows)
-            on_early(early)
-            if not first.all():
-                index.scan(queries, _sub_chunk(ptr, flat, ~first), topk)
-        else:
-            index.scan(queries, ProbeChunk(ptr, flat), topk)
-        self._scatter(rids, topk)
-        return early
+        order = np.argsort(pair_row, kind="stable")  # NOTE: CSR rows of the persistent batch, ascending
+        pair_row, flat = pair_row[order], pair_list[order]
+        out.vectors_read += int(list_len[np.unique(flat)].sum())
+        ptr = np.zeros(rows.num_rows + 1, dtype=np.int64)
+        np.cumsum(np.bincount(pair_row, minlength=rows.num_rows), out=ptr[1:])
+        if on_early is None or not early or len(early) == int(np.count_nonzero(np.diff(ptr))):
+            index.scan(rows.queries, ProbeChunk(ptr, flat), rows.topk)
+            return {}
+        # NOTE: every rider of an early list scans it in the first part, so no list is
+        # read twice; the two parts together are the same scan as one call.
+        is_early = np.zeros(index.nlist, dtype=bool)
+        is_early[np.concatenate([flat[ptr[r]:ptr[r + 1]] for r, _ in early])] = True
+        first = is_early[flat]
+        index.scan(rows.queries, _sub_chunk(ptr, flat, first), rows.topk)
+        results = self._take(rows, [rid for _, rid in early])
+        on_early(results)
+        if not first.all():
+            index.scan(rows.queries, _sub_chunk(ptr, flat, ~first), rows.topk)
+        return results
 
-    def _scan_flat(self, index: FlatIndex, items: list[ScanWork], out: RunnerOutput) -> None:
-        riders: dict[int, list[str]] = {}
+    def _scan_flat(self, index: FlatIndex, rows: RunningRows, items: list[ScanWork], out: RunnerOutput) -> None:
+        riders: dict[int, list[int]] = {}
         for w in items:
             out.vectors_scanned[w.request_id] = sum(index.chunk_num_vectors(c) for c in w.units)
             for c in w.units:
-                riders.setdefault(c, []).append(w.request_id)
+                riders.setdefault(c, []).append(rows.row_of[w.request_id])
         out.vectors_read += sum(index.chunk_num_vectors(c) for c in riders)
-        for c, rids in riders.items():  # one GEMM per chunk, shared by every rider
-            queries, topk = self._gather(rids)
+        for c, sel in riders.items():  # one GEMM per chunk, shared by every rider
+            sel = np.asarray(sel, dtype=np.int64)
+            queries, topk = rows.gather(sel)
             index.scan_chunk(queries, c, topk)
-            self._scatter(rids, topk)
+            rows.scatter(sel, topk)
 
-    def _completed(self, w: ScanWork, out: RunnerOutput) -> bool:
+    def _completed(self, w: ScanWork, rows: RunningRows, out: RunnerOutput) -> bool:
         """Planned to complete -- and, for a newcomer's capped prefix, it reached the end."""
-        st = self.states[w.request_id]
-        return w.max_vectors is None or out.units_end[w.request_id] == len(st.probes)
-
-    def _pop_results(self, index, rids: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Pop finished requests' state; return ``{id: (scores, ids)}`` in user units."""
-        _, topk = self._gather(rids)
-        return self._take_results(index, rids, topk, None)
-
-    def _take_results(self, index, rids: list[str], topk: RunningTopK,
-                      rows: list[int] | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Pop the states of ``rids[rows]`` (all with ``None``); their results from ``topk``'s rows."""
-        if rows is not None:
-            sel = torch.as_tensor(rows, dtype=torch.int64, device=topk.scores.device)
-            topk = RunningTopK(scores=topk.scores[sel], ids=topk.ids[sel], k=topk.k[sel])
-            rids = [rids[r] for r in rows]
-        offsets = torch.stack([self.states[r].offset for r in rids])
-        d, i = topk.to_results(index.metric, offsets)
-        out = {}
-        for row, rid in enumerate(rids):
-            k = self.states.pop(rid).k
-            out[rid] = (d[row, :k], i[row, :k])
-        return out
+        return w.max_vectors is None or out.units_end[w.request_id] == rows.num_probes[rows.row_of[w.request_id]]
 
 
 def _sub_chunk(ptr: np.ndarray, flat: np.ndarray, keep: np.ndarray) -> ProbeChunk:

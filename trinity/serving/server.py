@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from trinity.serving.config import ServerConfig, default_data_dir, keys_from_env
-from trinity.serving.memory import tune_malloc
+from trinity.serving.memory import skip_unused_triton, tune_malloc
 
 log = logging.getLogger("trinity.serving")
 
@@ -36,6 +36,7 @@ def run(config: ServerConfig) -> None:
     """Validate the bind address against the auth setup, then serve until signalled."""
     quiet_openmp()
     tune_malloc()
+    skip_unused_triton()
     if config.switch_interval_ms is not None:
         # NOTE: the event loop and the engine loop are both Python threads; the engine drops
         # the GIL around every kernel and must get it back to continue.  With the default
