@@ -26,6 +26,10 @@ class SchedulerConfig:
             scans from the next iteration on, riding along on lists read for others; one
             with less than this share of its deadline window left (or decode-level) scans
             at once.
+        saturated_stretch: while the engine is saturated (budget-bound iterations), the
+            target duration grows smoothly up to this multiple of ``target_iteration_ms``:
+            longer iterations spread the fixed per-iteration cost (planning, bookkeeping)
+            over more scanning.  ``1`` keeps the target fixed.
     """
 
     target_iteration_ms: float = 4.0
@@ -39,12 +43,15 @@ class SchedulerConfig:
     deadline_policy: str = "partial"
     budget_ewma: float = 0.2
     urgent_share: float = 0.5
+    saturated_stretch: float = 1.5
 
     def __post_init__(self) -> None:
         if self.deadline_policy not in ("partial", "reject"):
             raise ValueError("deadline_policy: expected 'partial' or 'reject'")
         if not 0 < self.min_budget_vectors <= self.initial_budget_vectors <= self.max_budget_vectors:
             raise ValueError("budget: need 0 < min <= initial <= max")
+        if self.saturated_stretch < 1.0:
+            raise ValueError("saturated_stretch: expected >= 1 (a multiple of target_iteration_ms)")
         if not 0.0 <= self.urgent_share <= 1.0:
             raise ValueError("urgent_share: expected a fraction in [0, 1]")
         if self.target_iteration_ms <= 0 or self.max_num_running < 1 or self.max_num_waiting < 1:

@@ -373,7 +373,7 @@ class Scheduler:
                 scores, ids = out.results.get(rid, (None, None))
                 self._finish(req, RequestStatus.FINISHED_PARTIAL, scores, ids, message="deadline reached")
         self.flat.advance()
-        self.cost.observe(plan, out, self.iteration)
+        self.cost.observe(plan, out, self.iteration, saturated=self._saturated)
         self._check_invariants(plan)
         return self.pop_finished()
 
