@@ -81,22 +81,19 @@ class RunningRows:
         width = 1 if probes is None else max(probes.shape[1], 1)
         max_k = int(ks.max())
         if need > 0 or max_k > self.topk.max_k or width > self.probes.shape[1]:
-            rows = self.num_rows * 2 if need > 0 else self.num_rows
-            while rows - len(self.row_of) < len(rids):
-                rows *= 2
-            self._alloc(rows, max(max_k, self.topk.max_k), max(width, self.probes.shape[1]))
+            num_rows = self.num_rows * 2 if need > 0 else self.num_rows
+            while num_rows - len(self.row_of) < len(rids):
+                num_rows *= 2
+            self._alloc(num_rows, max(max_k, self.topk.max_k), max(width, self.probes.shape[1]))
         rows = np.array([self._free.pop() for _ in rids], dtype=np.int64)
         self.row_of.update(zip(rids, rows.tolist()))
-        idx = rows if self.device.type == "cpu" else torch.from_numpy(rows).to(self.device)
-        if self.device.type == "cpu":
-            self._q[rows] = queries.numpy()
-            self._off[rows] = offsets.numpy()
-        else:
-            self._q[idx] = queries
-            self._off[idx] = offsets
+        cpu = self.device.type == "cpu"
+        idx = rows if cpu else torch.from_numpy(rows).to(self.device)
+        self._q[idx] = queries.numpy() if cpu else queries
+        self._off[idx] = offsets.numpy() if cpu else offsets
         self._s[idx] = SCORE_SENTINEL
         self._i[idx] = -1
-        self._k[idx] = torch.from_numpy(ks.astype(np.int32)).to(self.device) if self.device.type != "cpu" else ks
+        self._k[idx] = ks if cpu else torch.from_numpy(ks.astype(np.int32)).to(self.device)
         self.probes[rows] = -1
         if probes is not None:
             self.probes[rows, :probes.shape[1]] = probes

@@ -130,13 +130,12 @@ class SearchRunner:
             if isinstance(index, IVFIndex):  # coarse assignment, batched for all newcomers
                 probes = index.assign_prepared(queries, np.array([r.num_probes for r in reqs]))
             rids = [r.request_id for r in reqs]
-            rows.add(rids, queries, offsets, np.array([r.k for r in reqs], dtype=np.int64), probes)
+            added = rows.add(rids, queries, offsets, np.array([r.k for r in reqs], dtype=np.int64), probes)
             for rid in rids:
                 self.states[rid] = rows
             if probes is not None:
                 costs = index.lists.list_len[np.maximum(probes, 0)]
-                for i, rid in enumerate(rids):
-                    n = int(np.count_nonzero(probes[i] >= 0))
+                for i, (rid, n) in enumerate(zip(rids, rows.num_probes[added].tolist())):
                     out.unit_ids[rid] = probes[i, :n]
                     out.unit_costs[rid] = costs[i, :n]
 
