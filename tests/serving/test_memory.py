@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -11,8 +12,6 @@ import torch
 
 
 def _run(code: str, **env: str) -> str:
-    import os
-
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                          timeout=300, env={**os.environ, **env}, check=True)
     return out.stdout.strip()

@@ -122,9 +122,8 @@ class RunningRows:
                               torch.from_numpy(self._k[rows]))
             offsets = torch.from_numpy(self._off[rows])
         else:
-            sel = torch.from_numpy(rows).to(self.device)
-            sub = RunningTopK(self.topk.scores[sel], self.topk.ids[sel], self.topk.k[sel])
-            offsets = self.offsets[sel]
+            sub = self.topk.rows(rows)
+            offsets = self.offsets[torch.from_numpy(rows).to(self.device)]
         d, i = sub.to_results(self.index.metric, offsets)
         ks = sub.k.cpu().numpy()
         self.remove(rids)
@@ -133,8 +132,7 @@ class RunningRows:
     # ------------------------------------------------------------------ flat chunks
     def gather(self, rows: np.ndarray) -> tuple[torch.Tensor, RunningTopK]:
         """A copy of ``rows`` (queries, running top-k), for kernels that take a dense batch."""
-        sel = torch.from_numpy(rows).to(self.device)
-        return self.queries[sel], RunningTopK(self.topk.scores[sel], self.topk.ids[sel], self.topk.k[sel])
+        return self.queries[torch.from_numpy(rows).to(self.device)], self.topk.rows(rows)
 
     def scatter(self, rows: np.ndarray, topk: RunningTopK) -> None:
         """Write a gathered batch's running top-k back into ``rows``."""

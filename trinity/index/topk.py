@@ -60,7 +60,7 @@ class RunningTopK:
     def rows(self, index: torch.Tensor | np.ndarray | list[int]) -> RunningTopK:
         """A copy of the selected rows (used to gather a batch out of per-request state)."""
         idx = torch.as_tensor(index, dtype=torch.long, device=self.scores.device)
-        return RunningTopK(self.scores[idx].clone(), self.ids[idx].clone(), self.k[idx].clone())
+        return RunningTopK(self.scores[idx], self.ids[idx], self.k[idx])  # NOTE: indexing by a tensor copies
 
     def num_valid(self) -> torch.Tensor:
         """Number of filled slots per row."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
+import sys
 
 _M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8  # mallopt parameters (malloc.h)
 
@@ -49,9 +51,6 @@ def skip_unused_triton() -> bool:
     takes its no-triton path.  Kept as is where triton may run: a CUDA device, or
     ``TRITON_INTERPRET=1`` (the kernels' CPU interpreter).  Call before the model loads.
     """
-    import os
-    import sys
-
     if "triton" in sys.modules or os.environ.get("TRITON_INTERPRET") == "1":
         return False
     import torch
