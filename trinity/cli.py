@@ -115,6 +115,36 @@ def bench_engine(
     run_engine_bench(cfg)
 
 
+@bench_app.command("overhead")
+def bench_overhead(
+    num_vectors: int = typer.Option(200_000, "--num-vectors", "-n", min=1, help="Vectors in the collection."),
+    nlist: int = typer.Option(1024, min=1, help="IVF lists."),
+    num_queries: int = typer.Option(1000, min=1, help="Held-out query pool (passages not in the index)."),
+    rates: str = typer.Option("1000,1500,2000", help="Comma-separated offered rates (req/s)."),
+    duration: float = typer.Option(2.0, min=0.05, help="Seconds of (modelled) Poisson arrivals per rate."),
+    repeats: int = typer.Option(3, min=1, help="Replays per rate; timings are medians, plans must match."),
+    fixed_ms: float = typer.Option(3.0, min=0.0, help="Modelled clock: fixed cost of an iteration."),
+    scan_rate: float = typer.Option(30e6, min=1.0, help="Modelled clock: (query, vector) pairs per second."),
+    target_iteration_ms: float = typer.Option(4.0, min=0.1, help="Trinity: target iteration duration."),
+    data: str = typer.Option("real", help="real: embedded docstring corpus; synthetic: clustered random (tests)."),
+    threads: int | None = typer.Option(None, min=1, help="Threads for torch and numba [default: all cores]."),
+    seed: int = typer.Option(0, help="Seed for the workload, k-means and synthetic data."),
+    out: Path | None = typer.Option(None, help="JSON output [default: benchmarks/results/overhead-<host>-<date>.json]."),
+) -> None:
+    """Engine host (Python) time per iteration, replayed on a modelled clock: same plans, kernels apart."""
+    from trinity.bench.engine_bench import EngineBenchConfig, parse_float_list
+    from trinity.bench.overhead_bench import ClockModel, run_overhead_bench
+
+    try:
+        cfg = EngineBenchConfig(num_vectors=num_vectors, nlist=nlist, num_queries=num_queries,
+                                rates=parse_float_list(rates), duration_s=duration, repeats=repeats,
+                                target_iteration_ms=target_iteration_ms, data=data, threads=threads, seed=seed,
+                                out=out, plot=False)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    run_overhead_bench(cfg, ClockModel(fixed_s=fixed_ms / 1e3, pairs_per_s=scan_rate))
+
+
 # -- serving stack: emulated engines, PD gateway (command bodies live next to their code) ------------
 from trinity.emulator.cli import emulate as _emulate  # noqa: E402 - typer-only imports, cheap
 from trinity.serving.gateway_cli import gateway as _gateway  # noqa: E402

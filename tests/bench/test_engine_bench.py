@@ -165,3 +165,16 @@ def test_engine_bench_repeats_write_medians_and_raw_runs(tmp_path):
     saved = json.loads(out.read_text())
     assert len(saved["raw_runs"]) == 4 and {r["repeat"] for r in saved["raw_runs"]} == {0, 1}
     assert len(saved["runs"]) == 2 and all(r["repeats"] == 2 for r in saved["runs"])
+
+
+def test_overhead_bench_replays_the_same_plans(tmp_path):
+    from trinity.bench.overhead_bench import ClockModel, run_overhead_bench
+
+    cfg = EngineBenchConfig(num_vectors=3000, nlist=32, num_queries=64, rates=(400.0,), duration_s=0.3, repeats=2,
+                            data="synthetic", cache_index=False, out=tmp_path / "overhead.json", plot=False)
+    payload = run_overhead_bench(cfg, ClockModel(fixed_s=0.002))
+    (row,) = payload["rows"]
+    assert row["deterministic"] and row["iterations"] > 0 and row["requests"] > 0
+    assert row["n_complete"] + row.get("n_partial", 0) == row["requests"]
+    assert row["host_ms"] > 0 and row["kernel_ms"] > 0
+    assert json.loads((tmp_path / "overhead.json").read_text())["rows"][0]["digest"] == row["digest"]

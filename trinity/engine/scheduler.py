@@ -19,7 +19,7 @@ import heapq
 import math
 import time
 from collections.abc import Callable
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 
 import numpy as np
 
@@ -44,6 +44,8 @@ _TIGHT_DEADLINE_ITERATIONS = 8
 #: cost of one plan under a deep backlog; more cannot start in one iteration anyway (the
 #: running set and the budget bound them: a few tens of newcomers per iteration).
 _MAX_WAITING_CONSIDERED = 256
+
+_admission_seq = attrgetter("admission_seq")
 
 Finished = tuple[SearchRequest, "np.ndarray | None", "np.ndarray | None"]  # (request, scores, ids)
 
@@ -135,7 +137,9 @@ class Scheduler:
         self.iteration += 1
         self.flat.begin()
         free, self._to_free = tuple(self._to_free), []
-        running = [self.requests[rid] for rid in self.joined]
+        # NOTE: in admission order, not the set's (string-hash) order: plans are then a
+        # function of the inputs alone, reproducible run to run (``trinity bench overhead``).
+        running = sorted((self.requests[rid] for rid in self.joined), key=_admission_seq)
         # NOTE: a partial answer leaves with the runner's output, one iteration from now;
         # scanning once more first would return it a second iteration later.
         finish_partial = [r.request_id for r in running if r.deadline is not None

@@ -138,10 +138,16 @@ def _scan_numba(lists: BlockedLists, queries: torch.Tensor, chunk: ProbeChunk, t
     top_s, top_i = topk.scores.numpy(), topk.ids.numpy()
     rows = np.arange(chunk.num_queries)
     kth = np.where(top_i[rows, ks - 1] >= 0, top_s[rows, ks - 1], -np.inf).astype(np.float32)
-    _scan_pairs(np.ascontiguousarray(queries.numpy()), pair_q, pair_k, kth[pair_q], b0.astype(np.int64),
-                b1.astype(np.int64), order, grp_ptr, grp_lists.astype(np.int64), lists.block_table,
-                lists.list_len, lists.vectors.numpy(), aux, lists.aux is not None,
-                lists.slot_ids.numpy(), out_s, out_i)
+    # NOTE: list sizes and riders are skewed (a group can hold 10x the mean work): the
+    # threads take groups one at a time, so neither waits on the other for a big list (or
+    # for a core it lost to another thread for a moment).  Groups stay in list order: the
+    # lists of a bulk-built index lie in that order in memory, and streaming them in
+    # address order was ~15% faster than largest-first.
+    with numba.parallel_chunksize(1):
+        _scan_pairs(np.ascontiguousarray(queries.numpy()), pair_q, pair_k, kth[pair_q], b0.astype(np.int64),
+                    b1.astype(np.int64), order, grp_ptr, grp_lists.astype(np.int64), lists.block_table,
+                    lists.list_len, lists.vectors.numpy(), aux, lists.aux is not None,
+                    lists.slot_ids.numpy(), out_s, out_i)
     _merge_pairs(top_s, top_i, ks, chunk.query_ptr, out_s, out_i)
 
 

@@ -1,0 +1,161 @@
+"""``trinity bench overhead``: the engine's host (Python) cost per iteration, replayed on a
+modelled clock.
+
+The engine bench measures what users see, but on a shared 2-core VM its figures swing by
+tens of percent from one minute to the next, and they mix three costs: the scan kernels,
+the host work around them (planning, bookkeeping, resolving), and waiting for the GIL.
+This bench isolates the host work.  It replays a seeded Poisson stream of the engine
+bench's mix through the real engine (scheduler, runner, kernels) in one thread, on a
+clock that advances by a *modelled* iteration duration (``fixed + pairs / scan rate +
+reads / read rate + per item``) instead of the measured one.  Every plan is therefore a
+pure function of the code and the seed: two versions that plan alike print the same plan
+digest, and the host milliseconds per iteration -- schedule, runner host code, update,
+the rest of the step -- compare like for like, kernels timed apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from trinity.bench.engine_bench import EngineBenchConfig
+from trinity.bench.engine_systems import build_or_load_ivf, load_bench_data
+from trinity.bench.report import default_out_path, machine_info, make_console, print_table, set_threads, write_json
+from trinity.bench.workload import poisson_schedule
+
+
+@dataclass(frozen=True)
+class ClockModel:
+    """Modelled iteration duration: ``fixed_s + pairs / pairs_per_s + reads / reads_per_s +
+    items * per_item_s``.  The defaults approximate the 2-core VM at 1,500 req/s (loaded)."""
+
+    fixed_s: float = 0.003
+    pairs_per_s: float = 30e6
+    reads_per_s: float = 200e6
+    per_item_s: float = 20e-6
+
+
+class _Timer:
+    """Accumulates the wall time of calls to wrapped callables, by phase."""
+
+    def __init__(self) -> None:
+        self.seconds: Counter[str] = Counter()
+
+    def wrap(self, fn: Callable, phase: str) -> Callable:
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[phase] += time.perf_counter() - t
+        return timed
+
+
+class _ModelledRunner:
+    """Runs plans on the real runner; reports (and advances the clock by) the modelled duration."""
+
+    def __init__(self, inner, model: ClockModel, clock: list[float], timer: _Timer) -> None:
+        self.inner, self.model, self.clock = inner, model, clock
+        self.run_inner = timer.wrap(inner.run, "runner")
+        self.digest = hashlib.sha256()
+
+    def run(self, plan, on_early=None):
+        self.digest.update(repr((tuple(r.request_id for r in plan.new_requests),
+                                 tuple((w.request_id, w.units, w.max_vectors, w.early) for w in plan.work),
+                                 plan.finish_partial, plan.free)).encode())
+        out = self.run_inner(plan, on_early)
+        m = self.model
+        out.duration_s = (m.fixed_s + sum(out.vectors_scanned.values()) / m.pairs_per_s
+                          + out.vectors_read / m.reads_per_s + m.per_item_s * (len(plan.work) + len(plan.new_requests)))
+        self.clock[0] += out.duration_s
+        return out
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+
+def replay(ivf, queries: np.ndarray, cfg: EngineBenchConfig, rate: float, model: ClockModel,
+           seed: int) -> dict[str, Any]:
+    """One replay of a Poisson stream at ``rate``; host and kernel time per iteration."""
+    from trinity.engine import Collections, SchedulerConfig, SearchEngine, SearchRunner
+
+    clock, timer = [0.0], _Timer()
+    collections = Collections()
+    collections.add("bench", ivf)
+    runner = _ModelledRunner(SearchRunner(collections), model, clock, timer)
+    engine = SearchEngine(SchedulerConfig(target_iteration_ms=cfg.target_iteration_ms, **cfg.scheduler_kwargs),
+                          collections=collections, runner=runner, clock=lambda: clock[0], start=False)
+    sched = engine.scheduler
+    sched.schedule = timer.wrap(sched.schedule, "schedule")
+    sched.update_from_output = timer.wrap(sched.update_from_output, "update")
+    # NOTE: instance attributes shadow the index's methods for this replay only.
+    ivf.scan, ivf.assign_prepared = timer.wrap(ivf.scan, "kernel"), timer.wrap(ivf.assign_prepared, "kernel")
+    stream = poisson_schedule(rate, cfg.duration_s, cfg.classes, len(queries), seed=seed)
+    status: Counter[str] = Counter()
+    steps, step_s, i = 0, 0.0, 0
+    try:
+        while i < len(stream.times) or sched.has_work:
+            while i < len(stream.times) and stream.times[i] <= clock[0]:
+                c = stream.classes[stream.cls[i]]
+                engine.submit("bench", queries[stream.query[i]], c.k, nprobe=c.nprobe, stage=c.stage,
+                              deadline_ms=c.deadline_ms, request_id=f"r{i}")
+                i += 1
+            if not sched.has_work and not engine._inbox:
+                clock[0] = float(stream.times[i])  # idle: jump to the next arrival
+                continue
+            t = time.perf_counter()
+            results = engine.step()
+            step_s += time.perf_counter() - t
+            steps += 1
+            status.update(r.status.value for r in results)
+    finally:
+        del ivf.scan, ivf.assign_prepared
+        engine.shutdown(drain=False)
+    sec = timer.seconds
+    host = step_s - sec["kernel"]
+    per = 1e3 / max(steps, 1)
+    return {"rate": rate, "iterations": steps, "requests": i, **{f"n_{k}": v for k, v in sorted(status.items())},
+            "host_ms": host * per, "schedule_ms": sec["schedule"] * per,
+            "runner_host_ms": (sec["runner"] - sec["kernel"]) * per, "update_ms": sec["update"] * per,
+            "other_ms": (step_s - sec["schedule"] - sec["runner"] - sec["update"]) * per,
+            "kernel_ms": sec["kernel"] * per, "host_share": host / max(step_s, 1e-12),
+            "digest": runner.digest.hexdigest()[:16]}
+
+
+def run_overhead_bench(cfg: EngineBenchConfig, model: ClockModel = ClockModel(),
+                       console: Console | None = None) -> dict[str, Any]:
+    """Replay every rate ``cfg.repeats`` times (medians of the timings); print; write JSON."""
+    console = console or make_console()
+    data = load_bench_data(cfg, console)
+    set_threads(cfg.threads)
+    ivf, index_info = build_or_load_ivf(data, cfg, console)
+    for c in cfg.classes:  # NOTE: compile the kernels before timing anything
+        ivf.search(data.queries[:8], c.k, nprobe=c.nprobe)
+    rows = []
+    for rate in cfg.rates:
+        runs = [replay(ivf, data.queries, cfg, rate, model, cfg.seed) for _ in range(cfg.repeats)]
+        row = dict(runs[0])
+        for key in ("host_ms", "schedule_ms", "runner_host_ms", "update_ms", "other_ms", "kernel_ms", "host_share"):
+            row[key] = float(np.median([r[key] for r in runs]))
+        row["deterministic"] = len({r["digest"] for r in runs}) == 1
+        rows.append(row)
+        console.print(f"  {rate:6g} req/s  host {row['host_ms']:.3f} ms/iteration  kernel {row['kernel_ms']:.3f}  "
+                      f"digest {row['digest']}")
+    print_table("Engine host overhead per iteration (modelled clock; kernels timed apart)", rows, [
+        ("rate", "rate", "g"), ("iterations", "iters"), ("requests", "reqs"), ("n_complete", "done"),
+        ("n_partial", "partial"), ("host_ms", "host ms", ".3f"), ("schedule_ms", "sched", ".3f"),
+        ("runner_host_ms", "runner", ".3f"), ("update_ms", "update", ".3f"), ("other_ms", "rest", ".3f"),
+        ("kernel_ms", "kernels ms", ".3f"), ("host_share", "host", ".0%"), ("digest", "plan digest"),
+        ("deterministic", "same")], console)
+    payload = {"bench": "overhead", "config": cfg.to_dict(), "clock_model": asdict(model), "index": index_info,
+               "data": data.info, "machine": machine_info(), "rows": rows}
+    path = write_json(cfg.out or default_out_path("overhead"), payload)
+    console.print(f"wrote {path}")
+    return payload
