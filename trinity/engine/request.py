@@ -83,7 +83,6 @@ class SearchRequest:
     est_unit_cost: float = 0.0  # vectors per unit before assignment is known
     admission_seq: int = field(default=-1, repr=False)  # set by the scheduler; breaks priority ties
     _remaining: int = field(default=0, repr=False)  # cached remaining cost once unit costs are known
-    _pending: tuple | None = field(default=None, repr=False)  # cached pending() until the next scan
     message: str = ""  # why it finished the way it did (rejection reason, error, ...)
 
     @property
@@ -110,7 +109,6 @@ class SearchRequest:
         self.num_units_total = len(unit_costs)
         self.seen = np.zeros(self.num_units_total, dtype=bool)
         self._remaining = int(unit_costs.sum())
-        self._pending = None
 
     def mark_seen(self, positions) -> None:
         """Record scanned unit positions; update the progress counter and remaining cost."""
@@ -120,14 +118,6 @@ class SearchRequest:
         self.num_units_done += fresh.size
         if self.unit_costs is not None:
             self._remaining -= int(self.unit_costs[fresh].sum())
-        self._pending = None
-
-    def pending(self) -> tuple[np.ndarray, np.ndarray]:
-        """IVF: ``(positions, list ids)`` not scanned yet, best first (cached until the next scan)."""
-        if self._pending is None:
-            pos = np.flatnonzero(~self.seen)
-            self._pending = (pos, self.unit_ids[pos])
-        return self._pending
 
 
 @dataclass(frozen=True)

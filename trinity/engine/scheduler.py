@@ -363,7 +363,7 @@ class Scheduler:
                 req.assign(out.unit_ids[req.request_id], out.unit_costs[req.request_id])
                 req.mark_seen(np.arange(out.units_end[req.request_id]))
             else:
-                req.mark_seen(list(w.units))
+                req.mark_seen(w.units)
             req.num_vectors_scanned += out.vectors_scanned.get(req.request_id, 0)
             req.num_iterations += 1
             if w.request_id in out.results:
