@@ -64,11 +64,17 @@ def bench_index(
     run_index_bench(cfg)
 
 
+# Options shared by the engine-level benches (same collection, same defaults).
+_NUM_VECTORS = typer.Option(200_000, "--num-vectors", "-n", min=1, help="Vectors in the collection.")
+_NLIST = typer.Option(1024, min=1, help="IVF lists.")
+_NUM_QUERIES = typer.Option(1000, min=1, help="Held-out query pool (passages not in the index).")
+
+
 @bench_app.command("engine")
 def bench_engine(
-    num_vectors: int = typer.Option(200_000, "--num-vectors", "-n", min=1, help="Vectors in the collection."),
-    nlist: int = typer.Option(1024, min=1, help="IVF lists."),
-    num_queries: int = typer.Option(1000, min=1, help="Held-out query pool (passages not in the index)."),
+    num_vectors: int = _NUM_VECTORS,
+    nlist: int = _NLIST,
+    num_queries: int = _NUM_QUERIES,
     rates: str = typer.Option("500,1000,1500,2000,2500,3000,3500,4000", help="Comma-separated offered rates (req/s)."),
     duration: float = typer.Option(3.0, min=0.05, help="Seconds of Poisson arrivals per (rate, system)."),
     repeats: int = typer.Option(1, min=1, help="Runs per (rate, system), interleaved; rows and verdicts use "
@@ -117,9 +123,9 @@ def bench_engine(
 
 @bench_app.command("overhead")
 def bench_overhead(
-    num_vectors: int = typer.Option(200_000, "--num-vectors", "-n", min=1, help="Vectors in the collection."),
-    nlist: int = typer.Option(1024, min=1, help="IVF lists."),
-    num_queries: int = typer.Option(1000, min=1, help="Held-out query pool (passages not in the index)."),
+    num_vectors: int = _NUM_VECTORS,
+    nlist: int = _NLIST,
+    num_queries: int = _NUM_QUERIES,
     rates: str = typer.Option("1000,1500,2000", help="Comma-separated offered rates (req/s)."),
     duration: float = typer.Option(2.0, min=0.05, help="Seconds of (modelled) Poisson arrivals per rate."),
     repeats: int = typer.Option(3, min=1, help="Replays per rate; timings are medians, plans must match."),
