@@ -102,12 +102,13 @@ def replay(ivf, queries: np.ndarray, cfg: EngineBenchConfig, rate: float, model:
     steps, step_s, i = 0, 0.0, 0
     try:
         while i < len(stream.times) or sched.has_work:
+            first = i
             while i < len(stream.times) and stream.times[i] <= clock[0]:
                 c = stream.classes[stream.cls[i]]
                 engine.submit("bench", queries[stream.query[i]], c.k, nprobe=c.nprobe, stage=c.stage,
                               deadline_ms=c.deadline_ms, request_id=f"r{i}")
                 i += 1
-            if not sched.has_work and not engine._inbox:
+            if i == first and not sched.has_work:
                 clock[0] = float(stream.times[i])  # idle: jump to the next arrival
                 continue
             t = time.perf_counter()
