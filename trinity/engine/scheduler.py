@@ -45,8 +45,6 @@ _TIGHT_DEADLINE_ITERATIONS = 8
 #: running set and the budget bound them: a few tens of newcomers per iteration).
 _MAX_WAITING_CONSIDERED = 256
 
-_admission_seq = attrgetter("admission_seq")
-
 Finished = tuple[SearchRequest, "np.ndarray | None", "np.ndarray | None"]  # (request, scores, ids)
 
 
@@ -137,9 +135,8 @@ class Scheduler:
         self.iteration += 1
         self.flat.begin()
         free, self._to_free = tuple(self._to_free), []
-        # NOTE: in admission order, not the set's (string-hash) order: plans are then a
-        # function of the inputs alone, reproducible run to run (``trinity bench overhead``).
-        running = sorted((self.requests[rid] for rid in self.joined), key=_admission_seq)
+        # NOTE: admission order, not the set's (string-hash) order: plans reproducible run to run.
+        running = sorted((self.requests[rid] for rid in self.joined), key=attrgetter("admission_seq"))
         # NOTE: a partial answer leaves with the runner's output, one iteration from now;
         # scanning once more first would return it a second iteration later.
         finish_partial = [r.request_id for r in running if r.deadline is not None
