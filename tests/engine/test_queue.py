@@ -19,9 +19,9 @@ op = st.one_of(
 
 
 @settings(max_examples=150, deadline=None)
-@given(ops=st.lists(op, max_size=80), stage_aware=st.booleans())
-def test_order_matches_a_full_sort_at_any_time(ops, stage_aware):
-    q = WaitQueue(stage_aware, AGING_S)
+@given(ops=st.lists(op, max_size=80), stage_aware=st.booleans(), urgent_s=st.sampled_from([0.0, 0.1]))
+def test_order_matches_a_full_sort_at_any_time(ops, stage_aware, urgent_s):
+    q = WaitQueue(stage_aware, AGING_S, urgent_s)
     now, seq, live, expired = 0.0, 0, {}, set()
     for kind, a, b in ops:
         if kind == "push":
@@ -41,7 +41,8 @@ def test_order_matches_a_full_sort_at_any_time(ops, stage_aware):
             assert req.request_id in live and req.request_id not in expired and req.deadline <= now
             expired.add(req.request_id)
         q.refresh(now)
-        want = sorted(((priority_key(r, now, stage_aware, AGING_S), s), r.request_id) for s, r in live.values())
+        want = sorted(((priority_key(r, now, stage_aware, AGING_S, urgent_s), s), r.request_id)
+                      for s, r in live.values())
         got = [(entry, r.request_id) for entry, r in q.head(len(live) + 1)]
         assert got == want and len(q) == len(live)
     due = {rid for rid, (_, r) in live.items() if r.deadline is not None and r.deadline <= now}
@@ -67,3 +68,17 @@ def test_deadline_heap_stays_bounded_when_requests_join_long_before_their_deadli
         q.push(req, i, 0.0)
         q.remove(req.request_id)  # joined at once
     assert len(q) == 0 and len(q._deadlines) <= 1024 + 1
+
+
+def test_a_tight_deadline_ranks_with_decode_work_whatever_its_stage():
+    def req(stage, deadline_s, t):
+        return SearchRequest("c", np.zeros(2, np.float32), 1, stage=stage, arrival_time=t, deadline=t + deadline_s)
+
+    decode = req(Stage.DECODE, 0.025, 0.0)  # a decode-stage lookup, 25 ms deadline
+    cache = req(Stage.PREFILL, 0.020, 0.001)  # a cache lookup before a prefill, 20 ms: due first
+    rag = req(Stage.PREFILL, 0.150, 0.0)  # RAG: a loose deadline keeps its stage
+    for urgent_s, want in ((0.030, [cache, decode, rag]), (0.0, [decode, cache, rag])):
+        q = WaitQueue(True, AGING_S, urgent_s)
+        for i, r in enumerate((decode, cache, rag)):
+            q.push(r, i, 0.001)
+        assert [r for _, r in q.head(3)] == want

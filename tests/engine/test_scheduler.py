@@ -406,9 +406,12 @@ def test_deadline_gives_partial_result_in_time(clock):
 
 
 def starve_until_deadline(clock):
-    """A BACKGROUND request with a 6 ms deadline behind DECODE work filling every 4 ms iteration."""
+    """A BACKGROUND request with a 6 ms deadline behind DECODE work filling every 4 ms iteration.
+
+    (``urgent_deadline_ms=0``: by default so tight a deadline would rank it with the decode work.)
+    """
     cols = make_collections(IVF)
-    sched = Scheduler(fixed_budget(4000), cols, clock)
+    sched = Scheduler(fixed_budget(4000, urgent_deadline_ms=0), cols, clock)
     runner = FakeRunner(cols, clock=clock, rate=1e6)
     sched.add_request(make_req(clock, IVF, nprobe=64, stage=Stage.DECODE, qi=1))
     late = make_req(clock, IVF, nprobe=8, stage=Stage.BACKGROUND, deadline_s=0.006, qi=2)

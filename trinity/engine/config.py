@@ -26,6 +26,10 @@ class SchedulerConfig:
             scans from the next iteration on, riding along on lists read for others; one
             with less than this share of its deadline window left (or decode-level) scans
             at once.
+        urgent_deadline_ms: a request whose deadline window (deadline - arrival) is at most
+            this ranks with decode-stage work, whatever its stage: a cache lookup with a
+            20 ms deadline issued before a prefill cannot wait for prefill work either.
+            ``0`` ranks by stage alone.
         saturated_stretch: while the engine is saturated (budget-bound iterations), the
             target duration grows smoothly up to this multiple of ``target_iteration_ms``:
             longer iterations spread the fixed per-iteration cost (planning, bookkeeping)
@@ -44,6 +48,7 @@ class SchedulerConfig:
     budget_ewma: float = 0.2
     urgent_share: float = 0.5
     saturated_stretch: float = 1.5
+    urgent_deadline_ms: float = 30.0
 
     def __post_init__(self) -> None:
         if self.deadline_policy not in ("partial", "reject"):
@@ -52,6 +57,8 @@ class SchedulerConfig:
             raise ValueError("budget: need 0 < min <= initial <= max")
         if self.saturated_stretch < 1.0:
             raise ValueError("saturated_stretch: expected >= 1 (a multiple of target_iteration_ms)")
+        if self.urgent_deadline_ms < 0:
+            raise ValueError("urgent_deadline_ms: expected >= 0")
         if not 0.0 <= self.urgent_share <= 1.0:
             raise ValueError("urgent_share: expected a fraction in [0, 1]")
         if self.target_iteration_ms <= 0 or self.max_num_running < 1 or self.max_num_waiting < 1:

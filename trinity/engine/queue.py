@@ -22,17 +22,23 @@ from trinity.engine.request import SearchRequest
 Key = tuple[float, ...]
 
 
-def priority_key(req: SearchRequest, now: float, stage_aware: bool, aging_s: float) -> Key:
+def priority_key(req: SearchRequest, now: float, stage_aware: bool, aging_s: float,
+                 urgent_deadline_s: float = 0.0) -> Key:
     """``(aged stage, deadline, arrival)`` -- or ``(arrival,)`` in FIFO mode; lower first.
 
     A waiting request is promoted one stage per ``aging_s`` seconds of waiting (bounded
-    starvation).  NOTE: a request without a deadline gets a virtual one (when it would age
-    into the top stage); otherwise, once aged, it would still sort after every
-    deadline-bearing request of that stage and starve under a steady decode stream.
+    starvation), and one whose deadline window is at most ``urgent_deadline_s`` ranks with
+    decode-stage work from the start.  NOTE: a request without a deadline gets a virtual
+    one (when it would age into the top stage); otherwise, once aged, it would still sort
+    after every deadline-bearing request of that stage and starve under a steady decode
+    stream.
     """
     if not stage_aware:
         return (req.arrival_time,)
-    aged = max(0, int(req.stage) - int((now - req.arrival_time) / aging_s))
+    stage = int(req.stage)
+    if req.deadline is not None and req.deadline - req.arrival_time <= urgent_deadline_s:
+        stage = 0
+    aged = max(0, stage - int((now - req.arrival_time) / aging_s))
     deadline = req.deadline
     if deadline is None:
         deadline = req.arrival_time + aging_s * (int(req.stage) + 1)
@@ -42,8 +48,8 @@ def priority_key(req: SearchRequest, now: float, stage_aware: bool, aging_s: flo
 class WaitQueue:
     """Waiting requests in priority order, maintained incrementally."""
 
-    def __init__(self, stage_aware: bool, aging_s: float) -> None:
-        self.stage_aware, self.aging_s = stage_aware, aging_s
+    def __init__(self, stage_aware: bool, aging_s: float, urgent_deadline_s: float = 0.0) -> None:
+        self.stage_aware, self.aging_s, self.urgent_deadline_s = stage_aware, aging_s, urgent_deadline_s
         self._order: list[tuple[Key, int]] = []  # sorted (key, admission seq)
         self._entry: dict[str, tuple[Key, int]] = {}  # request id -> its entry in _order
         self._by_seq: dict[int, SearchRequest] = {}
@@ -59,7 +65,7 @@ class WaitQueue:
         return request_id in self._entry
 
     def key(self, req: SearchRequest, now: float) -> Key:
-        return priority_key(req, now, self.stage_aware, self.aging_s)
+        return priority_key(req, now, self.stage_aware, self.aging_s, self.urgent_deadline_s)
 
     def push(self, req: SearchRequest, seq: int, now: float) -> None:
         """Queue ``req`` (``seq``: its admission order, the final tie-break)."""

@@ -58,7 +58,7 @@ class Scheduler:
         self.clock = clock
         self.requests: dict[str, SearchRequest] = {}  # active, in admission order
         self.joined: set[str] = set()  # the runner holds state for these
-        self.waiting = WaitQueue(config.stage_aware, config.aging_s)  # the others, in priority order
+        self.waiting = WaitQueue(config.stage_aware, config.aging_s, config.urgent_deadline_ms / 1e3)  # the others
         self.cost = IterationCostModel(config)
         self.iteration = 0
         self.num_admitted = 0
