@@ -53,10 +53,20 @@ class ScanWork:
 def prefix_end(unit_costs: np.ndarray, max_vectors: int, allow_overshoot: bool) -> int:
     """Units of a newcomer's capped best-first prefix: the longest one within
     ``max_vectors`` -- at least one unit with ``allow_overshoot``; none for ``0`` (join only)."""
-    if not max_vectors:
-        return 0
-    fits = int(np.searchsorted(np.cumsum(unit_costs), max_vectors, side="right"))
-    return min(max(1, fits) if allow_overshoot else fits, len(unit_costs))
+    return int(prefix_ends(np.asarray(unit_costs)[None, :], np.array([len(unit_costs)]), np.array([max_vectors]),
+                           np.array([allow_overshoot]))[0])
+
+
+def prefix_ends(unit_costs: np.ndarray, num_units: np.ndarray, max_vectors: np.ndarray,
+                allow_overshoot: np.ndarray) -> np.ndarray:
+    """:func:`prefix_end` of many newcomers at once: row ``i`` of ``unit_costs`` holds the
+    costs of its ``num_units[i]`` units (columns past them are ignored)."""
+    valid = np.arange(unit_costs.shape[1])[None, :] < num_units[:, None]
+    # NOTE: costs are >= 0, so the running sum is non-decreasing and the units whose sum
+    # fits form a prefix: counting them is the searchsorted of the scalar form.
+    fits = ((np.cumsum(unit_costs, axis=1) <= max_vectors[:, None]) & valid).sum(axis=1)
+    ends = np.where(allow_overshoot, np.maximum(fits, 1), fits)
+    return np.where(max_vectors == 0, 0, np.minimum(ends, num_units))
 
 
 @dataclass(frozen=True)

@@ -112,8 +112,10 @@ class SearchRequest:
 
     def mark_seen(self, positions) -> None:
         """Record scanned unit positions; update the progress counter and remaining cost."""
-        positions = np.asarray(positions, dtype=np.int64)
-        fresh = positions[~self.seen[positions]]
+        fresh = np.asarray(positions, dtype=np.int64)
+        was = self.seen[fresh]
+        if was.any():  # NOTE: plans name unseen units only; this keeps a repeat from counting twice
+            fresh = fresh[~was]
         self.seen[fresh] = True
         self.num_units_done += fresh.size
         if self.unit_costs is not None:

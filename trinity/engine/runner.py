@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from trinity.engine.collections import Collections, UnknownCollectionError
-from trinity.engine.plan import IterationPlan, NewRequest, RunnerOutput, ScanWork, prefix_end
+from trinity.engine.plan import IterationPlan, NewRequest, RunnerOutput, ScanWork, prefix_ends
 from trinity.engine.rows import RunningRows
 from trinity.index import FlatIndex, IVFIndex, ProbeChunk
 
@@ -162,28 +162,30 @@ class SearchRunner:
             out.vectors_scanned.update(zip((w.request_id for w in joined), per_item.tolist()))
             early += [(r, w.request_id) for w, r in zip(joined, item_rows.tolist()) if w.early and w.returns_result]
         # Newcomers: the longest best-first prefix of their probes within the cap (0: join only).
-        extra_rows, extra_lists = [], []
-        for w in items:
-            if w.max_vectors is None:
-                continue
-            row = row_of[w.request_id]
-            mine = rows.probes_of(row)
-            end = prefix_end(list_len[mine], w.max_vectors, w.allow_overshoot)
-            out.units_end[w.request_id] = end
-            out.vectors_scanned[w.request_id] = int(list_len[mine[:end]].sum())
-            if end:
-                extra_rows.append(np.full(end, row, dtype=np.int64))
-                extra_lists.append(mine[:end])
-                if w.early and w.returns_result and end == mine.size:
+        new = [w for w in items if w.max_vectors is not None]
+        if new:
+            new_rows = np.fromiter((row_of[w.request_id] for w in new), dtype=np.int64, count=len(new))
+            probes, num_probes = rows.probes[new_rows], rows.num_probes[new_rows]
+            costs = np.where(probes >= 0, list_len[np.maximum(probes, 0)], 0)
+            ends = prefix_ends(costs, num_probes, np.fromiter((w.max_vectors for w in new), np.int64, len(new)),
+                               np.fromiter((w.allow_overshoot for w in new), bool, len(new)))
+            taken = np.arange(probes.shape[1])[None, :] < ends[:, None]
+            scanned = (costs * taken).sum(axis=1)
+            for w, end, n, vectors, row in zip(new, ends.tolist(), num_probes.tolist(), scanned.tolist(),
+                                               new_rows.tolist()):
+                out.units_end[w.request_id] = end
+                out.vectors_scanned[w.request_id] = vectors
+                if end and end == n and w.early and w.returns_result:
                     early.append((row, w.request_id))
-        if extra_rows:
-            pair_row = np.concatenate([pair_row, *extra_rows])
-            pair_list = np.concatenate([pair_list, *extra_lists])
+            pair_row = np.concatenate([pair_row, np.repeat(new_rows, ends)])
+            pair_list = np.concatenate([pair_list, probes[taken]])
         if not pair_list.size:
             return {}
         order = np.argsort(pair_row, kind="stable")  # NOTE: CSR rows of the persistent batch, ascending
         pair_row, flat = pair_row[order], pair_list[order]
-        out.vectors_read += int(list_len[np.unique(flat)].sum())
+        read = np.zeros(list_len.size, dtype=bool)  # NOTE: a mask, not np.unique's sort
+        read[flat] = True
+        out.vectors_read += int(list_len[read].sum())
         ptr = np.zeros(rows.num_rows + 1, dtype=np.int64)
         np.cumsum(np.bincount(pair_row, minlength=rows.num_rows), out=ptr[1:])
         if on_early is None or not early or len(early) == int(np.count_nonzero(np.diff(ptr))):

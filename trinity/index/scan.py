@@ -123,7 +123,9 @@ def _scan_numba(lists: BlockedLists, queries: torch.Tensor, chunk: ProbeChunk, t
     pair_q = np.repeat(np.arange(chunk.num_queries), np.diff(chunk.query_ptr))
     b0, b1 = chunk.block_ranges(lists)
     order = np.argsort(chunk.list_ids, kind="stable")
-    grp_lists, grp_start = np.unique(chunk.list_ids[order], return_index=True)
+    sorted_lists = chunk.list_ids[order]
+    grp_start = np.flatnonzero(np.r_[True, sorted_lists[1:] != sorted_lists[:-1]])  # NOTE: sorted: no np.unique
+    grp_lists = sorted_lists[grp_start]
     grp_ptr = np.append(grp_start, order.size).astype(np.int64)
     ks = topk.k.numpy()
     pair_k = ks[pair_q]
