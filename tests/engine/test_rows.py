@@ -24,7 +24,7 @@ def test_rows_keep_their_state_across_growth_and_reuse_freed_rows():
     for i in (0, 57, 99, 120):  # what the rows hold after the batch grew twice
         row = rows.row_of[f"r{i}"]
         assert np.array_equal(rows.queries[row].numpy(), prepared[i].numpy())
-        assert np.array_equal(rows.probes_of(row), probes[i][probes[i] >= 0])
+        assert np.array_equal(rows.probes[row, :rows.num_probes[row]], probes[i][probes[i] >= 0])
         assert int(rows.topk.k[row]) == (i % 7 + 1 if i < 100 else 40)
     out = rows.take_results(["r3", "r120"])  # nothing scanned yet: padded answers of each one's k
     assert [len(out["r3"][1]), len(out["r120"][1])] == [4, 40] and (out["r3"][1] == -1).all()

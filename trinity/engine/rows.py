@@ -109,10 +109,6 @@ class RunningRows:
             if row is not None:
                 self._free.append(row)
 
-    def probes_of(self, row: int) -> np.ndarray:
-        """Best-first probed list ids of ``row``."""
-        return self.probes[row, :self.num_probes[row]]
-
     # ------------------------------------------------------------------ results
     def take_results(self, rids: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """``{id: (scores, ids)}`` in user units for ``rids``; frees their rows."""
