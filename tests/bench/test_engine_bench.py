@@ -11,7 +11,7 @@ import pytest
 faiss = pytest.importorskip("faiss")
 
 from trinity.bench.engine_bench import EngineBenchConfig, parse_float_list, run_engine_bench  # noqa: E402
-from trinity.bench.engine_report import merge_repeats, summarize  # noqa: E402
+from trinity.bench.engine_report import _summary_lines, merge_repeats, summarize  # noqa: E402
 from trinity.bench.static_batcher import StaticBatcher, faiss_ivf_like  # noqa: E402
 from trinity.bench.workload import (  # noqa: E402
     DEFAULT_CLASSES, OpenLoopDriver, RequestClass, Status, parse_class, poisson_schedule,
@@ -154,6 +154,25 @@ def test_summary_interpolates_where_static_hits_the_deadline():
     assert summary["static_crossing_rate"] == 2000.0 and summary["trinity"]["decode_p99_ratio"] == 12.0 / 30.0
     ip = summary["interpolated"]  # static reaches 20 ms half way: Trinity ~10 ms there
     assert ip["rate"] == 1500.0 and ip["trinity_decode_p99_ms"] == 10.0 and ip["ratio"] == 0.5
+
+
+def test_summary_leaves_undecided_what_the_grid_cannot_decide():
+    cfg = EngineBenchConfig(data="synthetic", rates=(1000.0, 1250.0), systems=("static", "trinity"))
+    static = [_row(r, "static", 25.0) for r in (1000.0, 1250.0)]
+    for row in static:
+        row["sustained"] = False
+    trinity = [_row(1000.0, "trinity", 5.0), _row(1250.0, "trinity", 6.0)]
+    summary = summarize(static + trinity, cfg)
+    # static is past its deadline at the lowest rate: its crossing lies below the grid
+    assert summary["crossing_below_grid"] and summary["trinity"]["meets_latency_target"] is None
+    # static sustains nothing tested: Trinity's 1,250 only says the ratio is > 1.25
+    t = summary["trinity"]
+    assert t["sustained_ratio_vs_static"] is None and t["sustained_ratio_lower_bound"] == 1.25
+    assert t["meets_throughput_target"] is None
+    assert any("INCONCLUSIVE" in line for line in _summary_lines(summary, cfg))
+    cfg = EngineBenchConfig(data="synthetic", rates=(1000.0, 1500.0), systems=("static", "trinity"))
+    summary = summarize([static[0], {**static[1], "rate": 1500.0}, trinity[0], {**trinity[1], "rate": 1500.0}], cfg)
+    assert summary["trinity"]["meets_throughput_target"] is True  # > 1.5x whatever static's rate below 1,000
 
 
 def test_engine_bench_repeats_write_medians_and_raw_runs(tmp_path):

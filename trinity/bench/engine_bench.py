@@ -40,13 +40,14 @@ from rich.console import Console
 # NOTE: the names below that this module does not use itself are re-exported for callers of the pre-split module.
 from trinity.bench.engine_report import (  # noqa: F401
     _INF_MS, _pct, _summary_lines, merge_repeats, plot_from_json, plot_results, summarize, summarize_run,
+    target_verdicts,
 )
 from trinity.bench.engine_systems import (  # noqa: F401
     _COLLECTION, BenchData, StaticSystem, TrinitySystem, _fingerprint, _synthetic, _System, _TimedRunner,
     build_or_load_ivf, cached_corpus_sizes, load_bench_data, run_stream,
 )
 from trinity.bench.report import (default_out_path, machine_info, make_console, print_table, print_verdicts,
-                                  set_threads, verdict, write_json)
+                                  set_threads, write_json)
 from trinity.bench.static_batcher import faiss_ivf_like
 from trinity.bench.workload import DEFAULT_CLASSES, RequestClass, poisson_schedule
 
@@ -206,12 +207,7 @@ def run_engine_bench(cfg: EngineBenchConfig, console: Console | None = None) -> 
     for line in lines:
         console.print(line, highlight=False)
     summary["lines"] = lines
-    t = summary.get("trinity", {})
-    summary["verdicts"] = verdicts = [
-        verdict("Trinity/static decode p99 at static's crossing rate", t.get("decode_p99_ratio"), "<=", round(1 / 3, 3)),
-        verdict("Trinity miss % at static's crossing rate", t.get("miss_pct_at_crossing"), "<=", 100 * cfg.miss_target),
-        verdict("Trinity/static sustained rate", t.get("sustained_ratio_vs_static"), ">=", 1.5),
-    ]
+    summary["verdicts"] = verdicts = target_verdicts(summary, cfg)
     print_verdicts(verdicts, console)
 
     out = Path(cfg.out) if cfg.out else default_out_path("engine")
