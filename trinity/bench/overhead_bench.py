@@ -67,8 +67,11 @@ class _ModelledRunner:
         self.digest = hashlib.sha256()
 
     def run(self, plan, on_early=None):
-        self.digest.update(repr((tuple(r.request_id for r in plan.new_requests),
-                                 tuple((w.request_id, w.units, w.max_vectors, w.early) for w in plan.work),
+        # NOTE: canonical (sorted by request, units as ints): the digest names what each
+        # request scans, not how the plan groups it, so a new plan layout can be checked.
+        work = sorted((w.request_id, tuple(int(u) for u in w.units), w.max_vectors, w.early, w.returns_result)
+                      for w in plan.work)
+        self.digest.update(repr((tuple(r.request_id for r in plan.new_requests), tuple(work),
                                  plan.finish_partial, plan.free)).encode())
         out = self.run_inner(plan, on_early)
         m = self.model
