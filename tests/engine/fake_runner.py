@@ -129,7 +129,11 @@ class FakeRunner:
             self.joined_order.append(r.request_id)
         new_ids = {r.request_id for r in plan.new_requests}
         seen_in_plan: set[str] = set()
-        for w in plan.work:
+        ride_of: dict[str, tuple[str, int]] = {}  # rider -> (collection, index in its ride)
+        for ride in plan.rides:
+            out.ride_vectors_scanned[ride.collection] = np.zeros(len(ride.request_ids), dtype=np.int64)
+            ride_of.update((rid, (ride.collection, i)) for i, rid in enumerate(ride.request_ids))
+        for w in plan.items():
             rid = w.request_id
             assert rid not in seen_in_plan, f"{rid} twice in one plan"
             seen_in_plan.add(rid)
@@ -156,7 +160,13 @@ class FakeRunner:
             assert not chunks & st.seen, f"{rid}: units {sorted(chunks & st.seen)} scanned twice"
             st.seen |= chunks
             costs = st.probe_costs if st.probes is not None else self.table(w.collection)
-            out.vectors_scanned[rid] = int(costs[list(units)].sum()) if units else 0
+            vectors = int(costs[list(units)].sum()) if units else 0
+            if rid in ride_of:
+                assert st.probes is not None and rid not in new_ids, f"{rid}: only joined IVF requests ride"
+                col, i = ride_of[rid]
+                out.ride_vectors_scanned[col][i] = vectors
+            else:
+                out.vectors_scanned[rid] = vectors
             self.scans.setdefault(rid, []).append(units)
             total = len(st.probes) if st.probes is not None else st.num_chunks
             if w.returns_result and len(st.seen) == total:
@@ -168,7 +178,7 @@ class FakeRunner:
             st = self.states.pop(rid, None)
             if st is not None:
                 out.results[rid] = self.fake_result(rid, st.k)
-        vectors = sum(out.vectors_scanned.values())
+        vectors = out.num_vectors_scanned
         out.duration_s = self.overhead_s + vectors / self.rate
         if self.clock is not None:
             self.clock.advance(out.duration_s)
@@ -185,4 +195,4 @@ class FakeRunner:
 
     def iteration_vectors(self) -> list[int]:
         """Vectors actually scanned per iteration."""
-        return [int(sum(o.vectors_scanned.values())) for o in self.outputs]
+        return [o.num_vectors_scanned for o in self.outputs]

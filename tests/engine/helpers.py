@@ -122,7 +122,7 @@ def drive(sched: Scheduler, runner, *, clock: FakeClock | None = None, max_iters
 
 
 def work_of(plan: IterationPlan, rid: str):
-    return next((w for w in plan.work if w.request_id == rid), None)
+    return next((w for w in plan.items() if w.request_id == rid), None)
 
 
 

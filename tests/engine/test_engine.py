@@ -103,8 +103,8 @@ def test_concurrent_mixed_requests_equal_index_search():
             t.join()
         results = [f.result(timeout=TIMEOUT_S) for f in futures]
     check_all(specs, results)
-    assert any(len({w.collection for w in p.work}) > 1 for p in runner.plans), "collections share iterations"
-    assert max(len(p.work) for p in runner.plans) > 2, "requests should be batched into shared iterations"
+    assert any(len({w.collection for w in p.items()}) > 1 for p in runner.plans), "collections share iterations"
+    assert max(len(p.items()) for p in runner.plans) > 2, "requests should be batched into shared iterations"
     assert max(r.num_iterations for r in results) > 1, "big requests span several iterations"
 
 
@@ -182,7 +182,7 @@ def test_flat_collections_are_continuously_batched():
     step_until_idle(engine)
     chunks: dict = {}
     for plan in runner.plans:
-        for w in plan.work:
+        for w in plan.items():
             chunks.setdefault(w.request_id, []).extend(w.units)
     firsts = set()
     for (name, step), fut in futures.items():
@@ -194,7 +194,7 @@ def test_flat_collections_are_continuously_batched():
         assert res.status is RequestStatus.FINISHED_COMPLETE and res.num_iterations > 1
         assert_matches(name, res.scores, res.ids, ref, query=queries(name)[step])
     assert len({c for n, c in firsts if n == "flat_cos"}) > 1, "late joiners start at the shared cursor, mid-scan"
-    assert any(len([w for w in p.work if w.collection == "flat_cos"]) > 1 for p in runner.plans), \
+    assert any(len([w for w in p.items() if w.collection == "flat_cos"]) > 1 for p in runner.plans), \
         "requests of one flat collection should ride in the same iteration"
 
 
@@ -547,7 +547,7 @@ def test_metrics_registry():
     assert get("trinity_search_latency_seconds_count", {"stage": "decode"}) == 3
     iterations = get("trinity_engine_iterations_total")
     assert iterations == len(engine.runner.plans) and get("trinity_engine_iteration_seconds_count") == iterations
-    assert get("trinity_engine_vectors_scanned_total") == sum(sum(o.vectors_scanned.values()) for o in engine.runner.outputs)
+    assert get("trinity_engine_vectors_scanned_total") == sum(o.num_vectors_scanned for o in engine.runner.outputs)
     assert 0 < get("trinity_engine_vectors_read_total") == sum(o.vectors_read for o in engine.runner.outputs)
     assert get("trinity_engine_preemptions_total") == engine.scheduler.num_preemptions >= 1
     assert get("trinity_search_queue_seconds_count", {"stage": "decode"}) == 3

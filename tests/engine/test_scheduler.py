@@ -51,7 +51,7 @@ def check_budget(plan) -> None:
     if plan.planned_vectors <= plan.budget_vectors:
         return
     assert plan.forced, f"iteration {plan.iteration}: planned {plan.planned_vectors} > budget {plan.budget_vectors}"
-    assert len(plan.work) == 1 or all(len(w.units) == 1 for w in plan.work), plan.work
+    assert len(plan.items()) == 1 or all(len(w.units) == 1 for w in plan.items()), plan.items()
 
 
 # --------------------------------------------------------------------------- budget
@@ -79,7 +79,7 @@ def test_planned_work_never_exceeds_budget(clock):
     for plan in runner.plans:
         check_budget(plan)
         if plan.planned_vectors > plan.budget_vectors:  # the progress exception: one unit
-            assert all(len(w.units) <= 1 for w in plan.work), plan.work
+            assert all(len(w.units) <= 1 for w in plan.items()), plan.items()
 
 
 @pytest.mark.parametrize("runner_kind", ["fake", "real"])
@@ -93,9 +93,9 @@ def test_vectors_actually_scanned_never_exceed_budget(clock, runner_kind):
 
     def check(plan, out):
         check_budget(plan)
-        scanned = sum(out.vectors_scanned.values())
-        if scanned > plan.budget_vectors and len(plan.work) > 1:
-            over.append((plan.iteration, plan.budget_vectors, scanned, len(plan.work)))
+        scanned = out.num_vectors_scanned
+        if scanned > plan.budget_vectors and len(plan.items()) > 1:
+            over.append((plan.iteration, plan.budget_vectors, scanned, len(plan.items())))
 
     fin = drive(sched, runner, clock=clock, after_update=check)
     assert len(fin) == 40
@@ -117,11 +117,11 @@ def test_first_newcomer_overshoot_stays_within_budget(clock, runner_kind):
     sched.add_request(decode)
     sched.add_request(make_req(clock, FLAT, stage=Stage.PREFILL, qi=1))
     plan = sched.schedule()
-    assert plan.work[0].request_id == decode.request_id and len(plan.work) == 2
+    assert plan.items()[0].request_id == decode.request_id and len(plan.items()) == 2
     check_budget(plan)
     out = runner.run(plan)
     assert out.vectors_scanned[decode.request_id] == 1627
-    assert sum(out.vectors_scanned.values()) <= plan.budget_vectors, (out.vectors_scanned, plan.budget_vectors)
+    assert out.num_vectors_scanned <= plan.budget_vectors, (out.vectors_scanned, plan.budget_vectors)
 
 
 @pytest.mark.parametrize("overhead_s,budget", [(0.0, 8000), (1e-3, 6000)])
@@ -164,7 +164,7 @@ def test_decode_starts_within_one_iteration_under_prefill_backlog(clock, decode_
     decode = make_req(clock, decode_collection, nprobe=4, stage=Stage.DECODE, qi=7)
     sched.add_request(decode)
     plan = sched.schedule()
-    assert plan.work and plan.work[0].request_id == decode.request_id, "decode must be scheduled first"
+    assert plan.items() and plan.items()[0].request_id == decode.request_id, "decode must be scheduled first"
     assert decode.request_id in {r.request_id for r in plan.new_requests}
     fin = sched.update_from_output(plan, runner.run(plan))
     assert decode.status.finished or decode.num_units_done > 0
@@ -185,7 +185,7 @@ def test_decode_starts_within_one_iteration_when_running_slots_are_full(clock):
     decode = make_req(clock, IVF, nprobe=4, stage=Stage.DECODE, qi=20)
     sched.add_request(decode)
     plan = sched.schedule()
-    assert decode.request_id in [w.request_id for w in plan.work], "decode waits for a PREFILL request to finish"
+    assert decode.request_id in [w.request_id for w in plan.items()], "decode waits for a PREFILL request to finish"
 
 
 def test_tight_deadline_lookup_starts_within_one_iteration_when_running_slots_are_full(clock):
@@ -202,7 +202,7 @@ def test_tight_deadline_lookup_starts_within_one_iteration_when_running_slots_ar
     lookup = make_req(clock, IVF, nprobe=2, k=1, stage=Stage.PREFILL, deadline_s=4 * sched.iteration_s, qi=20)
     sched.add_request(lookup)
     plan = sched.schedule()
-    work = [w for w in plan.work if w.request_id == lookup.request_id]
+    work = [w for w in plan.items() if w.request_id == lookup.request_id]
     assert work and work[0].max_vectors > 0, "a tight-deadline lookup waited for a running slot"
 
 
@@ -252,7 +252,7 @@ def first_plan_positions(runner: FakeRunner) -> dict[str, int]:
     """Iteration index at which each request first got work."""
     first: dict[str, int] = {}
     for i, plan in enumerate(runner.plans):
-        for w in plan.work:
+        for w in plan.items():
             first.setdefault(w.request_id, i)
     return first
 
@@ -270,7 +270,7 @@ def test_earliest_deadline_first_within_a_stage(clock):
         sched.add_request(r)
     plan = sched.schedule()
     edf = [r.request_id for r in sorted(reqs, key=lambda r: (r.deadline is None, r.deadline or 0, r.arrival_time))]
-    assert [w.request_id for w in plan.work] == [decode.request_id, *edf, background.request_id]
+    assert [w.request_id for w in plan.items()] == [decode.request_id, *edf, background.request_id]
     # a budget for about one request per iteration: they start and finish in that order
     clock2 = FakeClock()
     reqs = [make_req(clock2, IVF, nprobe=32, stage=Stage.PREFILL, deadline_s=d, qi=i) for i, d in enumerate(deadlines)]
@@ -302,16 +302,16 @@ def test_fifo_mode_orders_by_arrival(clock):
     # stage-aware: a decode goes first; FIFO: the oldest (a background request) does
     sched = Scheduler(fixed_budget(3000), cols, clock)
     reqs = admit(sched)
-    assert sched.schedule().work[0].request_id in (reqs[3].request_id, reqs[5].request_id)
+    assert sched.schedule().items()[0].request_id in (reqs[3].request_id, reqs[5].request_id)
     sched = Scheduler(fixed_budget(3000, stage_aware=False), cols, clock)
     reqs = admit(sched)
     arrival = {r.request_id: r.arrival_time for r in reqs}
     runner = FakeRunner(cols, clock=clock)
     fin = drive(sched, runner, clock=clock)
     assert len(fin) == len(reqs)
-    assert runner.plans[0].work[0].request_id == reqs[0].request_id
+    assert runner.plans[0].items()[0].request_id == reqs[0].request_id
     for plan in runner.plans:  # every plan hands out budget in arrival order, whatever the stage
-        times = [arrival[w.request_id] for w in plan.work]
+        times = [arrival[w.request_id] for w in plan.items()]
         assert times == sorted(times), f"iteration {plan.iteration}: not in arrival order"
     # the oldest request is never preempted by a younger one
     assert reqs[0].num_preemptions == 0
@@ -551,7 +551,7 @@ def test_abort_frees_everything(clock, runner_kind):
     assert all(s is None and i is None for _, s, i in fin)
     assert not sched.requests and not sched.joined and sched.has_work  # runner state still to free
     plan = sched.schedule()
-    assert set(plan.free) == holding and not plan.work and not plan.new_requests
+    assert set(plan.free) == holding and not plan.items() and not plan.new_requests
     sched.update_from_output(plan, runner.run(plan))
     assert not runner.states and not sched.has_work
     assert sched.num_admitted == sched.num_finished == 3
@@ -619,8 +619,8 @@ def test_flat_requests_share_chunks_and_see_each_once(clock):
         assert sorted(runner.scanned_units(r.request_id)) == list(range(n))
     firsts = {runner.scanned_units(r.request_id)[0] for r in reqs}
     assert len(firsts) > 1, "late joiners should start mid-scan, at the shared cursor"
-    assert any(len({w.request_id for w in p.work}) > 1 and len(set.intersection(*[set(w.units) for w in p.work])) > 0
-               for p in runner.plans if len(p.work) > 1), "riders should share chunks"
+    assert any(len({w.request_id for w in p.items()}) > 1 and len(set.intersection(*[set(w.units) for w in p.items()])) > 0
+               for p in runner.plans if len(p.items()) > 1), "riders should share chunks"
 
 
 @pytest.mark.parametrize("stage", [Stage.DECODE, Stage.PREFILL])
@@ -659,7 +659,7 @@ def test_aged_newcomers_with_slack_join_and_ride_instead_of_scanning_alone(clock
         plan = sched.schedule()
         if it > 0:  # saturated from the second plan on; every waiting request has aged
             new = {r.request_id for r in plan.new_requests}
-            joins += [w for w in plan.work if w.request_id in new]
+            joins += [w for w in plan.items() if w.request_id in new]
         sched.update_from_output(plan, runner.run(plan))
         clock.advance(0.004)
     assert joins, "slots freed up: aged prefill newcomers should join"

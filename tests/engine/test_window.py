@@ -25,14 +25,14 @@ def joined_requests(clock: FakeClock, sched: Scheduler, runner, n: int, nprobe: 
         sched.add_request(r)
     sched._saturated = True  # under load: newcomers with slack join only
     plan = sched.schedule()
-    assert all(w.max_vectors == 0 for w in plan.work) and len(plan.new_requests) == n
+    assert all(w.max_vectors == 0 for w in plan.items()) and len(plan.new_requests) == n
     sched.update_from_output(plan, runner.run(plan))
     assert all(r.unit_ids is not None and r.num_units_done == 0 for r in reqs)
     return reqs
 
 
 def lists_of(runner: FakeRunner, plan) -> dict[str, set[int]]:
-    return {w.request_id: {int(runner.states[w.request_id].probes[u]) for u in w.units} for w in plan.work}
+    return {w.request_id: {int(runner.states[w.request_id].probes[u]) for u in w.units} for w in plan.items()}
 
 
 def test_every_rider_scans_each_claimed_list_in_the_same_iteration():
@@ -50,7 +50,7 @@ def test_every_rider_scans_each_claimed_list_in_the_same_iteration():
         assert wanted <= read and lists_of(runner, plan)[r.request_id] == wanted
     out = runner.run(plan)
     # 12 requests x 32 probes over 64 lists: lists are shared, so far fewer reads than scans
-    scanned = sum(out.vectors_scanned.values())
+    scanned = out.num_vectors_scanned
     sizes = cols.stats(IVF).unit_sizes
     assert sizes[sorted(read)].sum() < scanned / 3
 
@@ -64,10 +64,10 @@ def test_a_binding_budget_takes_riders_in_priority_order():
     plan = sched.schedule()
     assert plan.planned_vectors <= plan.budget_vectors
     order = [r.request_id for r in sorted(reqs, key=lambda r: r.arrival_time)]
-    got = [w.request_id for w in plan.work]
+    got = [w.request_id for w in plan.items()]
     assert got == order[: len(got)], "riders are served in priority order"
     # the most urgent request claimed its best-first probes: a prefix of its probe list
-    top = plan.work[0]
+    top = plan.items()[0]
     assert top.request_id == order[0] and top.units == tuple(range(len(top.units)))
 
 
@@ -78,12 +78,12 @@ def test_window_claim_is_forced_for_the_first_item_only_for_the_claimant():
     sched = Scheduler(fixed_budget(10_000_000), cols, clock)
     reqs = joined_requests(clock, sched, runner, 4, nprobe=64)
     sizes = cols.stats(IVF).unit_sizes
-    window = ListWindow(IVF, sizes, reqs, read_weight=0.5)
+    window = ListWindow(IVF, sizes, reqs, list(range(len(reqs))), sched.tables[IVF], read_weight=0.5)
     assert window.claim(reqs[1], budget_left=1.0, force=False) is None
     charge = window.claim(reqs[0], budget_left=1.0, force=True)
     first = int(reqs[0].unit_ids[0])
     assert charge == sizes[first] * 1.5
-    (only,) = window.work()
+    ((_, only),) = window.work().items()
     assert only.request_id == reqs[0].request_id and only.units == (0,)
 
 
@@ -95,7 +95,7 @@ def test_real_runner_reads_a_shared_list_once():
     joined_requests(clock, sched, runner, 16)
     plan = sched.schedule()
     out = runner.run(plan)
-    assert out.vectors_read < sum(out.vectors_scanned.values()) / 3
+    assert out.vectors_read < out.num_vectors_scanned / 3
     fin = {r.request_id: (r, s, i) for r, s, i in sched.update_from_output(plan, out)}
     fin.update(drive(sched, runner, clock=clock))
     assert len(fin) == 16 and all(r.status is RequestStatus.FINISHED_COMPLETE for r, _, _ in fin.values())
@@ -133,13 +133,13 @@ def test_fill_prefers_lists_that_finish_requests():
     runner = FakeRunner(cols, clock=clock)
     few, many = joined_requests(clock, sched, runner, 2, nprobe=[2, 64])
     sizes = cols.stats(IVF).unit_sizes
-    window = ListWindow(IVF, sizes, [few, many], read_weight=1.0)
+    window = ListWindow(IVF, sizes, [few, many], [0, 1], sched.tables[IVF], read_weight=1.0)
     # a budget for exactly few's two lists (with their riders): the fill takes those
     # (worth 1/2 each to `few`) before any list only `many` needs (worth 1/64)
     mine = few.unit_ids
     window.fill(float((sizes[mine] * (1.0 + window.demand[mine])).sum()))
     assert window.chosen[mine].all()
-    assert {w.request_id for w in window.work()} >= {few.request_id}
+    assert set(window.work().request_ids) >= {few.request_id}
 
 
 def test_tight_deadline_newcomers_scan_at_once_under_load():
@@ -152,5 +152,5 @@ def test_tight_deadline_newcomers_scan_at_once_under_load():
     sched.add_request(lookup)
     sched.add_request(rag)
     plan = sched.schedule()
-    kinds = {w.request_id: w.max_vectors for w in plan.work}
+    kinds = {w.request_id: w.max_vectors for w in plan.items()}
     assert kinds[lookup.request_id] > 0 and kinds[rag.request_id] == 0  # scans now / joins only

@@ -84,8 +84,8 @@ class IterationCostModel:
         a = self.config.budget_ewma
         self._load = (1 - a) * self._load + a * float(saturated)
         target = self.target_s
-        items = len(plan.work) + len(plan.new_requests)
-        scanned = sum(out.vectors_scanned.values())
+        items = plan.num_items + len(plan.new_requests)
+        scanned = out.num_vectors_scanned
         # NOTE: clamp outliers (a JIT compile, a page-in after idling) before fitting or
         # smoothing: one slow iteration must not make every deadline look unreachable.
         sample = min(out.duration_s, 4 * target)

@@ -167,7 +167,7 @@ class SearchEngine:
             m = self.metrics
             m.iterations.inc()
             m.iteration_time.observe(out.duration_s)
-            scanned = sum(out.vectors_scanned.values())
+            scanned = out.num_vectors_scanned
             m.vectors_scanned.inc(scanned)
             m.vectors_read.inc(out.vectors_read)
             m.iteration_vectors.observe(scanned)

@@ -50,6 +50,41 @@ class ScanWork:
     early: bool = False  # its lists go first in the scan; its result leaves before the rest
 
 
+@dataclass(frozen=True, eq=False)
+class RideWork:
+    """The joined requests of one IVF collection that ride this iteration's list window,
+    as one CSR: rider ``i`` (``request_ids[i]``) scans the positions
+    ``units[ptr[i]:ptr[i + 1]]`` (ascending) of its best-first probe list.
+
+    NOTE: one item per collection, not a :class:`ScanWork` per rider: a loaded iteration
+    has tens of riders, and per-rider objects, loops and numpy calls in the scheduler,
+    the runner and the update cost more host time than the riders' scans save.
+    """
+
+    collection: str
+    request_ids: tuple[str, ...]  # riders with work, in priority order
+    ptr: np.ndarray  # int64 (len(request_ids) + 1,)
+    units: np.ndarray  # int64 positions, rider by rider
+    completes: np.ndarray  # bool per rider: these are its last unseen positions
+    ranks: np.ndarray  # int64 per rider: its place in the iteration's priority order
+
+    def items(self) -> list[tuple[int, ScanWork]]:
+        """``(rank, ScanWork)`` per rider: the same work, one item per request (tests, digests)."""
+        units = self.units.tolist()
+        bounds = self.ptr.tolist()
+        return [(rank, ScanWork(rid, self.collection, tuple(units[bounds[i]:bounds[i + 1]]), returns_result=done))
+                for i, (rid, done, rank) in enumerate(zip(self.request_ids, self.completes.tolist(),
+                                                          self.ranks.tolist()))]
+
+    def subset(self, keep: np.ndarray) -> RideWork:
+        """The riders where ``keep`` holds."""
+        counts = np.diff(self.ptr)
+        ptr = np.zeros(int(keep.sum()) + 1, dtype=np.int64)
+        np.cumsum(counts[keep], out=ptr[1:])
+        return RideWork(self.collection, tuple(r for r, k in zip(self.request_ids, keep.tolist()) if k), ptr,
+                        self.units[np.repeat(keep, counts)], self.completes[keep], self.ranks[keep])
+
+
 def prefix_end(unit_costs: np.ndarray, max_vectors: int, allow_overshoot: bool) -> int:
     """Units of a newcomer's capped best-first prefix: the longest one within
     ``max_vectors`` -- at least one unit with ``allow_overshoot``; none for ``0`` (join only)."""
@@ -73,16 +108,33 @@ def prefix_ends(unit_costs: np.ndarray, num_units: np.ndarray, max_vectors: np.n
 class IterationPlan:
     iteration: int
     new_requests: tuple[NewRequest, ...] = ()
-    work: tuple[ScanWork, ...] = ()
+    work: tuple[ScanWork, ...] = ()  # newcomers and flat requests, in priority order
     finish_partial: tuple[str, ...] = ()  # deadline reached: return best-so-far, then free
     free: tuple[str, ...] = ()  # aborted / rejected: drop state, no result
     budget_vectors: int = 0
     planned_vectors: int = 0  # cost charged against the budget (pair vectors + weighted reads)
     forced: bool = False  # one unit was planned past the budget (the progress guarantee)
+    rides: tuple[RideWork, ...] = ()  # joined IVF requests, one item per collection
+    work_ranks: tuple[int, ...] = ()  # each ``work`` item's place in the priority order
 
     @property
     def is_empty(self) -> bool:
-        return not (self.new_requests or self.work or self.finish_partial or self.free)
+        return not (self.new_requests or self.work or self.rides or self.finish_partial or self.free)
+
+    @property
+    def num_items(self) -> int:
+        """Requests with work this iteration (each rider counts)."""
+        return len(self.work) + sum(len(r.request_ids) for r in self.rides)
+
+    def items(self) -> list[ScanWork]:
+        """Every request's work as one :class:`ScanWork` each, in priority order.
+
+        NOTE: for tests and digests; the runner reads ``work`` and ``rides`` directly.
+        """
+        ranked = list(zip(self.work_ranks or range(len(self.work)), self.work))
+        for ride in self.rides:
+            ranked += ride.items()
+        return [w for _, w in sorted(ranked, key=lambda item: item[0])]
 
 
 @dataclass
@@ -93,7 +145,13 @@ class RunnerOutput:
     unit_costs: dict[str, np.ndarray] = field(default_factory=dict)  # new IVF requests: list sizes of probes
     unit_ids: dict[str, np.ndarray] = field(default_factory=dict)  # new IVF requests: probed list ids, best first
     units_end: dict[str, int] = field(default_factory=dict)  # IVF newcomers: probes scanned (a prefix)
-    vectors_scanned: dict[str, int] = field(default_factory=dict)  # per request (query x vector pairs)
+    vectors_scanned: dict[str, int] = field(default_factory=dict)  # per request of ``work`` (query x vector pairs)
+    ride_vectors_scanned: dict[str, np.ndarray] = field(default_factory=dict)  # collection -> per rider
     vectors_read: int = 0  # distinct vectors read (a list shared by several requests counts once)
     errors: dict[str, str] = field(default_factory=dict)  # id -> message (e.g. collection dropped)
     duration_s: float = 0.0
+
+    @property
+    def num_vectors_scanned(self) -> int:
+        """(query, vector) pairs scanned by the whole iteration."""
+        return sum(self.vectors_scanned.values()) + sum(int(v.sum()) for v in self.ride_vectors_scanned.values())

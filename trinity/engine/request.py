@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from trinity.engine.progress import ProgressTable
+
 
 class Stage(enum.IntEnum):
     """Where a retrieval comes from; lower is more urgent."""
@@ -71,23 +73,46 @@ class SearchRequest:
 
     status: RequestStatus = RequestStatus.WAITING
     num_units_total: int = 0  # probes (IVF) or chunks (flat) wanted; set at admission
-    num_units_done: int = 0
-    num_vectors_scanned: int = 0
     num_preemptions: int = 0
-    num_iterations: int = 0
     first_scan_time: float | None = None
     finish_time: float | None = None
     unit_costs: np.ndarray | None = None  # vectors per unit (IVF: probed list sizes), known after assignment
     unit_ids: np.ndarray | None = None  # IVF: probed list ids, best first, known after assignment
-    seen: np.ndarray | None = None  # which units (positions) this request has scanned (flat: from admission)
+    seen: np.ndarray | None = None  # flat: which chunks this request has scanned (from admission)
     est_unit_cost: float = 0.0  # vectors per unit before assignment is known
     admission_seq: int = field(default=-1, repr=False)  # set by the scheduler; breaks priority ties
-    _remaining: int = field(default=0, repr=False)  # cached remaining cost once unit costs are known
     message: str = ""  # why it finished the way it did (rejection reason, error, ...)
+    # NOTE: progress counters.  An assigned IVF request's progress lives in a row of its
+    # collection's ProgressTable until it finishes (``attach`` / ``detach``); the fields
+    # hold what is not there (a flat request's, a newcomer's first iteration, the rest
+    # after it finished).  Read them through the properties.
+    _units_done: int = field(default=0, repr=False)
+    _vectors: int = field(default=0, repr=False)
+    _iterations: int = field(default=0, repr=False)
+    _remaining: int = field(default=0, repr=False)
+    _table: ProgressTable | None = field(default=None, repr=False)
+    _row: int = field(default=-1, repr=False)
 
     @property
     def is_finished(self) -> bool:
         return self.status.finished
+
+    @property
+    def progress_row(self) -> int:
+        """The request's row in its collection's progress table (IVF, while joined)."""
+        return self._row
+
+    @property
+    def num_units_done(self) -> int:
+        return self._units_done if self._table is None else int(self._table.num_done[self._row])
+
+    @property
+    def num_vectors_scanned(self) -> int:
+        return self._vectors + (0 if self._table is None else int(self._table.num_vectors[self._row]))
+
+    @property
+    def num_iterations(self) -> int:
+        return self._iterations + (0 if self._table is None else int(self._table.num_iterations[self._row]))
 
     @property
     def num_units_left(self) -> int:
@@ -99,27 +124,45 @@ class SearchRequest:
 
     def remaining_cost(self) -> int:
         """Vectors still to scan (estimated before assignment)."""
-        if self.unit_costs is None or self.seen is None:
+        if self._table is not None:
+            return int(self._table.remaining[self._row])
+        if self.unit_costs is None:
             return int(round(self.num_units_left * self.est_unit_cost))
         return self._remaining
 
-    def assign(self, unit_ids: np.ndarray, unit_costs: np.ndarray) -> None:
-        """IVF: the probes are known (list ids best first, their sizes); nothing scanned yet."""
+    def attach(self, table: ProgressTable, unit_ids: np.ndarray, unit_costs: np.ndarray, num_scanned: int) -> None:
+        """IVF: the probes are known (list ids best first, their sizes) and the first
+        ``num_scanned`` of them were scanned; progress moves to a row of ``table``."""
         self.unit_ids, self.unit_costs = unit_ids, unit_costs
         self.num_units_total = len(unit_costs)
-        self.seen = np.zeros(self.num_units_total, dtype=bool)
-        self._remaining = int(unit_costs.sum())
+        self._row = table.add(self.request_id, unit_ids, unit_costs, num_scanned)
+        self._table = table
+
+    def detach(self) -> None:
+        """Copy the progress out of the table and free the row (when the request finishes)."""
+        table, row = self._table, self._row
+        if table is None:
+            return
+        self._units_done = int(table.num_done[row])
+        self._vectors += int(table.num_vectors[row])
+        self._iterations += int(table.num_iterations[row])
+        self._remaining = int(table.remaining[row])
+        self._table, self._row = None, -1
+        table.release(self.request_id)
+
+    def count_iteration(self, vectors_scanned: int) -> None:
+        """An iteration in which the request scanned outside its table row (flat, a newcomer)."""
+        self._vectors += vectors_scanned
+        self._iterations += 1
 
     def mark_seen(self, positions) -> None:
-        """Record scanned unit positions; update the progress counter and remaining cost."""
+        """Flat: record scanned chunks; update the progress counter."""
         fresh = np.asarray(positions, dtype=np.int64)
         was = self.seen[fresh]
         if was.any():  # NOTE: plans name unseen units only; this keeps a repeat from counting twice
             fresh = fresh[~was]
         self.seen[fresh] = True
-        self.num_units_done += fresh.size
-        if self.unit_costs is not None:
-            self._remaining -= int(self.unit_costs[fresh].sum())
+        self._units_done += fresh.size
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from trinity.engine.collections import Collections, UnknownCollectionError
-from trinity.engine.plan import IterationPlan, NewRequest, RunnerOutput, ScanWork, prefix_ends
+from trinity.engine.plan import IterationPlan, NewRequest, RideWork, RunnerOutput, ScanWork, prefix_ends
 from trinity.engine.rows import RunningRows
 from trinity.index import FlatIndex, IVFIndex, ProbeChunk
 
@@ -64,29 +64,52 @@ class SearchRunner:
                 by_collection.setdefault(w.collection, []).append(w)
             else:  # NOTE: never drop planned work silently: the scheduler fails the request
                 out.errors.setdefault(w.request_id, "runner holds no state for this request")
-        for name, items in by_collection.items():
+        rides = {r.collection: r for r in plan.rides}
+        for r in plan.rides:  # NOTE: per rider of the plan's ride, whatever happens below
+            out.ride_vectors_scanned[r.collection] = np.zeros(len(r.request_ids), dtype=np.int64)
+        for name in [*by_collection, *(c for c in rides if c not in by_collection)]:
+            items, ride = by_collection.get(name, []), rides.get(name)
+            subset_of = None
             try:
                 index = self.collections.get(name)
             except UnknownCollectionError as e:
-                for w in items:
-                    out.errors[w.request_id] = str(e)
-                self._drop([w.request_id for w in items])
+                rids = [w.request_id for w in items] + list(ride.request_ids if ride else ())
+                out.errors.update((rid, str(e)) for rid in rids)
+                self._drop(rids)
                 continue
             replaced = [w.request_id for w in items if self.states[w.request_id].index is not index]
+            if ride is not None:
+                ok = np.fromiter((rid in self.states and self.states[rid].index is index for rid in ride.request_ids),
+                                 dtype=bool, count=len(ride.request_ids))
+                if not ok.all():
+                    for rid in np.asarray(ride.request_ids)[~ok].tolist():
+                        if rid in self.states:
+                            replaced.append(rid)
+                        else:
+                            out.errors[rid] = "runner holds no state for this request"
+                    ride = ride.subset(ok) if ok.any() else None
+                    if ride is not None:  # NOTE: vectors are reported per rider of the plan's ride
+                        subset_of = ok
             for rid in replaced:
                 out.errors[rid] = f"collection {name!r} was dropped and re-created"
             self._drop(replaced)
             items = [w for w in items if w.request_id in self.states]
-            if not items:
+            if not items and ride is None:
                 continue
-            rows = self.states[items[0].request_id]  # one RunningRows per index object
+            rows = self.states[items[0].request_id if items else ride.request_ids[0]]  # one RunningRows per index
             with index.write_lock:
                 if isinstance(index, IVFIndex):
-                    out.results.update(self._scan_ivf(index, rows, items, out, on_early))
+                    out.results.update(self._scan_ivf(index, rows, items, ride, out, on_early))
                 else:
                     self._scan_flat(index, rows, items, out)
             done = [w.request_id for w in items
                     if w.returns_result and w.request_id not in out.results and self._completed(w, rows, out)]
+            if ride is not None:
+                done += [rid for rid, last in zip(ride.request_ids, ride.completes.tolist()) if last]
+                if subset_of is not None:
+                    full = np.zeros(subset_of.size, dtype=np.int64)
+                    full[subset_of] = out.ride_vectors_scanned[name]
+                    out.ride_vectors_scanned[name] = full
             if done:
                 out.results.update(self._take(rows, done))
         partial: dict[int, list[str]] = {}
@@ -140,11 +163,11 @@ class SearchRunner:
                     out.unit_costs[rid] = costs[i, :n]
 
     # ------------------------------------------------------------------ scanning
-    def _scan_ivf(self, index: IVFIndex, rows: RunningRows, items: list[ScanWork], out: RunnerOutput,
-                  on_early: EarlyResults | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """One list-major scan of every item's probes, in place on ``rows``; with
-        ``on_early``, the lists of completing ``early`` items go first and their results
-        are taken and handed out in between (returned too)."""
+    def _scan_ivf(self, index: IVFIndex, rows: RunningRows, items: list[ScanWork], ride: RideWork | None,
+                  out: RunnerOutput, on_early: EarlyResults | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """One list-major scan of every item's and rider's probes, in place on ``rows``;
+        with ``on_early``, the lists of completing ``early`` items go first and their
+        results are taken and handed out in between (returned too)."""
         list_len = index.lists.list_len
         row_of = rows.row_of
         joined = [w for w in items if w.max_vectors is None]
@@ -152,14 +175,23 @@ class SearchRunner:
         # NOTE: vectorised over all items: per-item numpy calls cost ~0.5 ms per iteration.
         num_units = np.fromiter((len(w.units) for w in joined), dtype=np.int64, count=len(joined))
         item_rows = np.fromiter((row_of[w.request_id] for w in joined), dtype=np.int64, count=len(joined))
+        units = np.fromiter(itertools.chain.from_iterable(w.units for w in joined), dtype=np.int64,
+                            count=int(num_units.sum()))
+        num_joined = len(joined)
+        if ride is not None:
+            num_units = np.concatenate([num_units, np.diff(ride.ptr)])
+            item_rows = np.concatenate([item_rows, np.fromiter((row_of[rid] for rid in ride.request_ids),
+                                                               dtype=np.int64, count=len(ride.request_ids))])
+            units = np.concatenate([units, ride.units])
         pair_row = np.repeat(item_rows, num_units)
-        pair_list = rows.probes[pair_row, np.fromiter(itertools.chain.from_iterable(w.units for w in joined),
-                                                      dtype=np.int64, count=int(num_units.sum()))]
+        pair_list = rows.probes[pair_row, units]
         early: list[tuple[int, str]] = []  # (row, id) of completing early work
-        if joined:
-            per_item = np.bincount(np.repeat(np.arange(len(joined)), num_units), weights=list_len[pair_list],
-                                   minlength=len(joined)).astype(np.int64)
-            out.vectors_scanned.update(zip((w.request_id for w in joined), per_item.tolist()))
+        if item_rows.size:
+            per_item = np.bincount(np.repeat(np.arange(item_rows.size), num_units), weights=list_len[pair_list],
+                                   minlength=item_rows.size).astype(np.int64)
+            out.vectors_scanned.update(zip((w.request_id for w in joined), per_item[:num_joined].tolist()))
+            if ride is not None:
+                out.ride_vectors_scanned[ride.collection] = per_item[num_joined:]
             early += [(r, w.request_id) for w, r in zip(joined, item_rows.tolist()) if w.early and w.returns_result]
         # Newcomers: the longest best-first prefix of their probes within the cap (0: join only).
         new = [w for w in items if w.max_vectors is not None]

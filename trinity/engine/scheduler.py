@@ -6,7 +6,9 @@ about ``target_iteration_ms``) in priority order -- (aged stage, deadline, arriv
 stage-aware, arrival when FIFO; waiting requests stay ordered across iterations
 (:mod:`trinity.engine.queue`), so a plan reads only the queue's head.  Newcomers join
 (IVF: are assigned) and scan a capped best-first prefix; joined IVF requests claim lists
-and ride along on others' claims; flat requests ride a shared circular scan
+and ride along on others' claims -- their progress kept as one table per collection
+(:mod:`trinity.engine.progress`), their work planned as one CSR per collection
+(:class:`~trinity.engine.plan.RideWork`); flat requests ride a shared circular scan
 (:mod:`trinity.engine.window`).  Work not scheduled keeps its progress and (in the runner)
 its running top-k, so nothing is recomputed.  A request whose deadline falls before the
 next iteration could end is finished with its best-so-far answer (``partial``); nothing
@@ -18,6 +20,7 @@ from __future__ import annotations
 import heapq
 import math
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from operator import attrgetter, itemgetter
 
@@ -27,10 +30,12 @@ from trinity.engine.collections import Collections, CollectionStats, UnknownColl
 from trinity.engine.config import SchedulerConfig
 from trinity.engine.cost_model import IterationCostModel
 from trinity.engine.overload import demote_hopeless
-from trinity.engine.plan import IterationPlan, NewRequest, RunnerOutput, ScanWork
+from trinity.engine.plan import IterationPlan, NewRequest, RideWork, RunnerOutput, ScanWork
+from trinity.engine.progress import ProgressTable
 from trinity.engine.queue import WaitQueue
 from trinity.engine.request import RequestStatus, SearchRequest, Stage
-from trinity.engine.window import FlatWindows, ListWindow
+from trinity.engine.urgency import Urgency
+from trinity.engine.window import FlatWindows, open_list_windows
 
 
 #: Cap of a decode-level newcomer's first scan, as a multiple of its size-biased cost
@@ -38,8 +43,6 @@ from trinity.engine.window import FlatWindows, ListWindow
 #: IVF-1024 corpus the cost of 8 probes is 0.85x / 1.31x / 1.54x / 1.86x the estimate
 #: at p50 / p90 / p95 / p99, so a 1x cap sent ~30% of decode lookups to a second iteration.
 _DECODE_CAP_FACTOR = 2.0
-#: A deadline window of at most this many iterations makes a request urgent on arrival.
-_TIGHT_DEADLINE_ITERATIONS = 8
 #: Waiting requests considered per iteration (the head of the queue).  NOTE: bounds the
 #: cost of one plan under a deep backlog; more cannot start in one iteration anyway (the
 #: running set and the budget bound them: a few tens of newcomers per iteration).
@@ -60,11 +63,13 @@ class Scheduler:
         self.joined: set[str] = set()  # the runner holds state for these
         self.waiting = WaitQueue(config.stage_aware, config.aging_s, config.urgent_deadline_ms / 1e3)  # the others
         self.cost = IterationCostModel(config)
+        self.urgency = Urgency(config, self.cost)
         self.iteration = 0
         self.num_admitted = 0
         self.num_finished = 0
         self.num_preemptions = 0
         self.flat = FlatWindows()
+        self.tables: defaultdict[str, ProgressTable] = defaultdict(ProgressTable)  # IVF progress per collection
         self._to_free: list[str] = []
         self._saturated = False  # the last plan left wanted work for later (budget-bound)
         self._overloaded = False  # this plan demoted requests that can no longer make their deadline
@@ -159,7 +164,9 @@ class Scheduler:
         budget_left, planned = float(self.budget_vectors), 0.0
         work: list[ScanWork] = []
         new: list[NewRequest] = []
-        lists = self._open_list_windows(candidates)
+        lists, failed = open_list_windows(candidates, self.collections, self.tables, self.read_weight)
+        for req, message in failed:
+            self._finish(req, RequestStatus.FINISHED_ERROR, message=message)
         num_joined = len(self.joined) - len(closing)
         forced = exhausted = False
         for (aged, *_), req in keyed:
@@ -168,14 +175,14 @@ class Scheduler:
                 exhausted = True
                 if num_joined >= self.config.max_num_running:
                     break  # nothing left to plan: no budget, no free running slot
-                if joined or req.seen is not None or self._urgent(req, now, aged):
+                if joined or req.seen is not None or self.urgency.urgent(req, now, aged):
                     continue  # NOTE: a full budget still lets newcomers join (free: they only get assigned)
             first = not work and planned == 0
             if req.unit_ids is not None:  # joined IVF: claim lists best-first; riders join below
                 window = lists.get(req.collection)
                 if window is None or (window.cut and not first):
                     continue  # NOTE: once the budget bound a window, lower priorities only ride
-                if self._saturated and not first and not self._urgent(req, now, aged):
+                if self._saturated and not first and not self.urgency.urgent(req, now, aged):
                     continue  # NOTE: under load a request with slack rides (and gets the fill)
                 charge = window.claim(req, budget_left, force=first)
                 if charge is None:
@@ -190,7 +197,7 @@ class Scheduler:
             # slot: admitting a whole aged backlog would make the running set (and every
             # plan) as large as the backlog.
             if (not joined and num_joined >= self.config.max_num_running and req.stage is not Stage.DECODE
-                    and not self._tight(req)):
+                    and not self.urgency.tight(req)):
                 continue
             planned_item = self._plan_item(req, budget_left, first, now, aged)
             if planned_item is None:
@@ -204,79 +211,29 @@ class Scheduler:
             if not joined:
                 num_joined += 1
                 new.append(NewRequest(req.request_id, req.collection, req.query, req.k, req.num_units_total))
+        rides = []
         for window in lists.values():
             charge = window.fill(budget_left)
             planned += charge
             budget_left -= charge
-            work.extend(window.work())
+            ride = window.work()
+            if ride is not None:
+                rides.append(ride)
             exhausted |= window.cut
         rank = {r.request_id: i for i, r in enumerate(candidates)}
         work.sort(key=lambda w: rank[w.request_id])
         # NOTE: a join-only newcomer holds runner state but has not started scanning.
-        self._mark_scheduled(candidates, {w.request_id for w in work if w.max_vectors != 0}, now, exhausted)
+        scheduled = {w.request_id for w in work if w.max_vectors != 0}
+        for ride in rides:
+            scheduled.update(ride.request_ids)
+        self._mark_scheduled(candidates, scheduled, now, exhausted)
         # NOTE: "under load" needs both a binding budget and iterations that actually run
         # long: at light load the cost fit extrapolates from tiny iterations, and a budget
         # it underestimates must not make requests with slack wait for company.
         self._saturated = exhausted and self.iteration_s >= 0.5 * self.config.target_iteration_ms / 1e3
         return IterationPlan(self.iteration, tuple(new), tuple(work), tuple(finish_partial), free,
-                             self.budget_vectors, int(math.ceil(planned)), forced)
-
-    def _open_list_windows(self, candidates: list[SearchRequest]) -> dict[str, ListWindow]:
-        """One :class:`ListWindow` per IVF collection with joined candidates."""
-        riders: dict[str, list[SearchRequest]] = {}
-        for req in candidates:
-            if req.unit_ids is not None:
-                riders.setdefault(req.collection, []).append(req)
-        out = {}
-        for name, reqs in riders.items():
-            try:
-                stats = self.collections.stats(name)
-            except UnknownCollectionError as e:
-                for req in reqs:
-                    self._finish(req, RequestStatus.FINISHED_ERROR, message=str(e))
-                continue
-            if stats.unit_sizes is not None:
-                out[name] = ListWindow(name, stats.unit_sizes, reqs, self.read_weight)
-        return out
-
-    def _urgent(self, req: SearchRequest, now: float, aged: int) -> bool:
-        """Whether ``req`` scans (claims) now even under load, rather than riding along.
-
-        Urgent: FIFO mode, decode-level, no deadline, a tight deadline window, or less than
-        ``urgent_share`` of it (or of what its remaining work needs) left.
-        """
-        if not self.config.stage_aware or aged == 0:
-            return True  # FIFO mode and decode-level work never wait for company
-        if req.deadline is None:
-            # NOTE: without a deadline there is no slack to spend waiting for company: it
-            # claims in priority order (virtual deadline, aging).  Riding-only would leave
-            # it until aging lifts it to decode level, and then it would delay decodes.
-            return True
-        need = req.remaining_cost() / self.scan_rate if self.scan_rate else 0.0
-        left, window = req.deadline - now, req.deadline - req.arrival_time
-        return self._tight(req) or left <= max(self.config.urgent_share * window, 4 * self.iteration_s + 2 * need)
-
-    def _scans_on_join(self, req: SearchRequest, now: float, aged: int) -> bool:
-        """Whether an IVF newcomer scans in the iteration it joins even under load (reading
-        its lists alone) rather than joining only and riding along from the next one.
-
-        NOTE: aging lifts priority, not urgency: aged RAG lookups with loose deadlines that
-        scanned alone read 128 lists each, and a backlog drained at 182 req/s (60 s
-        deadlines, real 200k IVF-1024).  Work without a deadline has no slack to measure:
-        joining only, aged claims starved fresh decodes (64 clients: p99 15 -> 23 ms).
-        """
-        if req.stage is Stage.DECODE or not self.config.stage_aware:
-            return True
-        return self._urgent(req, now, max(aged, 1))
-
-    def _cannot_wait(self, req: SearchRequest, aged: int) -> bool:
-        """Decode-level or tight-deadline work: one more iteration would double its latency."""
-        return aged == 0 or self._tight(req)
-
-    def _tight(self, req: SearchRequest) -> bool:
-        """A deadline window only a few iterations long (a cache lookup): it cannot afford to wait."""
-        window = math.inf if req.deadline is None else req.deadline - req.arrival_time
-        return window <= _TIGHT_DEADLINE_ITERATIONS * self.iteration_s
+                             self.budget_vectors, int(math.ceil(planned)), forced, tuple(rides),
+                             tuple(rank[w.request_id] for w in work))
 
     def _mark_scheduled(self, candidates: list[SearchRequest], scheduled: set[str], now: float,
                         exhausted: bool) -> None:
@@ -302,7 +259,7 @@ class Scheduler:
         read twice -- hands its result back after that part.  The split costs a second
         kernel call; once requests miss their deadlines (overload) throughput comes first.
         """
-        return self.config.stage_aware and not self._overloaded and self._cannot_wait(req, aged)
+        return self.config.stage_aware and not self._overloaded and self.urgency.cannot_wait(req, aged)
 
     def _plan_item(self, req: SearchRequest, budget_left: float, first: bool, now: float,
                    aged: int) -> tuple[ScanWork, float] | None:
@@ -310,7 +267,7 @@ class Scheduler:
         if req.seen is not None:
             stats = self._stats_or_fail(req)
             return None if stats is None else self.flat.plan(req, stats, budget_left, first)
-        if (self._saturated or budget_left <= 0) and not self._scans_on_join(req, now, aged):
+        if (self._saturated or budget_left <= 0) and not self.urgency.scans_on_join(req, now, aged):
             # NOTE: under load a request with slack joins only (assigned now, riding along
             # from the next iteration); at light load it scans at once, as nothing is gained
             # by waiting for company.
@@ -323,7 +280,7 @@ class Scheduler:
         # headroom that other work then cannot use.  Decode-level and tight-deadline work
         # cannot afford that second iteration and reserves _DECODE_CAP_FACTOR x the
         # estimate (with 1x, 29% of the cache lookups at 2,500 req/s took two).
-        factor = _DECODE_CAP_FACTOR if self._cannot_wait(req, aged) else 1.0
+        factor = _DECODE_CAP_FACTOR if self.urgency.cannot_wait(req, aged) else 1.0
         cap = int(min(budget_left / per_vector, math.ceil(req.remaining_cost() * factor) + 1))
         # NOTE: the most urgent item always progresses (>= 1 probe even past its cap), so
         # it is charged the worst case of one probe: the budget holds for the rest.
@@ -356,18 +313,19 @@ class Scheduler:
             if w.request_id in out.errors:
                 self._finish(req, RequestStatus.FINISHED_ERROR, message=out.errors[w.request_id])
                 continue
-            if req.seen is None:  # an IVF newcomer: its probes are known now
-                req.assign(out.unit_ids[req.request_id], out.unit_costs[req.request_id])
-                req.mark_seen(np.arange(out.units_end[req.request_id]))
+            if req.seen is None and req.unit_ids is None:  # an IVF newcomer: its probes are known now
+                req.attach(self.tables[req.collection], out.unit_ids[req.request_id],
+                           out.unit_costs[req.request_id], out.units_end[req.request_id])
             else:
                 req.mark_seen(w.units)
-            req.num_vectors_scanned += out.vectors_scanned.get(req.request_id, 0)
-            req.num_iterations += 1
+            req.count_iteration(out.vectors_scanned.get(req.request_id, 0))
             if w.request_id in out.results:
                 assert req.num_units_done == req.num_units_total, f"{req.request_id}: result before completion"
                 self._finish(req, RequestStatus.FINISHED_COMPLETE, *out.results[w.request_id])
             else:
                 assert req.num_units_done < req.num_units_total, f"{req.request_id}: complete without a result"
+        for ride in plan.rides:
+            self._update_ride(ride, out)
         for rid in plan.finish_partial:
             req = self.requests.get(rid)
             if req is not None:
@@ -378,11 +336,31 @@ class Scheduler:
         self._check_invariants(plan)
         return self.pop_finished()
 
+    def _update_ride(self, ride: RideWork, out: RunnerOutput) -> None:
+        """Apply the scans of one collection's riders: one scatter into its progress table."""
+        reqs = [self.requests.get(rid) for rid in ride.request_ids]
+        vectors = out.ride_vectors_scanned[ride.collection]  # per rider of the plan's ride
+        keep = [r is not None and r.request_id not in out.errors for r in reqs]
+        if not all(keep):
+            for r, rid in zip(reqs, ride.request_ids):
+                if r is None:  # aborted while the iteration ran; the runner frees it next time
+                    self._to_free.append(rid)
+                elif rid in out.errors:
+                    self._finish(r, RequestStatus.FINISHED_ERROR, message=out.errors[rid])
+            mask = np.array(keep, dtype=bool)
+            ride, vectors, reqs = ride.subset(mask), vectors[mask], [r for r, k in zip(reqs, keep) if k]
+        rows = np.fromiter((r.progress_row for r in reqs), dtype=np.int64, count=len(reqs))
+        self.tables[ride.collection].apply(rows, ride.ptr, ride.units, ride.completes, vectors)
+        for req, done in zip(reqs, ride.completes.tolist()):
+            if done:
+                self._finish(req, RequestStatus.FINISHED_COMPLETE, *out.results[req.request_id])
+
     # ------------------------------------------------------------------ internals
     def _finish(self, req: SearchRequest, status: RequestStatus, scores=None, ids=None, message: str = "") -> None:
         req.status = status
         req.finish_time = self.clock()
         req.message = message
+        req.detach()
         del self.requests[req.request_id]
         self.waiting.remove(req.request_id)
         if req.request_id in self.joined:

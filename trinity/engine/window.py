@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from trinity.engine.collections import CollectionStats
-from trinity.engine.plan import ScanWork
+from trinity.engine.collections import Collections, CollectionStats, UnknownCollectionError
+from trinity.engine.plan import RideWork, ScanWork
+from trinity.engine.progress import ProgressTable
 from trinity.engine.request import SearchRequest
 
 
@@ -39,32 +40,30 @@ class ListWindow:
     Args:
         collection: the collection's name.
         list_sizes: vectors per list (the scheduler's metadata copy).
-        riders: joined, active requests on this collection, in priority order.
+        riders: joined, active requests on this collection, in priority order; their
+            progress is in ``table``.
+        ranks: each rider's place in the iteration's priority order.
+        table: the collection's :class:`~trinity.engine.progress.ProgressTable`.
         read_weight: cost of reading one vector, in units of scanning one (query, vector)
             pair (fitted from iteration times).
     """
 
-    def __init__(self, collection: str, list_sizes: np.ndarray, riders: list[SearchRequest],
-                 read_weight: float) -> None:
+    def __init__(self, collection: str, list_sizes: np.ndarray, riders: list[SearchRequest], ranks: list[int],
+                 table: ProgressTable, read_weight: float) -> None:
         self.collection = collection
         self.riders = riders
+        self.ranks = np.asarray(ranks, dtype=np.int64)
         self.sizes = list_sizes
         self.read_weight = read_weight
         self.index = {r.request_id: i for i, r in enumerate(riders)}
         nlist = list_sizes.size
         # Every pending (rider, list, position), grouped by list, riders in priority order.
-        # NOTE: one pass over all riders' progress at once (concatenated), not a numpy
-        # call or three per rider: a loaded iteration has ~40 riders.
-        if riders:
-            seen = np.concatenate([r.seen for r in riders])
-            num_units = np.fromiter((r.seen.size for r in riders), dtype=np.int64, count=len(riders))
-            flat = np.flatnonzero(~seen)
-            lid = np.concatenate([r.unit_ids for r in riders])[flat]
-            rid = np.repeat(np.arange(len(riders)), num_units)[flat]
-            pos = flat - (np.cumsum(num_units) - num_units)[rid]
-            left = np.bincount(rid, minlength=len(riders))
-        else:
-            lid = pos = rid = left = np.empty(0, np.int64)
+        # NOTE: one gather of the riders' table rows, not a numpy call or three per rider.
+        rows = np.fromiter((r.progress_row for r in riders), dtype=np.int64, count=len(riders))
+        rid, pos = np.nonzero(~table.seen[rows])  # rider by rider, positions ascending
+        lid = table.unit_ids[rows[rid], pos]
+        left = np.bincount(rid, minlength=len(riders))
+        self.left = left
         self._rider_ptr = np.zeros(len(riders) + 1, dtype=np.int64)
         np.cumsum(left, out=self._rider_ptr[1:])
         self._rider_lists = lid  # per rider (a CSR by _rider_ptr), best first
@@ -137,25 +136,48 @@ class ListWindow:
 
     def _choose(self, lists: np.ndarray) -> None:
         """Read ``lists`` this iteration, for every rider that needs them."""
-        for lst in lists:
-            self.take[self.list_ptr[lst]:self.list_ptr[lst + 1]] = True
-        self.chosen[lists] = True
+        if lists.size:
+            mask = np.zeros(self.chosen.size, dtype=bool)
+            mask[lists] = True
+            self.take |= mask[self.pair_list]  # NOTE: one pass, not a slice per list (~100 per fill)
+            self.chosen[lists] = True
 
-    def work(self) -> list[ScanWork]:
-        """Each rider's positions taken this iteration (riders in priority order)."""
+    def work(self) -> RideWork | None:
+        """The riders' positions taken this iteration, as one CSR (riders in priority order)."""
         sel = np.flatnonzero(self.take)
         if sel.size == 0:
-            return []
+            return None
         riders, units = self.pair_rider[sel], self.pair_pos[sel]
         order = np.lexsort((units, riders))  # by rider, positions ascending
-        riders, units = riders[order], units[order].tolist()
-        bounds = [0, *(np.flatnonzero(np.diff(riders)) + 1).tolist(), riders.size]
-        out = []
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            req = self.riders[int(riders[a])]
-            done = req.num_units_done + (b - a) == req.num_units_total
-            out.append(ScanWork(req.request_id, self.collection, tuple(units[a:b]), returns_result=done))
-        return out
+        counts = np.bincount(riders, minlength=len(self.riders))
+        some = np.flatnonzero(counts)
+        ptr = np.zeros(some.size + 1, dtype=np.int64)
+        np.cumsum(counts[some], out=ptr[1:])
+        return RideWork(self.collection, tuple(self.riders[i].request_id for i in some.tolist()), ptr,
+                        units[order], counts[some] == self.left[some], self.ranks[some])
+
+
+def open_list_windows(candidates: list[SearchRequest], collections: Collections, tables: dict[str, ProgressTable],
+                      read_weight: float) -> tuple[dict[str, ListWindow], list[tuple[SearchRequest, str]]]:
+    """One :class:`ListWindow` per IVF collection with joined candidates (``candidates``
+    in priority order); the joined requests of a collection that is gone come back with
+    the reason, for the scheduler to fail."""
+    riders: dict[str, tuple[list[SearchRequest], list[int]]] = {}
+    for i, req in enumerate(candidates):
+        if req.unit_ids is not None:
+            reqs, ranks = riders.setdefault(req.collection, ([], []))
+            reqs.append(req)
+            ranks.append(i)
+    windows, failed = {}, []
+    for name, (reqs, ranks) in riders.items():
+        try:
+            stats = collections.stats(name)
+        except UnknownCollectionError as e:
+            failed += [(req, str(e)) for req in reqs]
+            continue
+        if stats.unit_sizes is not None:
+            windows[name] = ListWindow(name, stats.unit_sizes, reqs, ranks, tables[name], read_weight)
+    return windows, failed
 
 
 class FlatWindows:

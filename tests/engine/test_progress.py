@@ -1,0 +1,128 @@
+"""The IVF progress table and the per-collection ride plan (one CSR for every rider)."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trinity.engine import RequestStatus, Scheduler, SearchRunner, Stage
+from trinity.engine.plan import IterationPlan, RideWork
+from trinity.engine.progress import ProgressTable
+
+from .fake_runner import FakeRunner
+from .helpers import FakeClock, fixed_budget, make_collections
+from .test_scheduler import make_req
+from .test_window import IVF, joined_requests
+
+
+def _ride(ids, units_per_rider, completes=None, ranks=None) -> RideWork:
+    ptr = np.zeros(len(ids) + 1, dtype=np.int64)
+    np.cumsum([len(u) for u in units_per_rider], out=ptr[1:])
+    units = np.array([u for us in units_per_rider for u in us], dtype=np.int64)
+    completes = np.zeros(len(ids), dtype=bool) if completes is None else np.asarray(completes)
+    ranks = np.arange(len(ids), dtype=np.int64) if ranks is None else np.asarray(ranks, dtype=np.int64)
+    return RideWork("c", tuple(ids), ptr, units, completes, ranks)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=90), st.integers(0, 2**31 - 1))
+def test_table_tracks_progress_like_per_request_masks(num_probes, seed):
+    """Rows grow and are reused; marking scans keeps counters equal to per-request masks."""
+    rng = np.random.default_rng(seed)
+    table = ProgressTable()
+    alive: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # id -> (costs, seen mask)
+    for i, n in enumerate(num_probes):
+        costs = rng.integers(0, 50, n)
+        first = int(rng.integers(0, n + 1))
+        table.add(f"r{i}", rng.permutation(1000)[:n], costs, first)
+        alive[f"r{i}"] = (costs, np.arange(n) < first)
+        if rng.random() < 0.3:  # someone finishes: its row is freed and reused
+            gone = str(rng.choice(sorted(alive)))
+            table.release(gone)
+            del alive[gone]
+        ids = [rid for rid in sorted(alive) if rng.random() < 0.7 and not alive[rid][1].all()]
+        units = [np.sort(rng.choice(np.flatnonzero(~alive[rid][1]),
+                                    size=int(rng.integers(1, (~alive[rid][1]).sum() + 1)), replace=False))
+                 for rid in ids]
+        if ids:
+            ride = _ride(ids, units)
+            rows = np.array([table.row_of[rid] for rid in ids])
+            for rid, us in zip(ids, units):
+                alive[rid][1][us] = True
+            done = np.array([alive[rid][1].all() for rid in ids])
+            table.apply(rows, ride.ptr, ride.units, done, np.ones(len(ids), dtype=np.int64))
+    for rid, (costs, seen) in alive.items():
+        row = table.row_of[rid]
+        n = costs.size
+        assert table.num_done[row] == seen.sum()
+        assert table.remaining[row] == costs[~seen].sum()
+        assert (table.seen[row, :n] == seen).all() and table.seen[row, n:].all()  # padding reads as seen
+    assert len(table) == len(alive)
+
+
+def test_ride_subset_and_items_keep_each_riders_units():
+    ride = _ride(["a", "b", "c"], [[0, 3], [1], [2, 4, 5]], completes=[False, True, True], ranks=[4, 0, 2])
+    assert [(r, w.request_id, w.units, w.returns_result) for r, w in ride.items()] == [
+        (4, "a", (0, 3), False), (0, "b", (1,), True), (2, "c", (2, 4, 5), True)]
+    sub = ride.subset(np.array([True, False, True]))
+    assert sub.request_ids == ("a", "c") and sub.ptr.tolist() == [0, 2, 5]
+    assert sub.units.tolist() == [0, 3, 2, 4, 5] and sub.completes.tolist() == [False, True]
+    plan = IterationPlan(1, rides=(ride,))
+    assert [w.request_id for w in plan.items()] == ["b", "c", "a"] and plan.num_items == 3
+
+
+def test_riders_progress_through_one_table_and_leave_it_when_done():
+    clock = FakeClock()
+    cols = make_collections(IVF)
+    sched = Scheduler(fixed_budget(10_000_000), cols, clock)
+    runner = FakeRunner(cols, clock=clock)
+    reqs = joined_requests(clock, sched, runner, 6)
+    table = sched.tables[IVF]
+    assert len(table) == 6 and all(r.num_units_done == 0 for r in reqs)
+    plan = sched.schedule()
+    assert len(plan.rides) == 1 and not plan.work  # joined IVF requests ride as one CSR
+    finished = sched.update_from_output(plan, runner.run(plan))
+    assert {r.request_id for r, _, _ in finished} == {r.request_id for r in reqs}
+    assert len(table) == 0, "finished requests keep no row"
+    for r in reqs:  # progress was copied out of the table when they finished
+        assert r.status is RequestStatus.FINISHED_COMPLETE and r.num_units_done == r.num_units_total
+        assert r.num_iterations == 2 and r.num_vectors_scanned == int(r.unit_costs.sum())
+
+
+def test_runner_fails_a_rider_it_holds_no_state_for_and_scans_the_rest():
+    clock = FakeClock()
+    cols = make_collections(IVF)
+    sched = Scheduler(fixed_budget(10_000_000), cols, clock)
+    runner = SearchRunner(cols)
+    reqs = joined_requests(clock, sched, runner, 3)
+    runner._drop([reqs[1].request_id])  # the runner lost one rider's state
+    plan = sched.schedule()
+    out = runner.run(plan)
+    assert set(out.errors) == {reqs[1].request_id}
+    (ride,) = plan.rides
+    vectors = out.ride_vectors_scanned[IVF]
+    assert vectors.size == len(ride.request_ids) and vectors[ride.request_ids.index(reqs[1].request_id)] == 0
+    finished = {r.request_id: r for r, _, _ in sched.update_from_output(plan, out)}
+    assert finished[reqs[1].request_id].status is RequestStatus.FINISHED_ERROR
+    assert all(finished[r.request_id].status is RequestStatus.FINISHED_COMPLETE for r in (reqs[0], reqs[2]))
+    assert len(sched.tables[IVF]) == 0
+
+
+def test_a_rider_aborted_mid_iteration_is_freed_without_touching_the_table():
+    clock = FakeClock()
+    cols = make_collections(IVF)
+    sched = Scheduler(fixed_budget(10_000_000), cols, clock)
+    runner = FakeRunner(cols, clock=clock)
+    reqs = joined_requests(clock, sched, runner, 3)
+    plan = sched.schedule()
+    out = runner.run(plan)
+    sched.abort(reqs[0].request_id)  # while the iteration "ran"
+    sched.update_from_output(plan, out)
+    assert reqs[0].status is RequestStatus.FINISHED_ABORTED and len(sched.tables[IVF]) == 0
+    assert reqs[0].request_id in sched.schedule().free
+    late = make_req(clock, IVF, nprobe=8, stage=Stage.DECODE, qi=9)
+    sched.add_request(late)  # a new request gets a fresh row
+    plan = sched.schedule()
+    sched.update_from_output(plan, runner.run(plan))
+    assert late.status.finished or late.request_id in sched.tables[IVF].row_of
