@@ -25,6 +25,15 @@ def _ride(ids, units_per_rider, completes=None, ranks=None) -> RideWork:
     return RideWork("c", tuple(ids), ptr, units, completes, ranks)
 
 
+def joined_setup(n: int, real_runner: bool = False):
+    """A scheduler with ample budget, a runner, and ``n`` joined IVF requests that have not scanned."""
+    clock = FakeClock()
+    cols = make_collections(IVF)
+    sched = Scheduler(fixed_budget(10_000_000), cols, clock)
+    runner = SearchRunner(cols) if real_runner else FakeRunner(cols, clock=clock)
+    return clock, sched, runner, joined_requests(clock, sched, runner, n)
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(1, 40), min_size=1, max_size=90), st.integers(0, 2**31 - 1))
 def test_table_tracks_progress_like_per_request_masks(num_probes, seed):
@@ -73,11 +82,7 @@ def test_ride_subset_and_items_keep_each_riders_units():
 
 
 def test_riders_progress_through_one_table_and_leave_it_when_done():
-    clock = FakeClock()
-    cols = make_collections(IVF)
-    sched = Scheduler(fixed_budget(10_000_000), cols, clock)
-    runner = FakeRunner(cols, clock=clock)
-    reqs = joined_requests(clock, sched, runner, 6)
+    clock, sched, runner, reqs = joined_setup(6)
     table = sched.tables[IVF]
     assert len(table) == 6 and all(r.num_units_done == 0 for r in reqs)
     plan = sched.schedule()
@@ -91,11 +96,7 @@ def test_riders_progress_through_one_table_and_leave_it_when_done():
 
 
 def test_runner_fails_a_rider_it_holds_no_state_for_and_scans_the_rest():
-    clock = FakeClock()
-    cols = make_collections(IVF)
-    sched = Scheduler(fixed_budget(10_000_000), cols, clock)
-    runner = SearchRunner(cols)
-    reqs = joined_requests(clock, sched, runner, 3)
+    clock, sched, runner, reqs = joined_setup(3, real_runner=True)
     runner._drop([reqs[1].request_id])  # the runner lost one rider's state
     plan = sched.schedule()
     out = runner.run(plan)
@@ -110,11 +111,7 @@ def test_runner_fails_a_rider_it_holds_no_state_for_and_scans_the_rest():
 
 
 def test_a_rider_aborted_mid_iteration_is_freed_without_touching_the_table():
-    clock = FakeClock()
-    cols = make_collections(IVF)
-    sched = Scheduler(fixed_budget(10_000_000), cols, clock)
-    runner = FakeRunner(cols, clock=clock)
-    reqs = joined_requests(clock, sched, runner, 3)
+    clock, sched, runner, reqs = joined_setup(3)
     plan = sched.schedule()
     out = runner.run(plan)
     sched.abort(reqs[0].request_id)  # while the iteration "ran"
