@@ -56,9 +56,10 @@ class RideWork:
     as one CSR: rider ``i`` (``request_ids[i]``) scans the positions
     ``units[ptr[i]:ptr[i + 1]]`` (ascending) of its best-first probe list.
 
-    NOTE: one item per collection, not a :class:`ScanWork` per rider: a loaded iteration
-    has tens of riders, and per-rider objects, loops and numpy calls in the scheduler,
-    the runner and the update cost more host time than the riders' scans save.
+    NOTE: one item per collection, not a :class:`ScanWork` per rider: the riders'
+    progress lives in arrays (:class:`~trinity.engine.progress.ProgressTable`), and
+    planning, running and updating them stays a fixed number of array operations per
+    collection and iteration, however many riders a loaded iteration carries.
     """
 
     collection: str

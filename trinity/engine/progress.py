@@ -3,11 +3,16 @@
 A loaded iteration has tens of joined IVF requests riding the list window, and each
 iteration every one of them is planned, run and updated.  Kept per request (a ``seen``
 mask, a counter and a remaining cost on each :class:`SearchRequest`), that bookkeeping
-cost a few numpy calls per request per iteration -- on the 2-core VM ~40 us per rider
-and iteration, a third of a loaded iteration's time.  Here the scheduler keeps it as
-one table per collection (the way the runner keeps its persistent batch): a request
-owns a row from assignment until it finishes, the window reads every rider's unseen
-probes with one gather, and the update of an iteration is one scatter for all riders.
+was a few numpy calls per request and iteration.  Here the scheduler keeps it as one
+table per collection (the way the runner keeps its persistent batch): a request owns a
+row from assignment until it finishes, the window reads every rider's unseen probes with
+one gather, and the update of an iteration is one scatter for all riders.
+
+NOTE: measured on the 2-core VM (``trinity bench overhead``, same plans), this moved the
+host time per iteration within the replay's noise: the per-rider calls were not where
+the time went (the work over all pending (rider, list) pairs and the fixed
+per-iteration calls are).  It stays for the bounded per-iteration cost and one owner of
+progress; a GPU runner can mirror the table without per-request transfers.
 """
 
 from __future__ import annotations
