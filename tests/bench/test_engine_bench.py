@@ -126,6 +126,8 @@ def test_engine_bench_smoke(tmp_path):
     assert set(summary["sustained_rate"]) == {"static", "trinity-fifo", "trinity"}
     assert (tmp_path / "engine.png").stat().st_size > 0
     assert payload["json"] == str(out)
+    bandwidth = saved["memory_bandwidth_gbs"]  # the machine's phase, probed before and after the runs
+    assert set(bandwidth) == {"start", "end"} and all(v > 0 for v in bandwidth.values())
 
 
 def _row(rate, system, decode_p99, miss=0.0, rag_p99=50.0, cache_p99=5.0):

@@ -47,7 +47,7 @@ from trinity.bench.engine_systems import (  # noqa: F401
     build_or_load_ivf, cached_corpus_sizes, load_bench_data, run_stream,
 )
 from trinity.bench.report import (default_out_path, machine_info, make_console, print_table, print_verdicts,
-                                  set_threads, write_json)
+                                  set_threads, stream_bandwidth_gbs, write_json)
 from trinity.bench.static_batcher import faiss_ivf_like
 from trinity.bench.workload import DEFAULT_CLASSES, RequestClass, poisson_schedule
 
@@ -156,6 +156,7 @@ def run_engine_bench(cfg: EngineBenchConfig, console: Console | None = None) -> 
     # iteration poisons it (see the report's engine notes).
     for c in cfg.classes:
         ivf.search(queries[:8], c.k, nprobe=c.nprobe)
+    bandwidth = {"start": round(stream_bandwidth_gbs(), 1)}
     systems: dict[str, _System] = {}
     for name in cfg.systems:
         if name == "static":
@@ -190,6 +191,9 @@ def run_engine_bench(cfg: EngineBenchConfig, console: Console | None = None) -> 
         gc.unfreeze()
         for system in systems.values():
             system.close()
+    bandwidth["end"] = round(stream_bandwidth_gbs(), 1)
+    console.print(f"memory read bandwidth (phase of the machine): {bandwidth['start']:g} GB/s before the runs, "
+                  f"{bandwidth['end']:g} GB/s after", highlight=False)
 
     rows = merge_repeats(raw_rows, cfg) if cfg.repeats > 1 else raw_rows
     columns: list = [("rate", "rate", "g"), ("system", "system"), ("throughput_rps", "thr/s", ".0f")]
@@ -221,6 +225,7 @@ def run_engine_bench(cfg: EngineBenchConfig, console: Console | None = None) -> 
                     "numba": _numba_threads(), "switch_interval_s": cfg.switch_interval_ms / 1e3
                     if cfg.switch_interval_ms is not None else old_switch, "nice": _nice()},
         "git": _git_state(),
+        "memory_bandwidth_gbs": bandwidth,
         "runs": rows,  # the median over repeats when --repeats > 1
         **({"raw_runs": raw_rows} if cfg.repeats > 1 else {}),
         "summary": summary,

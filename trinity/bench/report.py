@@ -225,6 +225,25 @@ def _version(module: str) -> str | None:
     return str(getattr(mod, "__version__", "unknown"))
 
 
+def stream_bandwidth_gbs(num_bytes: int = 256 << 20, repeats: int = 3) -> float:
+    """Best-of-``repeats`` read bandwidth, GB/s, of a (multi-threaded) sum over ``num_bytes``.
+
+    NOTE: a phase probe.  On the shared 2-core VM this moved between 29 and 54 GB/s from
+    one minute to the next (2026-12-03), and with it every IVF scan -- both systems'
+    sustained rates moved by up to 1.7x between runs of the same command; a result file
+    that records it can be read against its phase.
+    """
+    import torch
+
+    x = torch.ones(max(num_bytes // 4, 1), dtype=torch.float32)
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        float(x.sum())
+        best = min(best, time.perf_counter() - t)
+    return x.numel() * 4 / max(best, 1e-9) / 1e9
+
+
 def machine_info() -> dict[str, Any]:
     """Host, CPU, memory, library versions and the date -- enough to compare result files."""
     try:
