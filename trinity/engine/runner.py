@@ -21,6 +21,8 @@ from trinity.engine.plan import IterationPlan, NewRequest, RideWork, RunnerOutpu
 from trinity.engine.rows import RunningRows
 from trinity.index import FlatIndex, IVFIndex, ProbeChunk
 
+#: Error of planned work (a ScanWork or a rider) for a request the runner holds no state for.
+_NO_STATE = "runner holds no state for this request"
 #: ``on_early`` of :meth:`SearchRunner.run`: receives ``{request_id: (scores, ids)}``.
 EarlyResults = Callable[[dict[str, tuple[np.ndarray, np.ndarray]]], None]
 
@@ -63,7 +65,7 @@ class SearchRunner:
             if w.request_id in self.states:
                 by_collection.setdefault(w.collection, []).append(w)
             else:  # NOTE: never drop planned work silently: the scheduler fails the request
-                out.errors.setdefault(w.request_id, "runner holds no state for this request")
+                out.errors.setdefault(w.request_id, _NO_STATE)
         rides = {r.collection: r for r in plan.rides}
         for r in plan.rides:  # NOTE: per rider of the plan's ride, whatever happens below
             out.ride_vectors_scanned[r.collection] = np.zeros(len(r.request_ids), dtype=np.int64)
@@ -86,7 +88,7 @@ class SearchRunner:
                         if rid in self.states:
                             replaced.append(rid)
                         else:
-                            out.errors[rid] = "runner holds no state for this request"
+                            out.errors[rid] = _NO_STATE
                     ride = ride.subset(ok) if ok.any() else None
                     if ride is not None:  # NOTE: vectors are reported per rider of the plan's ride
                         subset_of = ok
