@@ -119,6 +119,7 @@ def test_engine_bench_smoke(tmp_path):
         for c in ("decode", "rag", "cache"):
             assert {f"{c}_p50_ms", f"{c}_p99_ms", f"{c}_miss_pct"} <= row.keys()
         assert row["requests"] > 0 and row["unfinished_pct"] == 0.0
+        assert row["bandwidth_gbs"] > 0  # the machine's phase right before this run
         if row["system"] == "static":
             assert row["agree_with_faiss"] >= 0.99
     summary = saved["summary"]

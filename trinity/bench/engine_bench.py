@@ -178,13 +178,18 @@ def run_engine_bench(cfg: EngineBenchConfig, console: Console | None = None) -> 
                 sched = poisson_schedule(rate, cfg.duration_s, cfg.classes, len(queries), seed=cfg.seed + rep)
                 for name, system in systems.items():
                     time.sleep(cfg.settle_s)
+                    # NOTE: the machine's phase right before this run (~0.06 s): the
+                    # rows of one table can straddle a bandwidth swing (see the README).
+                    probe = round(stream_bandwidth_gbs(128 << 20, repeats=2), 1)
                     before = system.counters()
                     rec = run_stream(system, sched, queries, cfg.drain_cap_s)
                     row = summarize_run(rec, name, refs, before, system.counters(), cfg.miss_target)
+                    row["bandwidth_gbs"] = probe
                     raw_rows.append({**row, "repeat": rep} if cfg.repeats > 1 else row)
                     c0 = cfg.classes[0].name
                     console.print(f"  {rate:>6g} req/s  {name:<13} thr {row['throughput_rps']:7.0f}/s  "
-                                  f"{c0} p99 {row[f'{c0}_p99_ms']:8.1f} ms  miss {row['miss_pct']:5.1f}%"
+                                  f"{c0} p99 {row[f'{c0}_p99_ms']:8.1f} ms  miss {row['miss_pct']:5.1f}%  "
+                                  f"bw {probe:4.0f} GB/s"
                                   + (f"  (repeat {rep + 1}/{cfg.repeats})" if cfg.repeats > 1 else ""), highlight=False)
     finally:
         sys.setswitchinterval(old_switch)
@@ -201,7 +206,7 @@ def run_engine_bench(cfg: EngineBenchConfig, console: Console | None = None) -> 
         columns += [(f"{c.name}_p50_ms", f"{c.name} p50", ".1f"), (f"{c.name}_p99_ms", f"{c.name} p99", ".1f")]
     columns += [("miss_pct", "miss%", ".2f"), ("late_pct", "late%", ".2f"), ("partial_pct", "partial%", ".2f"),
                 ("rejected_pct", "rej%", ".2f"), ("submit_lag_p99_ms", "lag p99", ".1f"),
-                ("agree_with_faiss", "agree", ".2f")]
+                ("agree_with_faiss", "agree", ".2f"), ("bandwidth_gbs", "bw GB/s", ".0f")]
     deadlines = ", ".join(f"{c.name} {c.deadline_ms:g} ms" for c in cfg.classes)
     median = f", median of {cfg.repeats} runs" if cfg.repeats > 1 else ""
     print_table(f"Engine bench: latency in ms from scheduled arrival (deadlines: {deadlines}{median})", rows, columns,
