@@ -177,10 +177,10 @@ def run_engine_bench(cfg: EngineBenchConfig, console: Console | None = None) -> 
             for rep in range(cfg.repeats):  # NOTE: repeats interleave the systems, as the VM drifts
                 sched = poisson_schedule(rate, cfg.duration_s, cfg.classes, len(queries), seed=cfg.seed + rep)
                 for name, system in systems.items():
-                    time.sleep(cfg.settle_s)
-                    # NOTE: the machine's phase right before this run (~0.06 s): the
-                    # rows of one table can straddle a bandwidth swing (see the README).
+                    # NOTE: the machine's phase just before this run (~0.06 s; the settle
+                    # pause follows it): one table's rows can straddle a bandwidth swing.
                     probe = round(stream_bandwidth_gbs(128 << 20, repeats=2), 1)
+                    time.sleep(cfg.settle_s)
                     before = system.counters()
                     rec = run_stream(system, sched, queries, cfg.drain_cap_s)
                     row = summarize_run(rec, name, refs, before, system.counters(), cfg.miss_target)
