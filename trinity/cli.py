@@ -98,10 +98,14 @@ def bench_engine(
     faiss_blas_threshold: int = typer.Option(16, min=1, help="faiss.cvar.distance_compute_blas_threshold."),
     switch_interval_ms: float | None = typer.Option(None, min=0.01, help="sys.setswitchinterval during runs."),
     seed: int = typer.Option(0, help="Seed for the workload, k-means and synthetic data."),
+    device: str = typer.Option("cpu", help="Where the collection lives: cpu or cuda[:n]."),
+    dtype: str | None = typer.Option(None, help="Storage dtype of the collection (e.g. float16 on a GPU)."),
+    peer: str = typer.Option("auto", help="Static batcher's index: faiss (CPU), torch (gather + bmm + topk); "
+                                          "auto: faiss on cpu, torch on cuda."),
     out: Path | None = typer.Option(None, help="JSON output [default: benchmarks/results/engine-<host>-<date>.json]."),
     plot: bool = typer.Option(True, help="Write a PNG plot next to the JSON."),
 ) -> None:
-    """Trinity (stage-aware, FIFO) vs static batching over faiss: open-loop mixed-stage stream."""
+    """Trinity (stage-aware, FIFO) vs static batching (faiss on CPU, torch on GPU): open-loop mixed-stage stream."""
     from trinity.bench.engine_bench import EngineBenchConfig, parse_float_list, run_engine_bench
     from trinity.bench.workload import default_classes, parse_class
 
@@ -115,6 +119,7 @@ def bench_engine(
             max_batch=max_batch, max_wait_ms=max_wait_ms, target_iteration_ms=target_iteration_ms,
             drain_cap_s=drain_cap, data=data, embed_missing=embed_missing, cache_index=cache_index, threads=threads,
             blas_threshold=faiss_blas_threshold, switch_interval_ms=switch_interval_ms, seed=seed, out=out, plot=plot,
+            device=device, dtype=dtype, peer=peer,
             scheduler_kwargs={} if max_num_running is None else {"max_num_running": max_num_running})
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None

@@ -12,7 +12,8 @@ faiss = pytest.importorskip("faiss")
 
 from trinity.bench.engine_bench import EngineBenchConfig, parse_float_list, run_engine_bench  # noqa: E402
 from trinity.bench.engine_report import _summary_lines, merge_repeats, summarize  # noqa: E402
-from trinity.bench.static_batcher import StaticBatcher, faiss_ivf_like  # noqa: E402
+from trinity.bench.gpu_time import GpuBusy, union_ns  # noqa: E402
+from trinity.bench.static_batcher import StaticBatcher, faiss_ivf_like, torch_ivf_like  # noqa: E402
 from trinity.bench.workload import (  # noqa: E402
     DEFAULT_CLASSES, OpenLoopDriver, RequestClass, Status, parse_class, poisson_schedule,
 )
@@ -74,6 +75,38 @@ def test_static_batcher_dispatches_full_groups_without_waiting(indexes):
         assert batcher.stats.batches == 2
 
 
+def test_torch_peer_batches_over_trinitys_own_lists(indexes):
+    """The GPU peer (gather + bmm + topk over Trinity's lists) behind the same batcher."""
+    ivf, _, xq = indexes
+    peer = torch_ivf_like(ivf)
+    assert peer.lists is ivf.lists and peer.scan_backend == "torch" and ivf.scan_backend == "auto"
+    _, want = ivf.search(xq[:16], 5, nprobe=3)
+    with StaticBatcher(peer, max_batch=16, max_wait_ms=10_000.0) as batcher:
+        got = np.stack([f.result(timeout=10)[1] for f in [batcher.submit(q, 5, 3) for q in xq[:16]]])
+        assert batcher.stats.batches == 1
+    assert (got == want).mean() >= 0.99  # equal up to float ties
+
+
+def test_gpu_busy_measures_nothing_without_cuda_and_unions_spans():
+    with GpuBusy() as busy:
+        pass
+    if not busy.enabled:
+        assert busy.seconds is None and busy.error is None
+    assert union_ns([]) == 0
+    assert union_ns([(0, 10), (5, 12), (20, 25), (21, 22)]) == 17
+
+
+def test_engine_bench_config_checks_device_and_peer():
+    assert EngineBenchConfig(data="synthetic").peer_kind == "faiss"
+    assert EngineBenchConfig(data="synthetic", peer="torch").peer_kind == "torch"
+    with pytest.raises(ValueError, match="device"):
+        EngineBenchConfig(data="synthetic", device="tpu")
+    with pytest.raises(ValueError, match="peer"):
+        EngineBenchConfig(data="synthetic", peer="cuvs")
+    with pytest.raises(ValueError, match="CPU peer"):
+        EngineBenchConfig(data="synthetic", device="cuda", peer="faiss")
+
+
 def test_poisson_schedule_is_seeded_and_mixes_classes():
     a = poisson_schedule(2000, 2.0, DEFAULT_CLASSES, 100, seed=3)
     b = poisson_schedule(2000, 2.0, DEFAULT_CLASSES, 100, seed=3)
@@ -114,14 +147,18 @@ def test_engine_bench_smoke(tmp_path):
     assert {(r["rate"], r["system"]) for r in saved["runs"]} == {
         (r, s) for r in (100.0, 200.0) for s in ("static", "trinity-fifo", "trinity")}
     for row in saved["runs"]:
-        for key in ("throughput_rps", "miss_pct", "late_pct", "partial_pct", "unfinished_pct", "agree_with_faiss"):
+        for key in ("throughput_rps", "miss_pct", "late_pct", "partial_pct", "unfinished_pct", "agree_with_peer"):
             assert key in row
         for c in ("decode", "rag", "cache"):
             assert {f"{c}_p50_ms", f"{c}_p99_ms", f"{c}_miss_pct"} <= row.keys()
         assert row["requests"] > 0 and row["unfinished_pct"] == 0.0
         assert row["bandwidth_gbs"] > 0  # the machine's phase right before this run
         if row["system"] == "static":
-            assert row["agree_with_faiss"] >= 0.99
+            assert row["agree_with_peer"] >= 0.99
+        else:  # the engine's host phases per iteration
+            parts = ("schedule_ms", "runner_ms", "update_ms")
+            assert all(row[k] > 0 for k in parts) and row["step_ms"] >= sum(row[k] for k in parts)
+            assert row["runner_ms"] >= row["scan_ms"] > 0 and row["assign_prepared_ms"] > 0
     summary = saved["summary"]
     assert {"static_crossing_rate", "sustained_rate", "lines"} <= summary.keys()
     assert set(summary["sustained_rate"]) == {"static", "trinity-fifo", "trinity"}

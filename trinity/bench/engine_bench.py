@@ -2,11 +2,13 @@
 open-loop Poisson stream of mixed-stage retrievals.
 
 Three systems answer the same seeded stream over the same IVF collection (real MiniLM
-embeddings; the faiss peer uses Trinity's own centroids, so at equal ``nprobe`` both
-return the same ids):
+embeddings; the peer uses Trinity's own centroids, so at equal ``nprobe`` both return the
+same ids):
 
-* ``static`` -- a dynamic batcher over faiss-cpu ``IndexIVFFlat``: one queue per
-  ``(k, nprobe)`` (as faiss/cuVS force), dispatch at ``max_batch`` or after ``max_wait_ms``;
+* ``static`` -- a dynamic batcher over a batch-search index: one queue per ``(k, nprobe)``
+  (as faiss/cuVS force), dispatch at ``max_batch`` or after ``max_wait_ms``.  The index is
+  faiss-cpu ``IndexIVFFlat`` on the CPU and, with ``--device cuda``, Trinity's lists
+  scanned by the torch gather + bmm + topk path (``--peer`` picks either);
 * ``trinity-fifo`` -- :class:`~trinity.engine.SearchEngine` with ``stage_aware=False``
   (FIFO continuous batching);
 * ``trinity`` -- the stage-aware, deadline-driven engine.
@@ -17,6 +19,9 @@ request *misses* when it is answered after its deadline, answered partially (Tri
 best-so-far at the deadline), rejected, or not answered within the drain cap.  Latency
 percentiles are over answers (complete or partial); a request without an answer
 (rejected, failed, unanswered) counts as infinitely late.
+
+On a GPU every run also records how long the device was busy (:class:`GpuBusy`): the
+rest of the systems' loop time is host time the GPU waited for (``host_share``).
 
 Module layout: this module holds the configuration, the run loop and the CLI-facing
 helpers; :mod:`trinity.bench.engine_systems` the data, index and system adapters;
@@ -46,9 +51,10 @@ from trinity.bench.engine_systems import (  # noqa: F401
     _COLLECTION, BenchData, StaticSystem, TrinitySystem, _fingerprint, _synthetic, _System, _TimedRunner,
     build_or_load_ivf, cached_corpus_sizes, load_bench_data, run_stream,
 )
+from trinity.bench.gpu_time import GpuBusy
 from trinity.bench.report import (default_out_path, machine_info, make_console, print_table, print_verdicts,
-                                  set_threads, stream_bandwidth_gbs, write_json)
-from trinity.bench.static_batcher import faiss_ivf_like
+                                  set_threads, stream_bandwidth_gbs, verdict, write_json)
+from trinity.bench.static_batcher import batch_searcher, faiss_ivf_like, torch_ivf_like
 from trinity.bench.workload import DEFAULT_CLASSES, RequestClass, poisson_schedule
 
 __all__ = [
@@ -57,6 +63,7 @@ __all__ = [
 ]
 
 SYSTEMS = ("static", "trinity-fifo", "trinity")
+PEERS = ("auto", "faiss", "torch")
 DEFAULT_RATES = (500.0, 1000.0, 1500.0, 2000.0, 2500.0, 3000.0, 3500.0, 4000.0)
 
 
@@ -88,6 +95,9 @@ class EngineBenchConfig:
     miss_target: float = 0.01
     repeats: int = 1  # runs per (rate, system); rows and verdicts use the median
     scheduler_kwargs: dict[str, Any] = field(default_factory=dict)  # extra SchedulerConfig fields (ablations)
+    device: str = "cpu"  # where the collection lives: "cpu" or "cuda[:n]"
+    dtype: str | None = None  # storage dtype of the collection (None: the device's default)
+    peer: str = "auto"  # static batcher's index: "faiss" (CPU), "torch" (gather + bmm + topk); auto: by device
     out: Path | None = None
     plot: bool = True
 
@@ -103,9 +113,19 @@ class EngineBenchConfig:
             raise ValueError("rates: need at least one positive rate")
         if self.num_vectors < self.nlist:
             raise ValueError("num_vectors must be >= nlist")
+        if self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ValueError(f"device: expected 'cpu' or 'cuda[:n]', got {self.device!r}")
+        if self.peer not in PEERS:
+            raise ValueError(f"peer: expected one of {PEERS}, got {self.peer!r}")
+        if self.peer == "faiss" and self.device != "cpu":
+            raise ValueError("peer: faiss is the CPU peer; use --peer torch (or auto) with a GPU collection")
         names = [c.name for c in self.classes]
         if len(set(names)) != len(names) or not names:
             raise ValueError("classes: need at least one class, with unique names")
+
+    @property
+    def peer_kind(self) -> str:
+        return ("faiss" if self.device == "cpu" else "torch") if self.peer == "auto" else self.peer
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -120,27 +140,63 @@ def _warm(system: _System, queries: np.ndarray, cfg: EngineBenchConfig) -> None:
     run_stream(system, sched, queries, cfg.drain_cap_s)
 
 
-def _reference(faiss_index, queries: np.ndarray, classes: Sequence[RequestClass]) -> dict[str, np.ndarray]:
-    import faiss
+def _reference(peer, queries: np.ndarray, classes: Sequence[RequestClass],
+               slice_rows: int = 64) -> dict[str, np.ndarray]:
+    """The peer's ids for every query and class (in slices: the torch peer gathers every
+    probed vector of a call)."""
+    search = batch_searcher(peer)[1]
+    return {c.name: np.concatenate([search(queries[s:s + slice_rows], c.k, c.nprobe)[1]
+                                    for s in range(0, len(queries), slice_rows)]) for c in classes}
 
-    return {c.name: faiss_index.search(queries, c.k, params=faiss.SearchParametersIVF(nprobe=c.nprobe))[1]
-            for c in classes}
+
+def _warm_kernels(ivf, queries: np.ndarray, classes: Sequence[RequestClass]) -> None:
+    """Run every scan shape the engine can meet before anything is timed: one JIT compile
+    (numba; Triton per k-width and query-tile size) inside a run poisons the engine's
+    iteration-time estimate.  ``nq`` copies of one query with ``nprobe=1`` make one list
+    group of ``nq`` pairs, which sets the Triton kernel's query tile."""
+    for k in sorted({c.k for c in classes}):
+        for nq in (1, 16, 32, 64):
+            ivf.search(np.repeat(queries[:1], nq, axis=0), k, nprobe=1)
+    for c in classes:
+        ivf.search(queries[:8], c.k, nprobe=c.nprobe)
+
+
+def _gpu_fields(row: dict[str, Any], busy: GpuBusy, before: dict[str, float], after: dict[str, float]) -> None:
+    """Device busy time of a run against its systems' loop time (the engine's iterations or
+    the batcher's searches): the rest is host time the GPU waited for."""
+    if busy.seconds is None:
+        row["gpu_error"] = busy.error
+        return
+    loop_key, n_key = ("step_s", "iterations") if "step_s" in after else ("busy_s", "batches")
+    loop_s = after[loop_key] - before.get(loop_key, 0.0)
+    n = after[n_key] - before.get(n_key, 0.0)
+    row.update(gpu_busy_s=busy.seconds, gpu_events=busy.num_events,
+               loop_ms_per_iter=1e3 * loop_s / n if n else math.nan,
+               gpu_ms_per_iter=1e3 * busy.seconds / n if n else math.nan,
+               host_share=1.0 - busy.seconds / loop_s if loop_s > 0 else math.nan)
 
 
 def run_engine_bench(cfg: EngineBenchConfig, console: Console | None = None) -> dict[str, Any]:
     """Run the whole comparison; print tables and summary; write JSON (+ PNG); return the payload."""
-    import faiss
     import torch
 
     console = console or make_console()
     started = time.perf_counter()
     data = load_bench_data(cfg, console)
     threads = set_threads(cfg.threads)  # after loading: the embedder may touch torch threads
-    faiss.cvar.distance_compute_blas_threshold = cfg.blas_threshold
     ivf, index_info = build_or_load_ivf(data, cfg, console)
     t = time.perf_counter()
-    peer = faiss_ivf_like(ivf, data.vectors)
-    index_info["faiss_build_s"] = round(time.perf_counter() - t, 2)
+    if cfg.peer_kind == "faiss":
+        import faiss
+
+        faiss.cvar.distance_compute_blas_threshold = cfg.blas_threshold
+        peer = faiss_ivf_like(ivf, data.vectors)
+    else:
+        peer = torch_ivf_like(ivf)
+    index_info.update(peer=cfg.peer_kind, peer_build_s=round(time.perf_counter() - t, 2), device=str(ivf.device),
+                      dtype=str(ivf.dtype).replace("torch.", ""))
+    if ivf.device.type == "cuda":
+        index_info["gpu"] = torch.cuda.get_device_name(ivf.device)
     sizes = ivf.list_sizes()
     index_info.update(nlist=cfg.nlist, list_size_mean=float(sizes.mean()), list_size_max=int(sizes.max()),
                       list_size_biased_mean=float((sizes.astype(float) ** 2).sum() / max(sizes.sum(), 1)))
@@ -151,11 +207,8 @@ def run_engine_bench(cfg: EngineBenchConfig, console: Console | None = None) -> 
                   f"rates {', '.join(f'{r:g}' for r in cfg.rates)} req/s x {cfg.duration_s:g} s; "
                   f"index {'loaded' if index_info.get('index_loaded') else 'built'} in {index_info['index_s']} s")
 
-    # NOTE: compile/load the numba kernels before any engine exists: the engine folds the
-    # duration of every iteration into its iteration-time estimate, and one JIT-length
-    # iteration poisons it (see the report's engine notes).
-    for c in cfg.classes:
-        ivf.search(queries[:8], c.k, nprobe=c.nprobe)
+    # NOTE: compile the kernels before any engine exists (see _warm_kernels).
+    _warm_kernels(ivf, queries, cfg.classes)
     bandwidth = {"start": round(stream_bandwidth_gbs(), 1)}
     systems: dict[str, _System] = {}
     for name in cfg.systems:
@@ -182,9 +235,13 @@ def run_engine_bench(cfg: EngineBenchConfig, console: Console | None = None) -> 
                     probe = round(stream_bandwidth_gbs(128 << 20, repeats=2), 1)
                     time.sleep(cfg.settle_s)
                     before = system.counters()
-                    rec = run_stream(system, sched, queries, cfg.drain_cap_s)
-                    row = summarize_run(rec, name, refs, before, system.counters(), cfg.miss_target)
+                    with GpuBusy(enabled=cfg.device != "cpu") as busy:
+                        rec = run_stream(system, sched, queries, cfg.drain_cap_s)
+                    after = system.counters()
+                    row = summarize_run(rec, name, refs, before, after, cfg.miss_target)
                     row["bandwidth_gbs"] = probe
+                    if busy.enabled:
+                        _gpu_fields(row, busy, before, after)
                     raw_rows.append({**row, "repeat": rep} if cfg.repeats > 1 else row)
                     c0 = cfg.classes[0].name
                     console.print(f"  {rate:>6g} req/s  {name:<13} thr {row['throughput_rps']:7.0f}/s  "
@@ -206,7 +263,10 @@ def run_engine_bench(cfg: EngineBenchConfig, console: Console | None = None) -> 
         columns += [(f"{c.name}_p50_ms", f"{c.name} p50", ".1f"), (f"{c.name}_p99_ms", f"{c.name} p99", ".1f")]
     columns += [("miss_pct", "miss%", ".2f"), ("late_pct", "late%", ".2f"), ("partial_pct", "partial%", ".2f"),
                 ("rejected_pct", "rej%", ".2f"), ("submit_lag_p99_ms", "lag p99", ".1f"),
-                ("agree_with_faiss", "agree", ".2f"), ("bandwidth_gbs", "bw GB/s", ".0f")]
+                ("agree_with_peer", "agree", ".2f"), ("bandwidth_gbs", "bw GB/s", ".0f")]
+    if cfg.device != "cpu":
+        columns += [("loop_ms_per_iter", "loop ms/it", ".3f"), ("gpu_ms_per_iter", "gpu ms/it", ".3f"),
+                    ("host_share", "host", ".0%")]
     deadlines = ", ".join(f"{c.name} {c.deadline_ms:g} ms" for c in cfg.classes)
     median = f", median of {cfg.repeats} runs" if cfg.repeats > 1 else ""
     print_table(f"Engine bench: latency in ms from scheduled arrival (deadlines: {deadlines}{median})", rows, columns,
@@ -217,6 +277,11 @@ def run_engine_bench(cfg: EngineBenchConfig, console: Console | None = None) -> 
         console.print(line, highlight=False)
     summary["lines"] = lines
     summary["verdicts"] = verdicts = target_verdicts(summary, cfg)
+    if cfg.device != "cpu":
+        summary["host_share_at_top_rate"] = top = next(
+            (r.get("host_share") for r in rows if r["system"] == "trinity" and r["rate"] == max(cfg.rates)), None)
+        verdicts.append(verdict(f"Trinity host share of an iteration at {max(cfg.rates):g} req/s "
+                                f"(target iteration {cfg.target_iteration_ms:g} ms)", top, "<=", 0.10))
     print_verdicts(verdicts, console)
 
     out = Path(cfg.out) if cfg.out else default_out_path("engine")

@@ -87,7 +87,7 @@ def summarize_run(rec: RunRecord, system: str, refs: dict[str, np.ndarray] | Non
             got = set(np.asarray(ids)[np.asarray(ids) >= 0].tolist())
             frac = len(got & ref_set) / max(len(ref_set), 1)
             (agree if status[i] == Status.COMPLETE else recall_partial).append(frac)
-        row["agree_with_faiss"] = float(np.mean(agree)) if agree else math.nan
+        row["agree_with_peer"] = float(np.mean(agree)) if agree else math.nan
         row["partial_recall"] = float(np.mean(recall_partial)) if recall_partial else math.nan
     if before is not None and after is not None:
         d = {k: after[k] - before.get(k, 0.0) for k in after}
@@ -104,6 +104,10 @@ def summarize_run(rec: RunRecord, system: str, refs: dict[str, np.ndarray] | Non
             row["preemptions"] = int(d["preemptions"])
             row["budget_vectors"] = int(after["budget_vectors"])
             row["iteration_est_ms_at_start"] = before["iteration_est_ms"]
+            if d.get("step_s") and d["iterations"]:
+                per_iter = 1e3 / d["iterations"]
+                row.update({key[:-2] + "_ms": d[key] * per_iter for key in d if key.endswith("_s") and
+                            key not in ("busy_s", "runner_busy_s")}, runner_ms=d["runner_busy_s"] * per_iter)
     return {k: v.item() if isinstance(v, np.generic) else v for k, v in row.items()}
 
 

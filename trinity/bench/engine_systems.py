@@ -3,7 +3,7 @@
 This module holds everything the benchmark drives: loading the indexed vectors and
 held-out queries (embedded corpus or synthetic clusters), building or loading the cached
 Trinity IVF index, the adapters that put each compared system behind one submit/abandon/
-counters interface (:class:`StaticSystem` for the faiss static batcher,
+counters interface (:class:`StaticSystem` for the static batcher,
 :class:`TrinitySystem` for the engine in stage-aware or FIFO mode, with
 :class:`_TimedRunner` timing the engine's runner), and :func:`run_stream`, which replays
 one open-loop schedule against a system.  Configuration lives in
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from rich.console import Console
 
-from trinity.bench.report import make_console
+from trinity.bench.report import PhaseTimer, make_console
 from trinity.bench.static_batcher import StaticBatcher
 from trinity.bench.workload import OpenLoopDriver, RunRecord, Schedule, Status
 
@@ -131,7 +131,7 @@ def build_or_load_ivf(data: BenchData, cfg: EngineBenchConfig, console: Console 
     n = len(data.vectors)
     key = f"ivf-ip-n{n}-nlist{cfg.nlist}-{_fingerprint(data.vectors)}"
     path = default_cache_dir() / "bench-indexes" / key
-    use_cache = cfg.cache_index and cfg.data == "real"
+    use_cache = cfg.cache_index and cfg.data == "real" and cfg.device == "cpu"
     t = time.perf_counter()
     if use_cache and (path / "CURRENT").exists():
         try:
@@ -142,7 +142,7 @@ def build_or_load_ivf(data: BenchData, cfg: EngineBenchConfig, console: Console 
             console.print(f"[yellow]cached index at {path} does not match; rebuilding[/]")
         except IndexFormatError as e:
             console.print(f"[yellow]cached index unreadable ({e}); rebuilding[/]")
-    ivf = IVFIndex(data.vectors.shape[1], cfg.nlist, metric="ip", nprobe=8)
+    ivf = IVFIndex(data.vectors.shape[1], cfg.nlist, metric="ip", nprobe=8, device=cfg.device, dtype=cfg.dtype)
     ivf.train(data.vectors, seed=cfg.seed)
     ivf.add(data.vectors)
     info: dict[str, Any] = {"index_loaded": False, "index_s": round(time.perf_counter() - t, 2)}
@@ -173,7 +173,8 @@ class _System:
 
 
 class StaticSystem(_System):
-    """Static (dynamic) batching over faiss IVF; deadline-blind."""
+    """Static (dynamic) batching over a batch-search index (faiss IVF on the CPU, the torch
+    gather + bmm + topk scan on a GPU); deadline-blind."""
 
     name = "static"
 
@@ -232,8 +233,18 @@ class TrinitySystem(_System):
         collections.add(_COLLECTION, ivf)
         self.runner = _TimedRunner(SearchRunner(collections))
         config = SchedulerConfig(stage_aware=stage_aware, target_iteration_ms=target_iteration_ms, **scheduler_kwargs)
-        self.engine = SearchEngine(config,
-                                   collections=collections, runner=self.runner)
+        self.engine = SearchEngine(config, collections=collections, runner=self.runner)
+        # NOTE: instance attributes shadow the methods the loop calls: whole iterations and
+        # the scheduler's two phases are timed (the runner by _TimedRunner).
+        self.phases = PhaseTimer()
+        sch, inner = self.engine.scheduler, self.runner.runner
+        sch.schedule = self.phases.wrap(sch.schedule, "schedule_s")
+        sch.update_from_output = self.phases.wrap(sch.update_from_output, "update_s")
+        self.engine.step = self.phases.wrap(self.engine.step, "step_s")
+        # the runner's calls into the index, and taking results (its host sync)
+        inner._take = self.phases.wrap(inner._take, "take_s")
+        for name in ("prepare_validated", "assign_prepared", "scan"):
+            setattr(ivf, name, self.phases.wrap(getattr(ivf, name), f"{name}_s"))
         self._status = {RequestStatus.FINISHED_COMPLETE: Status.COMPLETE,
                         RequestStatus.FINISHED_PARTIAL: Status.PARTIAL,
                         RequestStatus.FINISHED_REJECTED: Status.REJECTED,
@@ -277,7 +288,8 @@ class TrinitySystem(_System):
         return {"iterations": sch.iteration, "preemptions": sch.num_preemptions, "iteration_est_ms": 1e3 * sch.iteration_s,
                 "runner_busy_s": self.runner.busy_s, "budget_vectors": sch.budget_vectors,
                 "vectors_scanned": reg.get_sample_value("trinity_engine_vectors_scanned_total") or 0.0,
-                "vectors_read": reg.get_sample_value("trinity_engine_vectors_read_total") or 0.0}
+                "vectors_read": reg.get_sample_value("trinity_engine_vectors_read_total") or 0.0,
+                **self.phases.seconds}
 
     def close(self):
         self.engine.shutdown(drain=False, timeout_s=2.0)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,7 +26,8 @@ from rich.console import Console
 
 from trinity.bench.engine_bench import EngineBenchConfig
 from trinity.bench.engine_systems import build_or_load_ivf, load_bench_data
-from trinity.bench.report import default_out_path, machine_info, make_console, print_table, set_threads, write_json
+from trinity.bench.report import (PhaseTimer, default_out_path, machine_info, make_console, print_table,
+                                  set_threads, write_json)
 from trinity.bench.workload import poisson_schedule
 
 
@@ -42,26 +42,10 @@ class ClockModel:
     per_item_s: float = 20e-6
 
 
-class _Timer:
-    """Accumulates the wall time of calls to wrapped callables, by phase."""
-
-    def __init__(self) -> None:
-        self.seconds: Counter[str] = Counter()
-
-    def wrap(self, fn: Callable, phase: str) -> Callable:
-        def timed(*args, **kwargs):
-            t = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.seconds[phase] += time.perf_counter() - t
-        return timed
-
-
 class _ModelledRunner:
     """Runs plans on the real runner; reports (and advances the clock by) the modelled duration."""
 
-    def __init__(self, inner, model: ClockModel, clock: list[float], timer: _Timer) -> None:
+    def __init__(self, inner, model: ClockModel, clock: list[float], timer: PhaseTimer) -> None:
         self.inner, self.model, self.clock = inner, model, clock
         self.run_inner = timer.wrap(inner.run, "runner")
         self.digest = hashlib.sha256()
@@ -92,7 +76,7 @@ def replay(ivf, queries: np.ndarray, cfg: EngineBenchConfig, rate: float, model:
     """One replay of a Poisson stream at ``rate``; host and kernel time per iteration."""
     from trinity.engine import Collections, SchedulerConfig, SearchEngine, SearchRunner
 
-    clock, timer = [0.0], _Timer()
+    clock, timer = [0.0], PhaseTimer()
     collections = Collections()
     collections.add("bench", ivf)
     runner = _ModelledRunner(SearchRunner(collections), model, clock, timer)

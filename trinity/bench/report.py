@@ -1,5 +1,5 @@
 """Helpers shared by all benchmarks: rich tables, atomic JSON, machine info, percentiles,
-recall@k, thread setup and a device-copy bandwidth baseline."""
+recall@k, thread setup, phase timers and a device-copy bandwidth baseline."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import platform
 import socket
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,25 @@ def time_interleaved(systems: dict[str, Callable[[Any], Any]], inputs: Sequence[
         if not active:
             break
     return lat, outs
+
+
+class PhaseTimer:
+    """Wall seconds spent in wrapped callables, by phase (a wrapped phase starts at 0)."""
+
+    def __init__(self) -> None:
+        self.seconds: Counter[str] = Counter()
+
+    def wrap(self, fn: Callable, phase: str) -> Callable:
+        self.seconds[phase] += 0.0
+
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[phase] += time.perf_counter() - t
+
+        return timed
 
 
 def verdict(name: str, value: float | None, op: str, target: float) -> dict[str, Any]:

@@ -1,5 +1,7 @@
-"""The static-batching peer: a dynamic batcher over a faiss IVF index.
+"""The static-batching peer: a dynamic batcher over a batch-search index.
 
+The index is a faiss IVF index on the CPU (:func:`faiss_ivf_like`) or, on a GPU, Trinity's
+own IVF index scanned by the torch gather + bmm + topk path (:func:`torch_ivf_like`).
 This is how a retrieval service over a batch-search library (faiss, cuVS) is usually
 built: requests wait in a queue per *search signature* -- the library takes one ``k``
 and one ``nprobe`` per call, so requests with different ``(k, nprobe)`` cannot share a
@@ -12,6 +14,7 @@ for its group and its turn.
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections import deque
@@ -21,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["BatchStats", "StaticBatcher", "faiss_ivf_like"]
+__all__ = ["BatchStats", "StaticBatcher", "batch_searcher", "faiss_ivf_like", "torch_ivf_like"]
 
 
 @dataclass
@@ -41,11 +44,34 @@ class BatchStats:
         return self.requests / self.batches if self.batches else 0.0
 
 
+Searcher = Callable[[np.ndarray, int, int], tuple[np.ndarray, np.ndarray]]
+
+
+def batch_searcher(index) -> tuple[int, Searcher]:
+    """``(dim, search(queries, k, nprobe) -> (D, I))`` for a faiss index (IVF indexes get
+    ``SearchParametersIVF(nprobe=...)`` per call) or a Trinity index."""
+    if not hasattr(index, "d"):
+        if hasattr(index, "nlist"):
+            return int(index.dim), lambda q, k, nprobe: index.search(q, k, nprobe=nprobe)
+        return int(index.dim), lambda q, k, nprobe: index.search(q, k)
+    import faiss  # local: only the CPU peer needs faiss
+
+    params: dict[int, object] = {}
+
+    def search(q: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        p = params.get(nprobe)
+        if p is None and hasattr(index, "nprobe"):
+            p = params[nprobe] = faiss.SearchParametersIVF(nprobe=nprobe)
+        return index.search(q, k, params=p)
+
+    return int(index.d), search
+
+
 class StaticBatcher:
-    """Dynamic batcher over a faiss index with one queue per ``(k, nprobe)``.
+    """Dynamic batcher over a batch-search index with one queue per ``(k, nprobe)``.
 
     Args:
-        index: a faiss index; IVF indexes get ``SearchParametersIVF(nprobe=...)`` per call.
+        index: a faiss index or a Trinity index (see :func:`batch_searcher`).
         max_batch: a group is dispatched as soon as it holds this many requests.
         max_wait_ms: ... or as soon as its oldest request has waited this long.
         clock: monotonic clock (seconds).
@@ -59,17 +85,13 @@ class StaticBatcher:
                  clock: Callable[[], float] = time.monotonic, start: bool = True) -> None:
         if max_batch < 1 or max_wait_ms < 0:
             raise ValueError("max_batch must be >= 1 and max_wait_ms >= 0")
-        import faiss  # local: only the benchmark needs faiss
-
-        self._faiss = faiss
         self.index = index
-        self.dim = int(index.d)
+        self.dim, self._search = batch_searcher(index)
         self.max_batch = int(max_batch)
         self.max_wait_s = max_wait_ms / 1e3
         self.clock = clock
         self.stats = BatchStats()
         self._groups: dict[tuple[int, int], _Group] = {}
-        self._params: dict[int, object] = {}
         self._cv = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -148,11 +170,8 @@ class StaticBatcher:
             self.run_batch(k, nprobe, batch)
 
     def search(self, queries: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
-        """One faiss call for a group (what a dispatched batch runs)."""
-        params = self._params.get(nprobe)
-        if params is None and hasattr(self.index, "nprobe"):
-            params = self._params[nprobe] = self._faiss.SearchParametersIVF(nprobe=nprobe)
-        return self.index.search(queries, k, params=params)
+        """One index call for a group (what a dispatched batch runs)."""
+        return self._search(queries, k, nprobe)
 
     def run_batch(self, k: int, nprobe: int, batch: list) -> None:
         queries = np.stack([item[0] for item in batch])
@@ -227,3 +246,12 @@ def faiss_ivf_like(ivf, vectors: np.ndarray):
         x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     index.add(x)
     return index
+
+
+def torch_ivf_like(ivf):
+    """Trinity's ``ivf`` scanned by the torch path (gather the probed blocks, ``bmm``,
+    ``torch.topk``): the batch-search baseline on a GPU.  A shallow copy, so it shares the
+    lists, quantizer and ids with ``ivf`` and returns the same ids at equal ``nprobe``."""
+    peer = copy.copy(ivf)
+    peer.scan_backend = "torch"
+    return peer

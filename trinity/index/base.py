@@ -14,7 +14,7 @@ import torch
 
 from trinity.index.blocks import BlockedLists
 from trinity.index.idmap import IdMap
-from trinity.index.inputs import ArrayLike, as_ids, as_matrix, check_k
+from trinity.index.inputs import ArrayLike, as_ids, as_matrix, canonical_device, check_k
 from trinity.index.metric import Metric, get_metric
 
 
@@ -25,6 +25,7 @@ def resolve_device_dtype(device: str | torch.device, dtype: torch.dtype | str | 
         raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device: CUDA requested but torch.cuda.is_available() is False")
+    dev = canonical_device(dev)
     if isinstance(dtype, str):
         dtype = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
                  "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}.get(dtype)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from trinity.index.inputs import canonical_device
+
 #: Pool growth factor when it runs out of free blocks.  NOTE: kept small so that an
 #: index grown online stays within the storage budget (1.15x raw vector bytes); the copy
 #: cost stays amortised O(1) per vector.
@@ -31,7 +33,7 @@ class BlockedLists:
         if num_lists < 1 or block_size < 1:
             raise ValueError("num_lists and block_size must be >= 1")
         self.num_lists, self.dim, self.block_size = num_lists, dim, block_size
-        self.device, self.dtype = torch.device(device), dtype
+        self.device, self.dtype = canonical_device(device), dtype
         self.vectors = torch.zeros((0, block_size, dim), dtype=dtype, device=self.device)
         self.aux = torch.zeros((0, block_size), dtype=torch.float32, device=self.device) if with_aux else None
         self.slot_ids = torch.full((0, block_size), -1, dtype=torch.int64, device=self.device)

@@ -12,6 +12,14 @@ import torch
 ArrayLike = np.ndarray | torch.Tensor
 
 
+def canonical_device(device: str | torch.device) -> torch.device:
+    """``device`` as tensors report it: ``cuda`` becomes ``cuda:<current>`` (``cuda != cuda:0``)."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
 def as_matrix(x: ArrayLike, dim: int, *, name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Return ``x`` as a contiguous 2-D ``(n, dim)`` tensor on ``device`` in ``dtype``.
 

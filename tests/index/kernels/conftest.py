@@ -21,4 +21,4 @@ else:
     os.environ["TRITON_INTERPRET"] = "1"
 
 #: Device the kernel tests put their tensors on.
-DEVICE = torch.device("cuda" if COMPILED else "cpu")
+DEVICE = torch.device("cuda", torch.cuda.current_device()) if COMPILED else torch.device("cpu")
