@@ -377,7 +377,7 @@ def sec_mixed(ctx) -> list[dict]:
 def sec_overhead(ctx) -> list[dict]:
     """Host cost per call (device idle at each call) vs GPU time, eager and from a CUDA
     graph, for a chunk the size of a ~1 ms iteration."""
-    from trinity.index.kernels import TritonScanConfig, plan_scan, scan_triton
+    from trinity.index.kernels import plan_scan, scan_triton
     from trinity.index.kernels.triton_scan import ScanGraph
 
     rows = []

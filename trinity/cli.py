@@ -126,6 +126,23 @@ def bench_engine(
     run_engine_bench(cfg)
 
 
+@bench_app.command("faults")
+def bench_faults(
+    quick: bool = typer.Option(False, help="The short version (what CI runs): fewer cycles, shorter streams."),
+    only: str = typer.Option("", help="Comma-separated scenario names (default: all)."),
+    out: Path | None = typer.Option(None, help="JSON output [default: benchmarks/results/faults-<host>-<date>.json]."),
+) -> None:
+    """Reliability suite: kill -9 under writers, full disk, torn WAL, fsync EIO, overload, stalled LLM legs."""
+    from trinity.bench.faults import FaultsConfig, run_faults
+
+    try:
+        payload = run_faults(FaultsConfig(quick=quick, only=tuple(s.strip() for s in only.split(",") if s.strip()),
+                                          out=out))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    raise typer.Exit(1 if payload["failed"] else 0)
+
+
 @bench_app.command("overhead")
 def bench_overhead(
     num_vectors: int = _NUM_VECTORS,

@@ -71,13 +71,14 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
         yield E2E(stack.gateway_url, stack.pool_url, stack.prefill_urls[0], stack.decode_urls[0], log_dir)
 
 
-def _gateway(e2e: E2E, name: str, pool_url: str, *extra: str, openai_backend: bool = False) -> Iterator[str]:
+def _gateway(e2e: E2E, name: str, pool_url: str, *extra: str, openai_backend: bool = False,
+             env: dict[str, str] | None = None) -> Iterator[str]:
     port = free_port()
     backend = ["--backend", "openai", "--decode", e2e.decode] if openai_backend else \
         ["--backend", "emulated", "--prefill", e2e.prefill, "--decode", e2e.decode]
     proc = ManagedProcess(name, [sys.executable, "-m", "trinity.cli", "gateway", "--port", str(port), "--pool-url",
                                  pool_url, *backend, "--embed", "pool", *GATEWAY_FLAGS, *extra],
-                          f"http://127.0.0.1:{port}", e2e.log_dir / f"{name}.log")
+                          f"http://127.0.0.1:{port}", e2e.log_dir / f"{name}.log", env=env)
     with proc.running(60) as url:
         yield url
 
@@ -99,7 +100,7 @@ def gateway_pool_hung(e2e: E2E) -> Iterator[str]:
     """A gateway whose pool accepts connections and never answers."""
     url, srv = _black_hole()
     try:
-        yield from _gateway(e2e, "gateway-pool-hung", url)
+        yield from _gateway(e2e, "gateway-pool-hung", url, "--deadline-factor", "5")
     finally:
         srv.close()
 

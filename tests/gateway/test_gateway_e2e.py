@@ -127,10 +127,12 @@ def test_decode_time_retrieval_continues_on_the_same_decode_instance(e2e: E2E) -
 def test_slo_header_carves_the_retrieval_deadline(e2e: E2E) -> None:
     client = _client(e2e.gateway)
     kw = {"model": "m", "prompt": "What is a vector database?", "max_tokens": 2}
-    resp = client.completions.create(**kw, extra_headers={"x-slo-ttft-ms": "1"},
-                                     extra_body={"trinity": {"collection": "docs", "answer_cache": False}})
-    info = resp.model_extra["trinity"]
-    assert info["degraded"] is True and info["retrieval"] is None  # 0.3 ms left: not even tried
+    rid = uuid.uuid4().hex
+    with pytest.raises(openai.APIStatusError) as exc:  # 0.3 ms for retrieval, then too late for any leg
+        client.completions.create(**kw, extra_headers={"x-slo-ttft-ms": "1", "X-Request-Id": rid},
+                                  extra_body={"trinity": {"collection": "docs", "answer_cache": False}})
+    assert exc.value.status_code == 504 and exc.value.body["param"] == "x-slo-ttft-ms"
+    assert _seen(e2e.prefill, rid) == []  # no upstream work starts for a request already past its deadline
     with pytest.raises(openai.APIStatusError) as exc:
         client.completions.create(**kw, extra_headers={"x-slo-ttft-ms": "1", "x-trinity-on-pool-error": "fail"},
                                   extra_body={"trinity": {"collection": "docs"}})

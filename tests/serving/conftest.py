@@ -10,6 +10,8 @@ import uuid
 import httpx
 import pytest
 
+from trinity.bench.tmpfs import MountError, tmpfs
+from trinity.engine import SearchEngine
 from trinity.serving.process import ServerProcess
 
 _names = itertools.count()
@@ -40,3 +42,20 @@ def error_of(resp: httpx.Response) -> dict:
     body = resp.json()
     assert set(body) == {"error"} and set(body["error"]) == {"field", "message"}, body
     return body["error"]
+
+
+@pytest.fixture
+def engine():
+    """A private in-process engine (store-level tests)."""
+    with SearchEngine() as e:
+        yield e
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A real 4 MiB file system to fill (a tmpfs: needs root; skipped otherwise)."""
+    try:
+        with tmpfs(tmp_path / "fs", 4 << 20) as root:
+            yield root
+    except MountError as e:
+        pytest.skip(f"no tmpfs: {e}")

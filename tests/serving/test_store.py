@@ -7,18 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from trinity.engine import SearchEngine
 from trinity.index import save_index
 from trinity.serving.spec import CollectionSpec, Conflict, InvalidRequest
 from trinity.serving.store import DurableCollection
 
 DIM = 8
-
-
-@pytest.fixture
-def engine():
-    with SearchEngine() as e:
-        yield e
 
 
 def _vecs(n: int, seed: int = 0) -> np.ndarray:

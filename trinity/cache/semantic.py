@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from trinity.engine import SearchEngine
+from trinity.engine import OverloadedError, SearchEngine
 from trinity.index import FlatIndex
 
 _NAMES = itertools.count(1)
@@ -264,7 +264,3 @@ class SemanticCache:
                          t.entries.values()) for t in self._tenants.values())
             return {"tenants": len(self._tenants), "entries": entries, "hits": self.hits, "misses": self.misses,
                     "inserts": self.inserts, "evictions": dict(self.evictions), "memory_bytes": memory}
-
-
-class OverloadedError(RuntimeError):
-    """The engine's admission queue rejected the lookup."""

@@ -1,5 +1,6 @@
 """Continuous-batching, stage-aware vector search engine."""
 
+from trinity.engine.admission import OverloadedError
 from trinity.engine.collections import Collections, CollectionStats, UnknownCollectionError
 from trinity.engine.config import SchedulerConfig
 from trinity.engine.engine import EngineClosedError, SearchEngine
@@ -9,7 +10,8 @@ from trinity.engine.runner import SearchRunner
 from trinity.engine.scheduler import Scheduler
 
 __all__ = [
-    "CollectionStats", "Collections", "EngineClosedError", "IterationPlan", "NewRequest", "RequestStatus",
+    "CollectionStats", "Collections", "EngineClosedError", "IterationPlan", "NewRequest", "OverloadedError",
+    "RequestStatus",
     "RunnerOutput", "ScanWork", "Scheduler", "SchedulerConfig", "SearchEngine", "SearchRequest",
     "SearchResult", "SearchRunner", "Stage", "UnknownCollectionError",
 ]

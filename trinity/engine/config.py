@@ -34,6 +34,13 @@ class SchedulerConfig:
             target duration grows smoothly up to this multiple of ``target_iteration_ms``:
             longer iterations spread the fixed per-iteration cost (planning, bookkeeping)
             over more scanning.  ``1`` keeps the target fixed.
+        default_deadline_ms: deadline of a request submitted without one, per stage
+            (decode, prefill, background); ``None`` leaves it without a deadline.  A
+            server sets these so that no search outlives its usefulness.
+        admission_share: refuse a request at submission when its stage's recent sojourn
+            (arrival to answer) exceeds this share of its deadline window
+            (``admission.py``); ``None`` admits up to ``max_num_waiting``.
+        admission_interval_ms: the window of that sojourn reading.
     """
 
     target_iteration_ms: float = 4.0
@@ -49,6 +56,9 @@ class SchedulerConfig:
     urgent_share: float = 0.5
     saturated_stretch: float = 1.5
     urgent_deadline_ms: float = 30.0
+    default_deadline_ms: tuple[float | None, float | None, float | None] = (None, None, None)
+    admission_share: float | None = None
+    admission_interval_ms: float = 50.0
 
     def __post_init__(self) -> None:
         if self.deadline_policy not in ("partial", "reject"):
@@ -61,5 +71,9 @@ class SchedulerConfig:
             raise ValueError("urgent_deadline_ms: expected >= 0")
         if not 0.0 <= self.urgent_share <= 1.0:
             raise ValueError("urgent_share: expected a fraction in [0, 1]")
+        if len(self.default_deadline_ms) != 3 or any(d is not None and not d > 0 for d in self.default_deadline_ms):
+            raise ValueError("default_deadline_ms: expected (decode, prefill, background), each > 0 or None")
+        if self.admission_share is not None and not self.admission_share > 0 or self.admission_interval_ms <= 0:
+            raise ValueError("admission_share and admission_interval_ms: expected > 0")
         if self.target_iteration_ms <= 0 or self.max_num_running < 1 or self.max_num_waiting < 1:
             raise ValueError("target_iteration_ms, max_num_running and max_num_waiting must be positive")

@@ -19,6 +19,7 @@ from concurrent.futures import Future
 import numpy as np
 import torch
 
+from trinity.engine.admission import OverloadedError, SojournAdmission
 from trinity.engine.collections import Collections
 from trinity.engine.config import SchedulerConfig
 from trinity.engine.metrics import EngineMetrics
@@ -74,6 +75,8 @@ class SearchEngine:
         self.runner = runner or SearchRunner(self.collections)
         self.metrics = EngineMetrics()
         self.metrics.bind_queue_depth(lambda: list(self.scheduler.requests.values()))
+        self.admission = None if self.config.admission_share is None else SojournAdmission(
+            self.config.admission_share, self.config.admission_interval_ms / 1e3, clock)
         self._inbox: deque[tuple[str, object]] = deque()
         self._futures: dict[str, Future] = {}
         self._delivered: dict[str, float] = {}  # id -> when its result left early (see _deliver_early)
@@ -98,7 +101,9 @@ class SearchEngine:
                request_id: str | None = None) -> Future:
         """Queue one query; the future resolves to a :class:`SearchResult`.
 
-        Raises ``ValueError`` (bad input, unknown collection) or :class:`EngineClosedError`.
+        Without ``deadline_ms`` the stage's ``default_deadline_ms`` applies.  Raises
+        ``ValueError`` (bad input, unknown collection), :class:`OverloadedError` (refused by
+        sojourn admission) or :class:`EngineClosedError`.
         """
         index = self.collections.get(collection)
         k = check_k(k)
@@ -106,10 +111,12 @@ class SearchEngine:
             nprobe = check_k(nprobe, name="nprobe", max_k=1 << 20)
         if deadline_ms is not None and (not math.isfinite(deadline_ms) or deadline_ms <= 0):
             raise ValueError(f"deadline_ms: must be a positive number, got {deadline_ms}")
+        stage = Stage.parse(stage)
+        if deadline_ms is None:
+            deadline_ms = self.config.default_deadline_ms[stage]
         vec = _as_query(query, index.dim)
         now = self.clock()
-        req = SearchRequest(collection, vec, k, nprobe,
-                            Stage.parse(stage), None if deadline_ms is None else now + deadline_ms / 1e3,
+        req = SearchRequest(collection, vec, k, nprobe, stage, None if deadline_ms is None else now + deadline_ms / 1e3,
                             arrival_time=now)
         if request_id is not None:
             req.request_id = request_id
@@ -119,6 +126,12 @@ class SearchEngine:
                 raise EngineClosedError("engine is shutting down")
             if req.request_id in self._futures:
                 raise ValueError(f"request_id: {req.request_id!r} is already in flight")
+            if self.admission is not None:
+                try:
+                    self.admission.admit(stage, None if deadline_ms is None else deadline_ms / 1e3, now)
+                except OverloadedError:
+                    self.metrics.admission_rejected.labels(stage.name.lower()).inc()
+                    raise
             self._futures[req.request_id] = fut
             self._inbox.append(("add", req))
             self._cv.notify()
@@ -206,6 +219,9 @@ class SearchEngine:
             scores = np.full(req.k, sentinel, dtype=np.float32)
         result = self._result_of(req, scores, ids, req.status, req.finish_time, req.num_iterations)
         self.metrics.observe_finished(req, result.deadline_missed)
+        if self.admission is not None:
+            answered = req.status in (RequestStatus.FINISHED_COMPLETE, RequestStatus.FINISHED_PARTIAL)
+            self.admission.observe(req.stage, req.arrival_time, req.finish_time if answered else None, self.clock())
         if delivered is None:
             with self._cv:
                 fut = self._futures.pop(req.request_id, None)

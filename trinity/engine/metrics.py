@@ -42,6 +42,8 @@ class EngineMetrics:
         self.preemptions = Counter("trinity_engine_preemptions_total", "Requests deferred at an iteration boundary",
                                    registry=r)
         self.iterations = Counter("trinity_engine_iterations_total", "Iterations run", registry=r)
+        self.admission_rejected = Counter("trinity_engine_admission_rejected_total",
+                                          "Requests refused at submission by sojourn time", ["stage"], registry=r)
 
         # NOTE: label lookups take a lock and a dict probe; resolve the per-stage children
         # once, since every finished request touches them.

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 
 ArrayLike = np.ndarray | torch.Tensor
+#: The largest id an index stores (``2**63 - 1`` is kept free: ``next id = max id + 1`` fits int64).
+MAX_ID = int(np.iinfo(np.int64).max) - 1
 
 
 def canonical_device(device: str | torch.device) -> torch.device:
@@ -75,8 +77,8 @@ def as_ids(ids: ArrayLike | None, n: int, *, name: str = "ids") -> np.ndarray | 
     out = arr.astype(np.int64, copy=False)
     if out.size and out.min() < 0:
         raise ValueError(f"{name}: ids must be >= 0 (-1 is the padding id)")
-    if out.size and out.max() >= np.iinfo(np.int64).max:
-        raise ValueError(f"{name}: ids must be < 2**63 - 1")
+    if out.size and out.max() > MAX_ID:
+        raise ValueError(f"{name}: ids must be <= {MAX_ID} (2**63 - 2)")
     if np.unique(out).size != out.size:
         raise ValueError(f"{name}: duplicate ids in one call")
     return out

@@ -24,86 +24,16 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from trinity.serving import cache_routes, routes
-from trinity.serving.auth import KeyChecker, add_security_scheme
+from trinity.serving.auth import add_security_scheme
 from trinity.serving.config import ServerConfig
-from trinity.serving.errors import FastJSONResponse, error_response, install_error_handlers
+from trinity.serving.errors import FastJSONResponse, install_error_handlers
+from trinity.serving.guard import Guard
 from trinity.serving.models import UpsertVectors
 from trinity.serving.state import PoolState
 
 log = logging.getLogger("trinity.serving")
-
-
-class _Guard:
-    """Pure-ASGI outer layer: API keys (401), body size cap (413 before the app sees a byte
-    too many) and per-route request metrics.  Pure ASGI keeps the per-request cost in
-    microseconds."""
-
-    def __init__(self, app: ASGIApp, state: PoolState) -> None:
-        self.app, self.state, self.limit = app, state, state.config.max_body_bytes
-        self.auth = KeyChecker(state.config.api_keys)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        t0 = time.perf_counter()
-        status = [500]
-
-        async def send_wrapper(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        length = dict(scope["headers"]).get(b"content-length")
-        if not self.auth.allowed(scope):
-            await error_response(401, "missing or invalid API key", "authorization",
-                                 {"WWW-Authenticate": 'Bearer realm="trinity"'})(scope, receive, send_wrapper)
-        elif length is not None and (not length.isdigit() or int(length) > self.limit):
-            await self._too_large(scope, receive, send_wrapper)
-        else:
-            body, complete = await self._read(receive)
-            if not complete:
-                await self._too_large(scope, receive, send_wrapper)
-            else:
-                await self.app(scope, self._replay(body, receive), send_wrapper)
-        route = scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        self.state.http_requests.labels(scope["method"], path, str(status[0])).inc()
-        self.state.http_latency.labels(scope["method"], path).observe(time.perf_counter() - t0)
-
-    async def _read(self, receive: Receive) -> tuple[bytes, bool]:
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return b"", True
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.limit:
-                return b"", False
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks), True
-
-    @staticmethod
-    def _replay(body: bytes, receive: Receive) -> Receive:
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # after the body: wait for the disconnect
-
-        return replay
-
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(413, f"request body exceeds {self.limit} bytes", "body")
-        await response(scope, receive, send)
 
 
 def create_app(config: ServerConfig | None = None) -> FastAPI:
@@ -139,7 +69,8 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         alive = thread is not None and thread.is_alive()
         body = {"status": "ok" if alive else "engine loop stopped", "collections": len(state.catalog.collections),
                 "caches": len(state.caches), "inflight": state.inflight,
-                "uptime_s": round(time.time() - state.started, 1)}
+                "uptime_s": round(time.time() - state.started, 1),
+                "quarantined": dict(state.catalog.quarantined)}  # NOTE: the pool serves the rest: still 200
         return FastJSONResponse(body, status_code=200 if alive else 503)
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
@@ -168,7 +99,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi
-    app.add_middleware(_Guard, state=state)
+    app.add_middleware(Guard, state=state)
     return app
 
 

@@ -40,7 +40,8 @@ async def create_cache(body: CreateCache, request: Request) -> Response:
 @router.get("", summary="List caches")
 async def list_caches(request: Request) -> Response:
     st = _state(request)
-    return FastJSONResponse({"caches": [_describe(s, st) for s in list(st.catalog.cache_specs.values())]})
+    specs = [s for s in list(st.catalog.cache_specs.values()) if s.name in st.caches]  # as GET /{name} sees them
+    return FastJSONResponse({"caches": [_describe(s, st) for s in specs]})
 
 
 @router.get("/{name}", summary="Describe a cache: parameters, entries, hits, misses, evictions")

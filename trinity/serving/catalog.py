@@ -9,11 +9,17 @@ Layout::
 ``catalog.json`` is replaced atomically.  A collection is created by building its
 directory first and then publishing it in the catalog; it is dropped by removing it from
 the catalog first and deleting files afterwards.  Directories that the catalog does not
-name (a crash between the two steps) are removed at start-up.
+name (a crash between the two steps) are removed at start-up.  A change whose catalog
+save fails (a full disk) is undone in memory, so nothing of it is served or saved later.
+
+A collection that cannot be opened at start-up (a WAL record or snapshot that cannot be
+applied) is *quarantined*: logged with the reason, listed in ``quarantined``, its routes
+answer 503 and its files stay untouched for an operator; the rest of the pool serves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -26,7 +32,7 @@ from pathlib import Path
 
 from trinity.engine import SearchEngine
 from trinity.fsutil import atomic_write
-from trinity.serving.spec import CacheSpec, CollectionSpec, Conflict, NotFound
+from trinity.serving.spec import CacheSpec, CollectionSpec, Conflict, NotFound, StoreUnavailable, storage_error
 from trinity.serving.store import DurableCollection
 
 log = logging.getLogger("trinity.serving.catalog")
@@ -50,6 +56,7 @@ class Catalog:
         self._lock = threading.Lock()
         self.collections: dict[str, DurableCollection] = {}
         self.cache_specs: dict[str, CacheSpec] = {}
+        self.quarantined: dict[str, str] = {}  # name -> why it could not be opened
         self._dirs: dict[str, str] = {}
         self._lock_fd: int | None = None
         # NOTE: one background worker for all collections: snapshots and IVF training copy
@@ -75,12 +82,17 @@ class Catalog:
             self.cache_specs[name] = CacheSpec.from_json(spec)
         for name, dirname in data.get("collections", {}).items():
             directory = self.root / "collections" / dirname
-            spec = CollectionSpec.from_json(json.loads((directory / "spec.json").read_text()))
-            self.collections[name] = DurableCollection(spec, directory, self.engine, background=self.background,
-                                                       **self._opts)
             self._dirs[name] = dirname
-            log.info("opened collection %s (%d vectors, lsn %d)", name, self.collections[name].index.ntotal,
-                     self.collections[name].applied_lsn)
+            try:
+                spec = CollectionSpec.from_json(json.loads((directory / "spec.json").read_text()))
+                coll = DurableCollection(spec, directory, self.engine, background=self.background, **self._opts)
+            except Exception as e:  # noqa: BLE001 - one bad collection must not stop the pool
+                self.quarantined[name] = f"{type(e).__name__}: {e}"
+                log.error("collection %s quarantined (files kept in %s for an operator): %s", name, directory,
+                          self.quarantined[name])
+                continue
+            self.collections[name] = coll
+            log.info("opened collection %s (%d vectors, lsn %d)", name, coll.index.ntotal, coll.applied_lsn)
         known = set(self._dirs.values())
         for leftover in (self.root / "collections").iterdir():
             if leftover.name not in known:
@@ -101,49 +113,80 @@ class Catalog:
                 "caches": {n: s.to_json() for n, s in self.cache_specs.items()}}
         atomic_write(self.root / _CATALOG, json.dumps(data, indent=1).encode())
 
+    @contextlib.contextmanager
+    def _change(self, what: str):
+        """Change the in-memory catalog in the block, then save it; if the save fails, undo
+        the change and raise the store error (507 on a full disk)."""
+        state = (self.collections, self._dirs, self.cache_specs, self.quarantined)
+        before = [dict(d) for d in state]
+        yield
+        try:
+            self._save()
+        except OSError as e:
+            for d, old in zip(state, before):
+                d.clear()
+                d.update(old)
+            with contextlib.suppress(OSError):
+                self._save()  # NOTE: in case it failed after the rename (the directory fsync)
+            raise storage_error(e, what) from e
+
     # ------------------------------------------------------------------ collections
     def get(self, name: str) -> DurableCollection:
         coll = self.collections.get(name)
         if coll is None:
+            if name in self.quarantined:
+                raise StoreUnavailable(f"collection {name!r} is quarantined: {self.quarantined[name]}; its files "
+                                       f"are kept for an operator (DELETE drops them)", "name", retry=False)
             raise NotFound("name", f"unknown collection {name!r}")
         return coll
 
     def create(self, spec: CollectionSpec) -> DurableCollection:
         with self._lock:
-            if spec.name in self.collections:
+            if spec.name in self.collections or spec.name in self.quarantined:
                 raise Conflict("name", f"collection {spec.name!r} already exists")
             dirname = f"{spec.name}-{uuid.uuid4().hex[:8]}"
-            coll = DurableCollection(spec, self.root / "collections" / dirname, self.engine,
-                                     background=self.background, **self._opts)
-            self._dirs[spec.name] = dirname
-            self.collections[spec.name] = coll
+            directory = self.root / "collections" / dirname
             try:
-                self._save()
+                coll = DurableCollection(spec, directory, self.engine, background=self.background, **self._opts)
+            except BaseException as e:
+                shutil.rmtree(directory, ignore_errors=True)
+                if isinstance(e, OSError):
+                    raise storage_error(e, f"creating collection {spec.name!r}") from e
+                raise
+            try:
+                with self._change(f"creating collection {spec.name!r}"):
+                    self._dirs[spec.name] = dirname
+                    self.collections[spec.name] = coll
             except BaseException:
-                self._dirs.pop(spec.name)
-                self.collections.pop(spec.name)
                 coll.destroy()
                 raise
             return coll
 
     def drop(self, name: str) -> None:
         with self._lock:
-            coll = self.get(name)
-            del self.collections[name]
-            del self._dirs[name]
-            self._save()
-        coll.destroy()
+            coll = self.collections.get(name)
+            if coll is None and name not in self.quarantined:
+                raise NotFound("name", f"unknown collection {name!r}")
+            directory = self.root / "collections" / self._dirs[name]
+            with self._change(f"dropping collection {name!r}"):
+                self.collections.pop(name, None)
+                self.quarantined.pop(name, None)
+                del self._dirs[name]
+        if coll is not None:
+            coll.destroy()
+        shutil.rmtree(directory, ignore_errors=True)
 
     # ------------------------------------------------------------------ caches
     def add_cache(self, spec: CacheSpec) -> None:
         with self._lock:
             if spec.name in self.cache_specs:
                 raise Conflict("name", f"cache {spec.name!r} already exists")
-            self.cache_specs[spec.name] = spec
-            self._save()
+            with self._change(f"creating cache {spec.name!r}"):
+                self.cache_specs[spec.name] = spec
 
     def drop_cache(self, name: str) -> None:
         with self._lock:
-            if self.cache_specs.pop(name, None) is None:
+            if name not in self.cache_specs:
                 raise NotFound("name", f"unknown cache {name!r}")
-            self._save()
+            with self._change(f"dropping cache {name!r}"):
+                del self.cache_specs[name]

@@ -13,6 +13,8 @@ from pathlib import Path
 
 #: Request body cap (the upsert limit of 10k x 384-d vectors as JSON fits comfortably).
 DEFAULT_MAX_BODY_BYTES = 64 << 20
+#: Server-side deadline of a search or cache lookup sent without one: decode, prefill, background.
+DEFAULT_DEADLINES_MS = (100.0, 1000.0, 10_000.0)
 
 
 def default_data_dir() -> Path:
@@ -25,6 +27,23 @@ def keys_from_env(value: str | None = None) -> frozenset[str]:
     """Parse ``TRINITY_API_KEYS`` (comma separated; blanks ignored)."""
     raw = os.environ.get("TRINITY_API_KEYS", "") if value is None else value
     return frozenset(k.strip() for k in raw.split(",") if k.strip())
+
+
+_STAGES = ("decode", "prefill", "background")
+
+
+def parse_stage_deadlines(text: str) -> tuple[float, float, float]:
+    """``"decode=100,prefill=1000,background=10000"`` (ms; stages left out keep the default)."""
+    out = dict(zip(_STAGES, DEFAULT_DEADLINES_MS))
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        stage, _, value = part.partition("=")
+        if stage.strip() not in out:
+            raise ValueError(f"default_deadline_ms: unknown stage {stage.strip()!r}; expected {', '.join(_STAGES)}")
+        try:
+            out[stage.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"default_deadline_ms: {part!r} is not stage=milliseconds") from None
+    return tuple(out[s] for s in _STAGES)
 
 
 def is_loopback(host: str) -> bool:
@@ -56,6 +75,11 @@ class ServerConfig:
         retry_after_s: the ``Retry-After`` hint sent with 429s.
         switch_interval_ms: ``sys.setswitchinterval`` of the server process (``None`` keeps
             Python's 5 ms); see ``server.run`` for why the server lowers it.
+        default_deadline_ms: deadline per stage (decode, prefill, background) of a search or
+            lookup sent without ``deadline_ms``: no search outlives its usefulness.
+        admission_share: a request is refused (429) when its stage's recent sojourn time
+            exceeds this share of its deadline (``trinity.engine.admission``).
+        body_timeout_s: time allowed to receive a whole request body (408 beyond it).
     """
 
     host: str = "127.0.0.1"
@@ -73,6 +97,9 @@ class ServerConfig:
     retry_after_s: int = 1
     switch_interval_ms: float | None = 0.5
     log_level: str = "info"
+    default_deadline_ms: tuple[float, float, float] = DEFAULT_DEADLINES_MS
+    admission_share: float = 0.25
+    body_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())
@@ -86,6 +113,11 @@ class ServerConfig:
             raise ValueError("switch_interval_ms: must be in [0.01, 100]")
         if self.cache_sweep_s <= 0 or self.retry_after_s < 0:
             raise ValueError("cache_sweep_s must be > 0 and retry_after_s >= 0")
+        object.__setattr__(self, "default_deadline_ms", tuple(float(d) for d in self.default_deadline_ms))
+        if len(self.default_deadline_ms) != 3 or not all(0 < d <= 3_600_000 for d in self.default_deadline_ms):
+            raise ValueError("default_deadline_ms: need decode, prefill and background deadlines in (0, 3600000] ms")
+        if not 0 < self.admission_share <= 10 or self.body_timeout_s <= 0:
+            raise ValueError("admission_share must be in (0, 10] and body_timeout_s > 0")
         if any(len(k) < 8 for k in self.api_keys):
             raise ValueError("api_keys: every key needs at least 8 characters")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from typing import Any
 
@@ -18,9 +19,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
-from trinity.cache.semantic import OverloadedError
-from trinity.serving.spec import CollectionGone, Conflict, InvalidRequest, NotFound
-from trinity.serving.wal import WalError
+from trinity.engine import OverloadedError
+from trinity.serving.spec import CollectionGone, Conflict, InvalidRequest, NotFound, StorageFull, StoreUnavailable
 
 log = logging.getLogger("trinity.serving")
 
@@ -39,6 +39,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _err("body is not valid JSON"), 404: _err("unknown collection or cache"),
     409: _err("already exists / wrong state"), 413: _err("body over the size limit"),
     422: _err("invalid input; `field` names it"), 429: _err("overloaded; retry after Retry-After seconds"),
+    503: _err("unavailable: a quarantined collection, a failed write-ahead log (Retry-After), shutting down"),
+    507: _err("no space left on the device; nothing was stored (Retry-After)"),
 }
 
 
@@ -136,12 +138,15 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
 
     @app.exception_handler(OverloadedError)
     async def _overloaded(request: Request, exc: OverloadedError) -> Response:
-        return error_response(429, str(exc), None, {"Retry-After": str(retry_after_s)})
+        wait = max(retry_after_s, math.ceil(exc.retry_after_s))
+        return error_response(429, str(exc), None, {"Retry-After": str(wait)})
 
-    @app.exception_handler(WalError)
-    async def _wal(request: Request, exc: WalError) -> Response:
-        log.error("write refused: %s", exc)
-        return error_response(503, "the write-ahead log is unavailable; writes are refused", None)
+    @app.exception_handler(StoreUnavailable)
+    async def _unavailable(request: Request, exc: StoreUnavailable) -> Response:
+        status = 507 if isinstance(exc, StorageFull) else 503
+        if exc.retry:
+            log.error("%s %s refused (%d): %s", request.method, request.url.path, status, exc)
+        return error_response(status, str(exc), exc.field, {"Retry-After": str(retry_after_s)} if exc.retry else None)
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> Response:

@@ -10,7 +10,6 @@ like vLLM's proxy, so prefill and policy failures are proper HTTP errors.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 import uuid
@@ -23,9 +22,12 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from trinity.serving import llm_wire as wire
+from trinity.serving.gateway_auth import resolve_tenant
 from trinity.serving.gateway_config import GatewayConfig, OptionError, resolve_options
+from trinity.serving.gateway_deadline import Deadline
+from trinity.serving.gateway_errors import DeadlineExceeded, GatewayError
 from trinity.serving.gateway_metrics import GatewayMetrics
-from trinity.serving.gateway_pipeline import GatewayError, Pipeline, Prepared, Trace
+from trinity.serving.gateway_pipeline import Pipeline, Prepared, Trace
 from trinity.serving.gateway_request import BadRequest, ClientRequest
 from trinity.serving.gateway_retrieval import Retriever
 from trinity.serving.llm_backend import BackendError
@@ -53,7 +55,8 @@ def make_backend(cfg: GatewayConfig, metrics: GatewayMetrics | None = None) -> O
 
 def _error(exc: GatewayError) -> JSONResponse:
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
-    return JSONResponse(wire.error_body(str(exc), exc.status, exc.param), status_code=exc.status, headers=headers)
+    return JSONResponse(wire.error_body(str(exc), exc.status, exc.param, exc.etype), status_code=exc.status,
+                        headers=headers)
 
 
 def _backend_error(exc: BackendError) -> GatewayError:
@@ -138,17 +141,6 @@ def create_app(cfg: GatewayConfig, embedder: Any = None) -> FastAPI:
 
     app = FastAPI(title="Trinity PD gateway", lifespan=lifespan)
 
-    def tenant_of(request: Request, body: dict[str, Any]) -> str:
-        if cfg.api_keys:
-            auth = request.headers.get("authorization", "")
-            key = auth[7:] if auth.lower().startswith("bearer ") else ""
-            if key not in cfg.api_keys:
-                raise GatewayError(401, "invalid or missing API key", "authorization")
-            return cfg.api_keys[key]
-        raw = request.headers.get("x-tenant-id") or body.get("user") or cfg.default_tenant
-        # NOTE: hashed so arbitrary client strings become safe, bounded tenant ids.
-        return raw if raw == cfg.default_tenant else "t-" + hashlib.sha256(str(raw).encode()).hexdigest()[:16]
-
     def finish_metrics(endpoint: str, outcome: str, trace: Trace) -> None:
         metrics.requests.labels(endpoint, outcome).inc()
         metrics.phase.labels("total").observe(trace.elapsed_ms() / 1e3)
@@ -209,6 +201,12 @@ def create_app(cfg: GatewayConfig, embedder: Any = None) -> FastAPI:
         except BackendError as exc:
             metrics.upstream_errors.labels(exc.phase, exc.instance or "").inc()
             yield wire.sse_event(wire.error_body(str(exc), 502))
+            yield wire.done_event()
+        except DeadlineExceeded as exc:
+            outcome = "timeout"
+            metrics.deadline_exceeded.labels(exc.leg).inc()
+            yield wire.sse_event(wire.error_body(str(exc), exc.status, exc.param, exc.etype))
+            yield wire.done_event()
         except asyncio.CancelledError:
             outcome = "cancelled"
             metrics.disconnects.inc()
@@ -246,9 +244,10 @@ def create_app(cfg: GatewayConfig, embedder: Any = None) -> FastAPI:
                 metrics.active.dec()
 
         try:
-            tenant = tenant_of(request, body)
+            tenant = resolve_tenant(cfg, request.headers)
             opts = resolve_options(cfg, body.pop("trinity", None), request.headers, tenant)
             req = ClientRequest.parse(endpoint, body, cfg.backend.model)
+            trace.deadline = Deadline.of(cfg.slo, opts.ttft_ms, opts.tpot_ms, req.max_tokens, trace.arrival)
         except OptionError as exc:
             return _error(GatewayError(400, str(exc), exc.param))
         except BadRequest as exc:
@@ -256,7 +255,12 @@ def create_app(cfg: GatewayConfig, embedder: Any = None) -> FastAPI:
         except GatewayError as exc:
             return _error(exc)
         t0 = time.perf_counter()
-        await gate.acquire()
+        try:
+            await trace.deadline.within(gate.acquire(), "queue")
+        except DeadlineExceeded as exc:
+            metrics.deadline_exceeded.labels(exc.leg).inc()
+            finish_metrics(endpoint, "timeout", trace)
+            return _error(exc)
         metrics.active.inc()
         trace.add("queue", (time.perf_counter() - t0) * 1e3)
         metrics.phase.labels("queue").observe(time.perf_counter() - t0)
@@ -285,6 +289,10 @@ def create_app(cfg: GatewayConfig, embedder: Any = None) -> FastAPI:
             metrics.disconnects.inc()
             finish_metrics(endpoint, "cancelled", trace)
             return Response(status_code=499)
+        except DeadlineExceeded as exc:
+            metrics.deadline_exceeded.labels(exc.leg).inc()
+            finish_metrics(endpoint, "timeout", trace)
+            return _error(exc)
         except GatewayError as exc:
             finish_metrics(endpoint, "rejected" if exc.status == 503 else "error", trace)
             return _error(exc)

@@ -8,6 +8,7 @@ Precedence for a request: gateway config < request headers < the request body's
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -18,18 +19,30 @@ from trinity.serving.llm_backend import UpstreamConfig
 
 __all__ = [
     "BackendConfig", "CacheConfig", "GatewayConfig", "OptionError", "RequestOptions", "RetrievalConfig", "SLOConfig",
-    "resolve_options",
+    "check_api_keys", "resolve_options",
 ]
 
 BACKEND_KINDS = ("vllm-pd", "openai", "emulated")
+TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$")  # NOTE: the pool's tenant names
+KEY_RE = re.compile(r"^[^\s,]+$")
 
 
 @dataclass(frozen=True)
 class SLOConfig:
-    """Default latency SLOs; ``x-slo-ttft-ms`` / ``x-slo-tpot-ms`` override per request."""
+    """Default latency SLOs; ``x-slo-ttft-ms`` / ``x-slo-tpot-ms`` override per request.
+
+    Attributes:
+        deadline_factor: a request fails (504) once it is this many SLOs late: no first
+            token by ``ttft_ms * deadline_factor``, or not finished by that plus
+            ``tpot_ms * deadline_factor`` per further token (``trinity.serving.gateway_deadline``).
+        max_request_s: cap on any request's deadline (also the deadline of a request
+            without ``max_tokens``).
+    """
 
     ttft_ms: float = 1000.0
     tpot_ms: float = 100.0
+    deadline_factor: float = 1.0
+    max_request_s: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -109,6 +122,8 @@ class GatewayConfig:
         max_concurrency: requests past the admission gate at once; others queue.
         api_keys: client key -> tenant; when set, keys are required and decide the tenant
             (a header cannot claim another tenant's cache entries).
+        trust_tenant_header: without keys, take the tenant from ``x-tenant-id`` (for a
+            trusted, authenticating proxy in front). Off: one anonymous tenant.
     """
 
     host: str = "127.0.0.1"
@@ -123,6 +138,7 @@ class GatewayConfig:
     max_concurrency: int = 512
     api_keys: Mapping[str, str] = field(default_factory=dict)
     default_tenant: str = "default"
+    trust_tenant_header: bool = False
 
     def __post_init__(self) -> None:
         if self.backend.kind not in BACKEND_KINDS:
@@ -139,6 +155,11 @@ class GatewayConfig:
             raise ValueError("retrieval.prefill_share must be in (0, 1] and decode_share > 0")
         if self.slo.ttft_ms <= 0 or self.slo.tpot_ms <= 0 or self.max_concurrency < 1:
             raise ValueError("slo.ttft_ms, slo.tpot_ms and max_concurrency must be positive")
+        if not self.slo.deadline_factor >= 1 or not self.slo.max_request_s > 0:
+            raise ValueError("slo.deadline_factor must be >= 1 and slo.max_request_s > 0")
+        check_api_keys(self.api_keys)
+        if self.api_keys and self.trust_tenant_header:
+            raise ValueError("trust_tenant_header: not with api_keys (the key decides the tenant)")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GatewayConfig:
@@ -165,6 +186,15 @@ class GatewayConfig:
     def load(cls, path: Path) -> GatewayConfig:
         text = Path(path).read_text()
         return cls.from_dict(tomllib.loads(text) if str(path).endswith(".toml") else json.loads(text))
+
+
+def check_api_keys(keys: Mapping[str, str]) -> None:
+    """Keys of 8+ visible characters (no spaces or commas), each mapped to a pool tenant name."""
+    for key, tenant in keys.items():
+        if len(key) < 8 or not KEY_RE.match(key):
+            raise ValueError("api_keys: each key needs at least 8 characters and no whitespace or commas")
+        if not isinstance(tenant, str) or not TENANT_RE.match(tenant):
+            raise ValueError(f"api_keys: tenant {tenant!r} is not 1-128 of [A-Za-z0-9_.:@-]")
 
 
 class OptionError(ValueError):

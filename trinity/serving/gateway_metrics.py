@@ -18,7 +18,7 @@ class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
         self.requests = Counter("trinity_gateway_requests", "Finished requests by outcome "
-                                "(ok, cache_hit, degraded, error, rejected, cancelled)", ["endpoint", "outcome"],
+                                "(ok, cache_hit, degraded, error, rejected, timeout, cancelled)", ["endpoint", "outcome"],
                                 registry=r)
         self.active = Gauge("trinity_gateway_requests_active", "Requests being served", registry=r)
         self.phase = Histogram("trinity_gateway_phase_seconds", "Per-request time spent in each phase", ["phase"],
@@ -49,3 +49,6 @@ class GatewayMetrics:
         self.disconnects = Counter("trinity_gateway_client_disconnects",
                                    "Clients that left before the answer ended (upstream work aborted)", registry=r)
         self.tokens = Counter("trinity_gateway_generated_tokens", "Completion tokens sent to clients", registry=r)
+        self.deadline_exceeded = Counter("trinity_gateway_deadline_exceeded", "Requests failed (504) at their "
+                                         "SLO-derived deadline, by leg (queue, prefill, decode, continuation)",
+                                         ["leg"], registry=r)

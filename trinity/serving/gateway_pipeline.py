@@ -21,12 +21,14 @@ import math
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from trinity.serving.gateway_config import GatewayConfig, RequestOptions
+from trinity.serving.gateway_deadline import Deadline
+from trinity.serving.gateway_errors import GatewayError
 from trinity.serving.gateway_metrics import GatewayMetrics
 from trinity.serving.gateway_request import ClientRequest, augment, continuation_body
 from trinity.serving.gateway_retrieval import Passage, Retriever
@@ -36,13 +38,7 @@ from trinity.serving.pool_client import PoolError
 
 __all__ = ["GatewayError", "Pipeline", "Prepared", "Trace"]
 
-
-class GatewayError(Exception):
-    """An error answered to the client with ``status`` (OpenAI error body)."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, retry_after: int | None = None) -> None:
-        super().__init__(message)
-        self.status, self.param, self.retry_after = status, param, retry_after
+T = TypeVar("T")
 
 
 @dataclass
@@ -65,6 +61,7 @@ class Trace:
     prompt_tokens: int | None = None
     completion_tokens: int = 0
     first_token_at: float | None = None
+    deadline: Deadline | None = None
 
     def __post_init__(self) -> None:
         # NOTE: vLLM pairs a request's prefill and decode legs by this id, so it must be unique;
@@ -88,6 +85,9 @@ class Trace:
         }
         if self.first_token_at is not None:
             out["timings_ms"]["ttft"] = round((self.first_token_at - self.arrival) * 1e3, 3)
+        if self.deadline is not None:
+            out["deadline_ms"] = {"first_token": round((self.deadline.first_token - self.arrival) * 1e3, 3),
+                                  "end": round((self.deadline.end - self.arrival) * 1e3, 3)}
         return out
 
 
@@ -109,6 +109,12 @@ class Pipeline:
     def __init__(self, cfg: GatewayConfig, backend: OpenAIBackend, retriever: Retriever,
                  metrics: GatewayMetrics) -> None:
         self.cfg, self.backend, self.retriever, self.metrics = cfg, backend, retriever, metrics
+
+    async def _leg(self, trace: Trace, aw: Awaitable[T], leg: str) -> T:
+        """``aw`` bounded by the request's deadline (the first token's until it is out)."""
+        if trace.deadline is None:
+            return await aw
+        return await trace.deadline.within(aw, leg, started=trace.first_token_at is not None)
 
     def _pool_failure(self, opts: RequestOptions, trace: Trace, what: str, exc: PoolError, hard: bool) -> None:
         """Apply the degrade policy; ``hard`` failures raise 503 under ``on_pool_error=fail``."""
@@ -189,7 +195,8 @@ class Pipeline:
 
     async def prefill(self, prep: Prepared, trace: Trace) -> PrefillResult:
         """Step 4a: the prefill leg (raises :class:`~trinity.serving.llm_backend.BackendError`)."""
-        result = await self.backend.prefill(LegRequest(prep.request.endpoint, prep.body, trace.upstream_id))
+        result = await self._leg(trace, self.backend.prefill(LegRequest(prep.request.endpoint, prep.body,
+                                                                        trace.upstream_id)), "prefill")
         if not result.skipped:
             self.metrics.legs.labels("prefill").inc(result.attempts)
             self.metrics.phase.labels("prefill").observe(result.ms / 1e3)
@@ -226,6 +233,8 @@ class Pipeline:
     async def _await_retrieval(self, task: asyncio.Task, prep: Prepared, trace: Trace) -> list[Passage]:
         """Wait for a (prefetched) decode-stage retrieval at most one stall allowance."""
         stall_budget = prep.opts.tpot_ms * self.cfg.retrieval.decode_share / 1e3
+        if trace.deadline is not None:
+            stall_budget = max(min(stall_budget, trace.deadline.left_ms(started=True) / 1e3), 0.0)
         t0 = time.perf_counter()
         done, _ = await asyncio.wait({task}, timeout=stall_budget)
         stall_ms = (time.perf_counter() - t0) * 1e3
@@ -270,7 +279,11 @@ class Pipeline:
                 t0 = time.perf_counter()
                 async with aclosing(self.backend.decode(inst, LegRequest(req.endpoint, leg_body, trace.upstream_id),
                                                         phase)) as leg:
-                    async for ev in leg:
+                    while True:
+                        try:
+                            ev = await self._leg(trace, anext(leg), phase)
+                        except StopAsyncIteration:
+                            break
                         if isinstance(ev, LegDone):
                             done = ev
                             continue

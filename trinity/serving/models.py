@@ -4,7 +4,7 @@ Limits: ``k`` 1..1024, <= 256 queries per search, <= 10,000 vectors (or 1,024 te
 upsert, <= 10,000 ids per get/delete, dim <= 4096, payloads and cache values <= 64 KiB of
 JSON each, request bodies <= 64 MiB (enforced by middleware).  Every model forbids
 unknown fields so that a typo (``"vector"`` for ``"vectors"``) is a 422 naming the field,
-not a silently ignored option.
+not a silently ignored option, and types are strict: ``"3"`` is not a ``k``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from trinity.index.inputs import MAX_ID
 from trinity.serving.spec import DEFAULT_EMBEDDER, EMBEDDER_DIMS
 
 MAX_K = 1024
@@ -52,7 +53,7 @@ def _json_value(v: Any) -> Any:
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$", description="1-64 of [A-Za-z0-9_.-]")]
 Tenant = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$", description="1-128 of [A-Za-z0-9_.:@-]")]
-Id = Annotated[int, Field(ge=0, le=INT64_MAX)]
+Id = Annotated[int, Field(ge=0, le=MAX_ID)]
 Float = Annotated[float, Field(allow_inf_nan=False)]
 Vector = Annotated[list[Float], Field(min_length=1, max_length=MAX_DIM)]
 Text = Annotated[str, Field(min_length=1, max_length=20_000), AfterValidator(_no_surrogates)]
@@ -63,7 +64,8 @@ Embedder = Literal["all-MiniLM-L6-v2", "none"]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NOTE: strict: "3" is not a k, true is not a 1, ["7"] are not ids (JSON numbers still fill floats).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 def _resolve_embedder(dim: int | None, embedder: str | None) -> tuple[int, str | None]:

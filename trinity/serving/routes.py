@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from trinity.engine import RequestStatus, SearchResult
+from trinity.engine import OverloadedError, RequestStatus, SearchResult
 from trinity.engine.engine import EngineClosedError
 from trinity.serving.errors import ERROR_RESPONSES, ApiError, FastJSONResponse, Overloaded
 from trinity.serving.models import (
@@ -62,8 +62,7 @@ async def describe_collection(request: Request, name: str = NamePath) -> Respons
 @router.delete("/{name}", summary="Drop a collection and delete its files")
 async def drop_collection(request: Request, name: str = NamePath) -> Response:
     st = _state(request)
-    st.catalog.get(name)  # 404 before touching anything
-    await st.run_io(st.catalog.drop, name)
+    await st.run_io(st.catalog.drop, name)  # NOTE: also drops a quarantined collection (its files too)
     return FastJSONResponse({"dropped": name})
 
 
@@ -211,6 +210,10 @@ async def _run_searches(st: PoolState, coll, queries: np.ndarray, body: SearchBo
                                                 deadline_ms=body.deadline_ms))
         except EngineClosedError:
             raise ApiError(503, "the server is shutting down") from None
+        except OverloadedError:
+            for f in futures:  # NOTE: all queries of a request, or none
+                st.engine.abort(f.request_id)
+            raise
         finally:
             # NOTE: unpin only when the engine is done with every query, even if this
             # handler is cancelled (client gone): the engine must never see a dropped name.

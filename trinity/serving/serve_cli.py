@@ -17,6 +17,11 @@ def serve(
     api_key: list[str] | None = typer.Option(None, help="Repeatable; adds to TRINITY_API_KEYS (comma separated)."),
     max_inflight: int = typer.Option(1024, min=1, help="Searches in flight at the HTTP layer before 429."),
     max_queue: int = typer.Option(20_000, min=1, help="Engine admission queue bound (429 beyond it)."),
+    default_deadline_ms: str = typer.Option("", help="Server-side deadline of requests sent without one, e.g. "
+                                                     "decode=100,prefill=1000,background=10000."),
+    body_timeout_s: float = typer.Option(10.0, min=0.01, help="Time to receive a request body (408 beyond it)."),
+    admission_share: float = typer.Option(0.25, min=0.01, help="Refuse a stage's requests (429) while its recent "
+                                                              "answers take more than this share of their deadline."),
     snapshot_every: int = typer.Option(10_000, min=1, help="WAL records per collection between snapshots."),
     cache_sweep_s: float = typer.Option(1.0, min=0.01, help="TTL sweep period of the semantic caches."),
     embed_device: str | None = typer.Option(None, help="torch device of the text embedder (default: auto)."),
@@ -24,13 +29,15 @@ def serve(
     log_level: str = typer.Option("info", help="debug | info | warning | error"),
 ) -> None:
     """Run the vector pool server (HTTP API: see docs/api.md; OpenAPI at /openapi.json)."""
-    from trinity.serving.config import ServerConfig, default_data_dir, keys_from_env
+    from trinity.serving.config import ServerConfig, default_data_dir, keys_from_env, parse_stage_deadlines
     from trinity.serving.server import run
 
     try:
         config = ServerConfig(host=host, port=port, data_dir=data_dir or default_data_dir(),
                               api_keys=keys_from_env() | frozenset(api_key or ()), max_inflight=max_inflight,
                               max_queue=max_queue, snapshot_every=snapshot_every, cache_sweep_s=cache_sweep_s,
+                              default_deadline_ms=parse_stage_deadlines(default_deadline_ms),
+                              body_timeout_s=body_timeout_s, admission_share=admission_share,
                               embed_device=embed_device, log_level=log_level,
                               switch_interval_ms=switch_interval_ms or None)
         config.check_bind()

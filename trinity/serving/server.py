@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from trinity.serving.config import ServerConfig, default_data_dir, keys_from_env
+from trinity.serving.config import ServerConfig, default_data_dir, keys_from_env, parse_stage_deadlines
 from trinity.serving.memory import skip_unused_triton, tune_malloc
 
 log = logging.getLogger("trinity.serving")
@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", action="append", default=[], help="repeatable; adds to TRINITY_API_KEYS")
     p.add_argument("--max-inflight", type=int, default=1024, help="searches in flight before 429")
     p.add_argument("--max-queue", type=int, default=20_000, help="engine admission queue bound (429 beyond)")
+    p.add_argument("--default-deadline-ms", default="", help="server-side deadline of requests sent without one, "
+                   "e.g. decode=100,prefill=1000,background=10000")
+    p.add_argument("--body-timeout-s", type=float, default=10.0, help="time to receive a request body (408 beyond)")
+    p.add_argument("--admission-share", type=float, default=0.25, help="refuse a stage's requests (429) while its "
+                   "recent answers take more than this share of their deadline")
     p.add_argument("--snapshot-every", type=int, default=10_000, help="WAL records between snapshots")
     p.add_argument("--cache-sweep-s", type=float, default=1.0, help="TTL sweep period of semantic caches")
     p.add_argument("--embed-device", default=None, help="torch device for the text embedder")
@@ -84,6 +89,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(host=args.host, port=args.port, data_dir=args.data_dir or default_data_dir(),
                         api_keys=keys_from_env() | frozenset(args.api_key), max_inflight=args.max_inflight,
                         max_queue=args.max_queue, snapshot_every=args.snapshot_every,
+                        default_deadline_ms=parse_stage_deadlines(args.default_deadline_ms),
+                        body_timeout_s=args.body_timeout_s, admission_share=args.admission_share,
                         cache_sweep_s=args.cache_sweep_s, embed_device=args.embed_device, log_level=args.log_level,
                         switch_interval_ms=args.switch_interval_ms or None)
 

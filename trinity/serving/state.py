@@ -59,7 +59,9 @@ class PoolState:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.engine = SearchEngine(SchedulerConfig(max_num_waiting=config.max_queue), start=False)
+        self.engine = SearchEngine(SchedulerConfig(max_num_waiting=config.max_queue,
+                                                   default_deadline_ms=config.default_deadline_ms,
+                                                   admission_share=config.admission_share), start=False)
         self.registry = self.engine.metrics.registry
         self.catalog = Catalog(config.data_dir, self.engine, fsync=config.fsync, snapshot_every=config.snapshot_every,
                                snapshot_wal_bytes=config.snapshot_wal_bytes)
@@ -75,6 +77,8 @@ class PoolState:
                                      ["method", "route", "status"], registry=self.registry)
         self.http_latency = Histogram("trinity_http_request_seconds", "HTTP handling time by route",
                                       ["method", "route"], buckets=_HTTP_BUCKETS, registry=self.registry)
+        self.http_disconnects = Counter("trinity_http_disconnects_total", "Requests whose client left before the "
+                                        "answer (their searches are aborted)", registry=self.registry)
         self.registry.register(_StoreCollector(self))
 
     # ------------------------------------------------------------------ lifecycle

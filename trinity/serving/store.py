@@ -9,9 +9,14 @@ Directory layout (one per collection)::
     wal/<first lsn>.wal            # segments, see trinity.serving.wal
 
 Write path: validate -> (collection lock) append to the WAL, apply to index and payloads
--> (no lock) group-commit fsync -> acknowledge.  Start-up: load the snapshot named by
-``MANIFEST`` (if any), replay WAL records with ``lsn > manifest lsn``, truncate a torn
-tail.
+-> (no lock) group-commit fsync -> acknowledge.  Everything the index could refuse is
+checked before the append.  Start-up: load the snapshot named by ``MANIFEST`` (if any),
+replay WAL records with ``lsn > manifest lsn``, truncate a torn tail.
+
+A failed fsync (or an append whose partial bytes could not be cut) leaves records in
+memory that are not durable: their writes are refused, the WAL is rolled back to its
+last durable record and memory is rebuilt from the snapshot and the WAL, so that what
+is served is what a restart would load.  Writes resume once the WAL can be rolled back.
 
 Snapshots do not stop writers: under the lock the WAL is rotated and the payload map
 copied at LSN ``S``; the index is then saved while writes continue, so it may already
@@ -20,54 +25,38 @@ per-id upsert/delete (last writer wins): replaying ``S+1..`` on top of any state
 ``S + prefix`` converges to the same end state.  Old segments are trimmed only after the
 new ``MANIFEST`` is durable.
 
-IVF collections start as an exact flat *training buffer*: vectors are searchable at once
-(exactly).  When the buffer reaches ``train_size`` vectors (default ``39 * nlist``, FAISS'
-guideline) -- or on an explicit ``train()`` -- k-means runs in the background, the IVF
-index is filled from the buffer, swapped in under a new engine name and snapshotted.
+IVF collections start as an exact flat training buffer (see :mod:`trinity.serving.ivf_training`).
 """
 
 from __future__ import annotations
 
-import itertools
+import contextlib
 import json
 import logging
 import shutil
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from trinity.engine import SearchEngine
+from trinity.fsutil import atomic_write
 from trinity.index import FlatIndex, IVFIndex
 from trinity.index.base import BaseIndex
-from trinity.fsutil import atomic_write
+from trinity.index.inputs import MAX_ID
+from trinity.serving.generation import Generation
+from trinity.serving.ivf_training import IVFTraining
 from trinity.serving.memory import trim_heap
 from trinity.serving.snapshot import read_snapshot, write_snapshot
-from trinity.serving.spec import CollectionGone, CollectionSpec, Conflict, InvalidRequest
+from trinity.serving.spec import CollectionGone, CollectionSpec, Conflict, InvalidRequest, StoreUnavailable
 from trinity.serving.wal import WalRecord, WriteAheadLog
 
 log = logging.getLogger("trinity.serving.store")
-_GENERATIONS = itertools.count(1)
-_MAX_TRAIN_POINTS_PER_LIST = 64  # what trinity.index.kmeans keeps per centroid
 
 
-class _Generation:
-    """One engine registration of the collection's index; retired on swap or drop.
-
-    NOTE: the engine must never see a request for a name that is gone (its scheduler
-    looks the collection up on its loop thread), so a retired generation is only
-    dropped from the engine once its last in-flight search has finished.
-    """
-
-    __slots__ = ("engine_name", "index", "inflight", "retired")
-
-    def __init__(self, engine_name: str, index: BaseIndex) -> None:
-        self.engine_name, self.index = engine_name, index
-        self.inflight, self.retired = 0, False
-
-
-class DurableCollection:
+class DurableCollection(IVFTraining):
     """Index + payloads + WAL for one named collection.  Methods block: call them from
     worker threads, never from the event loop."""
 
@@ -78,16 +67,10 @@ class DurableCollection:
         self._background = background  # executor for snapshots / training (None = inline)
         self._mutate = threading.Lock()  # WAL order == apply order; excludes swaps
         self._snap_lock = threading.Lock()
-        self._gen_lock = threading.Lock()
-        self.payloads: dict[int, str] = {}
-        self.payload_bytes = 0
-        self.next_id = 0
-        self.applied_lsn = self.snapshot_lsn = 0
         self._wal_bytes_since_snap = 0
         self._pending_bg = False
         self.closed = False
         self.failed: str | None = None
-        self._snapshot_kind = "flat"  # kind of the index in the last snapshot (or empty state)
         self.dir.mkdir(parents=True, exist_ok=True)
         if not (self.dir / "spec.json").exists():
             atomic_write(self.dir / "spec.json", json.dumps(spec.to_json()).encode())
@@ -97,7 +80,11 @@ class DurableCollection:
         try:
             replayed = 0
             for record in self.wal.replay(self.applied_lsn):
-                self._apply(record)
+                try:
+                    self._apply(record, index)
+                except Exception as e:
+                    raise ValueError(f"WAL record lsn {record.lsn} ({record.op} of {record.ids.size} id(s)) "
+                                     f"cannot be applied: {e}") from e
                 replayed += 1
             self.applied_lsn = max(self.applied_lsn, self.wal.last_lsn)
             if replayed:
@@ -115,7 +102,11 @@ class DurableCollection:
 
     # ------------------------------------------------------------------ loading
     def _load_snapshot(self) -> BaseIndex:
+        """Reset the in-memory state to the snapshot on disk (empty without one); return its index."""
         snap = read_snapshot(self.dir)
+        self.payloads: dict[int, str] = {}
+        self.payload_bytes = self.next_id = self.applied_lsn = self.snapshot_lsn = 0
+        self._snapshot_kind = "flat"  # kind of the index in the last snapshot (or empty state)
         if snap is None:
             return FlatIndex(self.spec.dim, self.spec.metric)
         if snap.index.dim != self.spec.dim:
@@ -127,46 +118,32 @@ class DurableCollection:
         self._snapshot_kind = snap.index.kind
         return snap.index
 
-    def _register(self, index: BaseIndex) -> _Generation:
-        # NOTE: a process-wide counter: a dropped and re-created collection must not reuse
-        # the engine name of a retired generation that still has searches in flight.
-        gen = _Generation(f"{self.spec.name}#{next(_GENERATIONS)}", index)
-        self.engine.add_collection(gen.engine_name, index)
-        return gen
+    def _register(self, index: BaseIndex) -> Generation:
+        return Generation(self.engine, self.spec.name, index)
+
+    def _swap(self, index: BaseIndex) -> None:
+        old, self._gen = self._gen, self._register(index)
+        old.retire()
 
     # ------------------------------------------------------------------ readers
     @property
     def index(self) -> BaseIndex:
         return self._gen.index
 
-    def acquire(self) -> _Generation:
+    def acquire(self) -> Generation:
         """Pin the current engine registration for one search (pair with :meth:`release`)."""
-        with self._gen_lock:
+        while True:
             if self.closed:
                 raise CollectionGone(self.spec.name)
             gen = self._gen
-            gen.inflight += 1
-            return gen
+            if gen.pin():  # NOTE: False only if a swap or close retired it meanwhile
+                return gen
 
-    def release(self, gen: _Generation) -> None:
-        with self._gen_lock:
-            gen.inflight -= 1
-            drop = gen.retired and gen.inflight == 0
-        if drop:
-            self._engine_drop(gen)
+    def release(self, gen: Generation) -> None:
+        gen.unpin()
 
-    def _retire(self, gen: _Generation) -> None:
-        with self._gen_lock:
-            gen.retired = True
-            drop = gen.inflight == 0
-        if drop:
-            self._engine_drop(gen)
-
-    def _engine_drop(self, gen: _Generation) -> None:
-        try:
-            self.engine.drop_collection(gen.engine_name)
-        except KeyError:
-            pass
+    def _retire(self, gen: Generation) -> None:
+        gen.retire()
 
     def get(self, ids: list[int], with_vectors: bool) -> tuple[list[dict[str, Any]], list[int]]:
         """Points for ``ids`` (``payload`` as JSON text) and the ids that do not exist."""
@@ -211,7 +188,8 @@ class DurableCollection:
         if self.closed:
             raise CollectionGone(self.spec.name)
         if self.failed:
-            raise RuntimeError(f"collection {self.spec.name!r} is read-only after an error: {self.failed}")
+            raise StoreUnavailable(f"collection {self.spec.name!r} is read-only after an error: {self.failed}",
+                                   "name", retry=False)
 
     def upsert(self, ids: np.ndarray | None, vectors: np.ndarray, payloads: list[str | None]) -> tuple[np.ndarray, int]:
         """Durably insert or replace points; returns ``(ids, lsn)`` once fsynced.
@@ -219,15 +197,20 @@ class DurableCollection:
         ``vectors`` must already be validated float32 ``(n, dim)``; ``ids`` unique, >= 0.
         """
         self._validate(ids, vectors, payloads)
-        with self._mutate:
-            self._check_writable()
-            if ids is None:
-                ids = np.arange(self.next_id, self.next_id + vectors.shape[0], dtype=np.int64)
-            lsn = self.wal.append("upsert", ids, vectors, payloads)
-            self._apply_logged(WalRecord(lsn, "upsert", ids, vectors, payloads))
-        self.wal.sync(lsn)
+        with self._writing():
+            with self._mutate:
+                self._check_writable()
+                if ids is None:
+                    ids = self._next_ids(vectors.shape[0])
+                lsn, epoch = self._log(WalRecord(0, "upsert", ids, vectors, payloads))
+            self.wal.sync(lsn, epoch)
         self._after_write()
         return ids, lsn
+
+    def _next_ids(self, n: int) -> np.ndarray:
+        if self.next_id + n - 1 > MAX_ID:
+            raise Conflict("ids", f"no server-assigned ids left (the largest id, {MAX_ID}, is taken); send ids")
+        return np.arange(self.next_id, self.next_id + n, dtype=np.int64)
 
     def _validate(self, ids: np.ndarray | None, vectors: np.ndarray, payloads: list[str | None]) -> None:
         # NOTE: everything that could make apply fail is checked before the WAL append.
@@ -236,30 +219,84 @@ class DurableCollection:
         if vectors.shape[0] == 0 or len(payloads) != vectors.shape[0]:
             raise InvalidRequest("points", "expected at least one point and one payload slot per point")
         if not np.isfinite(vectors).all():
-            raise InvalidRequest("vector", "vectors must be finite float32 values")
+            raise InvalidRequest("vectors", "vectors must be finite float32 values")
         if ids is not None:
-            if ids.shape != (vectors.shape[0],) or ids.dtype != np.int64 or (ids.size and ids.min() < 0):
-                raise InvalidRequest("id", "ids must be one int64 >= 0 per point")
+            if ids.shape != (vectors.shape[0],) or ids.dtype != np.int64:
+                raise InvalidRequest("ids", "ids must be one int64 per point")
+            bad = np.flatnonzero((ids < 0) | (ids > MAX_ID))
+            if bad.size:
+                raise InvalidRequest(f"ids.{bad[0]}", f"ids must be in [0, {MAX_ID}], got {ids[bad[0]]}")
             if np.unique(ids).size != ids.size:
-                raise InvalidRequest("id", "duplicate ids in one request")
+                raise InvalidRequest("ids", "duplicate ids in one request")
 
     def delete(self, ids: np.ndarray) -> tuple[int, int]:
         """Durably delete ``ids``; returns ``(deleted, lsn)``."""
-        with self._mutate:
-            self._check_writable()
-            index = self.index
-            present = np.asarray([i for i in ids.tolist() if i in index], dtype=np.int64)
-            if present.size == 0:
-                return 0, self.applied_lsn
-            lsn = self.wal.append("delete", present)
-            self._apply_logged(WalRecord(lsn, "delete", present))
-        self.wal.sync(lsn)
+        with self._writing():
+            with self._mutate:
+                self._check_writable()
+                index = self.index
+                present = np.asarray([i for i in ids.tolist() if i in index], dtype=np.int64)
+                if present.size == 0:
+                    return 0, self.applied_lsn
+                lsn, epoch = self._log(WalRecord(0, "delete", present))
+            self.wal.sync(lsn, epoch)
         self._after_write()
         return int(present.size), lsn
 
+    def _log(self, record: WalRecord) -> tuple[int, int]:
+        """Append ``record`` (its LSN is assigned here) and apply it; call under ``_mutate``."""
+        lsn = self.wal.append(record.op, record.ids, record.vectors, record.payloads)
+        epoch = self.wal.epoch
+        self._apply_logged(replace(record, lsn=lsn))
+        return lsn, epoch
+
+    # ------------------------------------------------------------------ WAL failures
+    @contextlib.contextmanager
+    def _writing(self):
+        """Around a write: roll back a WAL that failed earlier first, and right after a
+        failure of this write, so that no later read sees what was not acknowledged."""
+        if self.wal.failed is not None:
+            self._recover_wal()
+        try:
+            yield
+        except StoreUnavailable:
+            with contextlib.suppress(StoreUnavailable, CollectionGone):
+                self._recover_wal()  # NOTE: if this fails too, the next write tries again
+            raise
+
+    def _recover_wal(self) -> None:
+        """Roll the WAL back to its last durable record and make memory match it."""
+        with self._snap_lock, self._mutate:
+            if self.closed:
+                raise CollectionGone(self.spec.name)
+            try:
+                if self.wal.failed is not None:
+                    self.wal.recover()
+            finally:
+                # NOTE: records past the durable LSN of a failed (or just rolled back) WAL are
+                # never acknowledged; those of a healthy one are still being synced.
+                doomed = self.wal.failed is not None or self.wal.last_lsn == self.wal.durable_lsn
+                if doomed and self.applied_lsn > self.wal.durable_lsn:
+                    self._reload()
+
+    def _reload(self) -> None:
+        try:
+            index = self._load_snapshot()
+            for record in self.wal.records(self.applied_lsn, self.wal.durable_lsn):
+                self._apply(record, index)
+        except Exception as e:
+            self.failed = f"reload after a write-ahead log failure failed: {e!r}"
+            log.exception("collection %s: %s", self.spec.name, self.failed)
+            raise
+        self.applied_lsn = max(self.applied_lsn, self.wal.durable_lsn)
+        self._swap(index)
+        self._wal_bytes_since_snap = self.wal.size_bytes()
+        log.warning("collection %s: reloaded from disk at lsn %d after a write-ahead log failure",
+                    self.spec.name, self.applied_lsn)
+
     def _apply_logged(self, record: WalRecord) -> None:
         try:
-            self._apply(record)
+            self._apply(record, self.index)
         except BaseException as e:
             # NOTE: the record is in the WAL but not in memory; answering further writes
             # would diverge from what a restart replays, so the collection goes read-only.
@@ -269,8 +306,7 @@ class DurableCollection:
         self.applied_lsn = record.lsn
         self._wal_bytes_since_snap += 64 + record.ids.size * (8 + 4 * self.spec.dim)
 
-    def _apply(self, record: WalRecord) -> None:
-        index = self.index
+    def _apply(self, record: WalRecord, index: BaseIndex) -> None:
         if record.op == "upsert":
             index.add(record.vectors, record.ids)
             payloads = record.payloads or [None] * record.ids.size
@@ -318,46 +354,6 @@ class DurableCollection:
             # NOTE: training and snapshots free hundreds of MiB of transient copies; hand
             # the freed heap back to the OS so the server's RSS tracks what it holds.
             trim_heap()
-
-    # ------------------------------------------------------------------ IVF training
-    def _needs_training(self) -> bool:
-        return (self.spec.index == "ivf" and not isinstance(self.index, IVFIndex)
-                and self.index.ntotal >= self.spec.effective_train_size)
-
-    def train(self) -> bool:
-        """Train the IVF quantizer on the buffered vectors and swap the IVF index in."""
-        if self.spec.index != "ivf":
-            raise Conflict(None, f"collection {self.spec.name!r} is a flat collection; nothing to train")
-        with self._mutate:
-            self._check_writable()
-            buffer = self.index
-            if isinstance(buffer, IVFIndex):
-                return False
-            if buffer.ntotal < self.spec.nlist:
-                raise Conflict(None, f"training needs at least nlist={self.spec.nlist} vectors, "
-                                     f"the collection holds {buffer.ntotal}")
-            with buffer.write_lock:
-                ids = buffer.ids()
-                if ids.size > _MAX_TRAIN_POINTS_PER_LIST * self.spec.nlist:  # k-means subsamples anyway
-                    ids = np.random.default_rng(0).choice(ids, _MAX_TRAIN_POINTS_PER_LIST * self.spec.nlist,
-                                                          replace=False)
-                sample = buffer.reconstruct(ids)
-        ivf = IVFIndex(self.spec.dim, int(self.spec.nlist), self.spec.metric, nprobe=self.spec.nprobe or 8)
-        ivf.train(sample)  # NOTE: the slow part runs without the lock; writes go to the buffer
-        del sample
-        with self._mutate:
-            self._check_writable()
-            if self.index is not buffer:
-                return False
-            with buffer.write_lock:
-                ids = buffer.ids()
-                if ids.size:
-                    ivf.add(buffer.reconstruct(ids), ids)
-            old, self._gen = self._gen, self._register(ivf)
-        self._retire(old)
-        log.info("collection %s: trained IVF (nlist=%d) on %d vectors", self.spec.name, ivf.nlist, ivf.ntotal)
-        self.snapshot()
-        return True
 
     # ------------------------------------------------------------------ snapshots
     def snapshot(self) -> int:
