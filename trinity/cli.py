@@ -9,9 +9,35 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import click
 import typer
+from typer.core import TyperGroup
+
+from trinity.flags import LazyCommand
+
+_SERVE_HELP = "Run the vector pool server (HTTP API: see docs/api.md; OpenAPI at /openapi.json)."
+
+
+def _serve_command() -> click.Command:
+    from trinity.pool.cli import serve_command  # NOTE: lazy: its flags come from SchedulerConfig (imports torch)
+
+    return serve_command()
+
+
+class _Commands(TyperGroup):
+    """The root group; ``serve`` is built on first use so that ``trinity --help`` stays fast."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*super().list_commands(ctx), "serve"]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name == "serve":
+            return LazyCommand("serve", _SERVE_HELP, _serve_command)
+        return super().get_command(ctx, name)
+
 
 app = typer.Typer(
+    cls=_Commands,
     name="trinity",
     help="Trinity: one shared, continuously batched vector-search pool for PD-disaggregated LLM serving.",
     no_args_is_help=True,
@@ -173,18 +199,6 @@ def bench_overhead(
     run_overhead_bench(cfg, ClockModel(fixed_s=fixed_ms / 1e3, pairs_per_s=scan_rate))
 
 
-# -- serving stack: emulated engines, PD gateway (command bodies live next to their code) ------------
-from trinity.emulator.cli import emulate as _emulate  # noqa: E402 - typer-only imports, cheap
-from trinity.serving.gateway_cli import gateway as _gateway  # noqa: E402
-
-app.command("emulate")(_emulate)
-app.command("gateway")(_gateway)
-from trinity.demo import demo as _demo, up as _up  # noqa: E402
-
-app.command("up")(_up)
-app.command("demo")(_demo)
-
-
 @bench_app.command("serve")
 def bench_serve(
     goodput_extra: list[str] | None = typer.Argument(None, hidden=True, help="vLLM style: --goodput ttft:MS tpot:MS"),
@@ -218,11 +232,18 @@ def bench_serve(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
 
-# -- the vector pool service -----------------------------------------------------------------------
-from trinity.serving.serve_cli import bench_pool as _bench_pool  # noqa: E402 - typer-only imports
-from trinity.serving.serve_cli import serve as _serve  # noqa: E402
 
-app.command("serve")(_serve)
+# -- the pool, the gateway, the emulated engines, the local stack (command bodies live next to their code)
+from trinity.bench.pool_cli import bench_pool as _bench_pool  # noqa: E402 - typer-only imports, cheap
+from trinity.emulator.cli import emulate as _emulate  # noqa: E402
+from trinity.gateway.cli import gateway as _gateway  # noqa: E402
+from trinity.stack.demo import demo as _demo  # noqa: E402
+from trinity.stack.demo import up as _up
+
+app.command("emulate")(_emulate)
+app.command("gateway")(_gateway)
+app.command("up")(_up)
+app.command("demo")(_demo)
 bench_app.command("pool")(_bench_pool)
 
 

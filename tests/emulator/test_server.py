@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from trinity.serving.process import ManagedProcess, free_port
+from trinity.stack.process import ManagedProcess, free_port
 
 
 @pytest.fixture(scope="module")

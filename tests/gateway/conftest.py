@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from trinity.serving.gateway_stack import Stack, StackConfig
-from trinity.serving.process import ManagedProcess, free_port
+from trinity.stack.launcher import Stack, StackConfig
+from trinity.stack.process import ManagedProcess, free_port
 
 PASSAGES = [
     "Paris is the capital and most populous city of France.",

@@ -1,10 +1,10 @@
 """Gateway scenarios of ``trinity bench faults``: the decode leg stalled (SIGSTOP) and killed (SIGKILL).
 
-A local stack (``trinity.serving.gateway_stack``): emulated prefill and decode engines and
+A local stack (``trinity.stack.launcher``): emulated prefill and decode engines and
 the PD gateway as real processes on loopback. No pool: the requests use neither
 retrieval nor caches, so only the LLM legs are measured. Every request carries
 ``x-slo-ttft-ms`` (and ``x-slo-tpot-ms``); the gateway must answer each by its
-SLO-derived deadline (``trinity.serving.gateway_deadline``) with a clear error, cancel the
+SLO-derived deadline (``trinity.gateway.deadline``) with a clear error, cancel the
 upstream work, and serve normally once the engine is back.
 """
 
@@ -23,8 +23,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from trinity.serving.gateway_stack import Stack, StackConfig
-from trinity.serving.process import ManagedProcess, free_port
+from trinity.stack.launcher import Stack, StackConfig
+from trinity.stack.process import ManagedProcess, free_port
 
 MARGIN_S = 1.0
 TTFT_MS, TPOT_MS = 500.0, 50.0

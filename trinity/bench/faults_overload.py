@@ -1,6 +1,6 @@
 """Overload scenarios of ``trinity bench faults``: the pool at 2x and 5x its capacity.
 
-A real server (``trinity.serving.process``) with a 50k x 384 flat collection.  Capacity
+A real server (``trinity.stack.process``) with a 50k x 384 flat collection.  Capacity
 is measured first (closed loop, one connection per client); then a Poisson stream at 2x
 and 5x that rate runs open loop, each request on its own connection with a 10 s client
 timeout, as impatient clients would.  A refused request is a 429 with ``Retry-After``;
@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from trinity.serving.bench_pool import RawClient
-from trinity.serving.process import ServerProcess
+from trinity.bench.pool_bench import RawClient
+from trinity.stack.process import ServerProcess
 
 DIM = 384
 QUERIES_PER_REQUEST = 8  # heavier requests: the client must outrun the server on the same cores

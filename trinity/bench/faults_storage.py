@@ -1,6 +1,6 @@
 """Storage scenarios of ``trinity bench faults``: the pool's durability when the disk misbehaves.
 
-Each scenario runs real server processes (``trinity.serving.process``) on a scratch data
+Each scenario runs real server processes (``trinity.stack.process``) on a scratch data
 directory and checks what clients were told against what the pool holds afterwards:
 
 * ``poison-id``: an id the index refuses is a 422 before the WAL; a WAL record that cannot
@@ -27,9 +27,9 @@ import numpy as np
 
 from trinity.bench.fault_writers import DIM, Verdict, Writers, vector, verify
 from trinity.bench.tmpfs import MountError, fill, free, tmpfs
-from trinity.serving.process import ServerProcess
-from trinity.serving.wal import WriteAheadLog
-from trinity.serving.wal_format import parse_at
+from trinity.pool.storage.wal import WriteAheadLog
+from trinity.pool.storage.wal_format import parse_at
+from trinity.stack.process import ServerProcess
 
 BAD_ID = 2**63 - 1
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from trinity.bench.serve_bench import Outcome, ServeBenchConfig
+from trinity.bench.serve_config import Outcome, ServeBenchConfig
 
 __all__ = ["build_prompts", "drive"]
 

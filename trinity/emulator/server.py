@@ -24,7 +24,8 @@ from trinity.emulator.engine import EmulatedEngine, EngineConfig, Finished, Sequ
 from trinity.emulator.faults import FaultConfig, Faults, RequestLog
 from trinity.emulator.metrics import EmulatorMetrics
 from trinity.emulator.text import render_chat, tokenize
-from trinity.serving import llm_wire as wire
+from trinity.errors import BadRequest
+from trinity.protocol import openai as wire
 
 __all__ = ["EmulatorConfig", "create_app", "run"]
 
@@ -40,12 +41,6 @@ class EmulatorConfig:
     request_log_size: int = 2000
 
 
-class _BadRequest(ValueError):
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
-
-
 def _error(message: str, status: int, param: str | None = None) -> JSONResponse:
     return JSONResponse(wire.error_body(message, status, param), status_code=status)
 
@@ -54,7 +49,7 @@ def _prompt_tokens(body: dict[str, Any], endpoint: wire.Endpoint) -> list[str]:
     if endpoint == "chat":
         msgs = body.get("messages")
         if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) for m in msgs):
-            raise _BadRequest("messages: expected a non-empty list of message objects", "messages")
+            raise BadRequest("messages: expected a non-empty list of message objects", "messages")
         cont = bool(body.get("continue_final_message"))
         return tokenize(render_chat(msgs, add_generation_prompt=not cont and body.get("add_generation_prompt", True)))
     prompt = body.get("prompt")
@@ -64,7 +59,7 @@ def _prompt_tokens(body: dict[str, Any], endpoint: wire.Endpoint) -> list[str]:
         return tokenize(prompt)
     if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
         return [str(t) for t in prompt]  # token ids
-    raise _BadRequest("prompt: expected a string, a list of token ids, or a batch of exactly one", "prompt")
+    raise BadRequest("prompt: expected a string, a list of token ids, or a batch of exactly one", "prompt")
 
 
 def _max_tokens(body: dict[str, Any], endpoint: wire.Endpoint, cfg: EmulatorConfig, n_prompt: int) -> int:
@@ -74,9 +69,9 @@ def _max_tokens(body: dict[str, Any], endpoint: wire.Endpoint, cfg: EmulatorConf
         value = cfg.default_chat_max_tokens if endpoint == "chat" else cfg.default_completion_max_tokens
         value = max(1, min(value, cfg.engine.max_model_len - n_prompt))
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise _BadRequest(f"{key}: expected an integer >= 1", key)
+        raise BadRequest(f"{key}: expected an integer >= 1", key)
     if n_prompt + value > cfg.engine.max_model_len:
-        raise _BadRequest(
+        raise BadRequest(
             f"This model's maximum context length is {cfg.engine.max_model_len} tokens. However, you requested "
             f"{n_prompt + value} tokens ({n_prompt} in the prompt, {value} in the completion).", key)
     return value
@@ -111,10 +106,10 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
             max_tokens = _max_tokens(body, endpoint, cfg, len(prompt))
             kv = body.get("kv_transfer_params")
             if kv is not None and not isinstance(kv, dict):
-                raise _BadRequest("kv_transfer_params: expected an object", "kv_transfer_params")
-        except _BadRequest as exc:
+                raise BadRequest("kv_transfer_params: expected an object", "kv_transfer_params")
+        except BadRequest as exc:
             entry["outcome"] = "rejected"
-            return _error(str(exc), 400, exc.param)
+            return _error(exc.message, exc.status, exc.field)
         fc = faults.config
         if fc.extra_delay_ms:
             await asyncio.sleep(fc.extra_delay_ms / 1e3)

@@ -16,6 +16,7 @@ from trinity.index.blocks import BlockedLists
 from trinity.index.idmap import IdMap
 from trinity.index.inputs import ArrayLike, as_ids, as_matrix, canonical_device, check_k
 from trinity.index.metric import Metric, get_metric
+from trinity.index.persist import INDEX_KINDS, save_index
 
 
 def resolve_device_dtype(device: str | torch.device, dtype: torch.dtype | str | None) -> tuple[torch.device, torch.dtype]:
@@ -42,6 +43,11 @@ class BaseIndex:
     """Common state: dimension, metric, blocked storage and the id -> slot map."""
 
     kind = "base"
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:  # NOTE: a subclass that names its own kind is what load_index builds for it
+            INDEX_KINDS[cls.kind] = cls
 
     def __init__(self, dim: int, num_lists: int, block_size: int, metric: str | Metric,
                  device: str | torch.device, dtype: torch.dtype | str | None) -> None:
@@ -182,8 +188,6 @@ class BaseIndex:
 
     def save(self, path: str) -> None:
         """Atomically write the index to directory ``path`` (see :mod:`trinity.index.persist`)."""
-        from trinity.index.persist import save_index
-
         save_index(self, path)
 
     def memory_bytes(self) -> dict[str, int]:

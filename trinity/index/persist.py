@@ -20,19 +20,25 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from trinity.fsutil import fsync_dir, fsync_file
-from trinity.index.base import BaseIndex
+
+if TYPE_CHECKING:
+    from trinity.index.base import BaseIndex
 
 FORMAT = "trinity-index"
 VERSION = 1
 _CURRENT = "CURRENT"
 _ARRAYS = "arrays.safetensors"
 _MANIFEST = "manifest.json"
+
+#: Index classes by their ``kind``; every :class:`BaseIndex` subclass that names a kind registers here.
+INDEX_KINDS: dict[str, type[BaseIndex]] = {}
 
 
 class IndexFormatError(ValueError):
@@ -82,9 +88,6 @@ def save_index(index: BaseIndex, path: str | os.PathLike) -> Path:
 
 def load_index(path: str | os.PathLike, device: str | torch.device | None = None) -> BaseIndex:
     """Load the live snapshot under ``path`` (optionally onto another ``device``)."""
-    from trinity.index.flat import FlatIndex
-    from trinity.index.ivf import IVFIndex
-
     root = Path(path)
     try:
         snap = root / (root / _CURRENT).read_text().strip()
@@ -101,7 +104,7 @@ def load_index(path: str | os.PathLike, device: str | torch.device | None = None
         arrays = load_file(str(snap / _ARRAYS))
     except Exception as e:  # safetensors raises its own error types
         raise IndexFormatError(f"{snap}: cannot read arrays ({e})") from None
-    cls = {"flat": FlatIndex, "ivf": IVFIndex}.get(manifest.get("kind"))
+    cls = INDEX_KINDS.get(manifest.get("kind"))
     if cls is None:
         raise IndexFormatError(f"{snap}: unknown index kind {manifest.get('kind')!r}")
     try:

@@ -1,0 +1,193 @@
+"""The gateway's pool-facing half: embedding, semantic caches and deadline-bound RAG search.
+
+Every method takes the time it may use and returns by then. Failures surface as
+:class:`~trinity.client.pool.PoolError` (``kind`` timeout / unavailable / ...);
+the pipeline turns them into a degraded answer or a 503 according to the policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from trinity.client.pool import PoolClient, PoolError, SearchResult
+from trinity.gateway.config import GatewayConfig
+from trinity.gateway.metrics import GatewayMetrics
+from trinity.gateway.options import RequestOptions
+
+__all__ = ["EmbedBatcher", "Passage", "Retriever", "passage_text"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Passage:
+    id: int
+    score: float
+    text: str
+
+
+def passage_text(payload: Any, limit: int) -> str:
+    """Passage text from a payload: ``{"text": ...}`` or a plain string."""
+    if isinstance(payload, dict):
+        payload = payload.get("text", payload.get("passage", ""))
+    return ("" if payload is None else str(payload))[:limit]
+
+
+class EmbedBatcher:
+    """Micro-batches concurrent embedding requests into one ``encode`` call in a thread.
+
+    Batches stay small to bound head-of-line blocking (on CPU batching saves little: docs/gateway.md);
+    waiters whose deadline passed are dropped before their batch is encoded.
+    """
+
+    def __init__(self, embedder: Any, max_batch: int = 8) -> None:
+        self.embedder, self.max_batch = embedder, max_batch
+        self._queue: asyncio.Queue[tuple[str, asyncio.Future]] = asyncio.Queue()
+        self._task: asyncio.Task | None = None
+
+    async def embed(self, text: str) -> list[float]:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="embed-batcher")
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        await self._queue.put((text, fut))
+        return await fut
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while not self._queue.empty() and len(batch) < self.max_batch:
+                batch.append(self._queue.get_nowait())
+            live = [(t, f) for t, f in batch if not f.done()]  # callers past their deadline are gone
+            if not live:
+                continue
+            try:
+                vecs = await asyncio.to_thread(self.embedder.encode, [t for t, _ in live])
+                for (_, fut), vec in zip(live, vecs):
+                    if not fut.done():
+                        fut.set_result(vec.tolist())
+            except Exception as exc:  # noqa: BLE001 - hand the failure to every waiter
+                for _, fut in live:
+                    if not fut.done():
+                        fut.set_exception(exc)
+
+    async def aclose(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+class Retriever:
+    """Embedding + caches + search against one pool, with metrics."""
+
+    def __init__(self, cfg: GatewayConfig, pool: PoolClient, metrics: GatewayMetrics, embedder: Any = None) -> None:
+        self.cfg, self.pool, self.metrics = cfg, pool, metrics
+        self.batcher = EmbedBatcher(embedder) if embedder is not None else None
+        self._background: set[asyncio.Task] = set()
+
+    async def embed(self, text: str, budget_ms: float) -> list[float] | None:
+        """Embed locally within ``budget_ms`` (``None`` in ``embed="pool"`` mode)."""
+        if self.batcher is None:
+            return None
+        t0 = time.perf_counter()
+        try:
+            async with asyncio.timeout(max(budget_ms, 0.0) / 1e3):
+                return await self.batcher.embed(text)
+        except TimeoutError:
+            raise PoolError("timeout", f"embedding took over {budget_ms:.1f} ms") from None
+        finally:
+            self.metrics.phase.labels("embed").observe(time.perf_counter() - t0)
+
+    async def lookup(self, cache_kind: str, opts: RequestOptions, text: str, vec: list[float] | None,
+                     budget_ms: float) -> tuple[str, Any]:
+        """``("hit", value)``, ``("miss", None)`` or ``("error", None)`` for ``text`` in a cache."""
+        name = self.cfg.cache.answer_cache if cache_kind == "answer" else self.cfg.cache.prompt_cache
+        assert name
+        budget = min(budget_ms, self.cfg.cache.lookup_deadline_ms)
+        t0 = time.perf_counter()
+        try:
+            if budget < 1.0:
+                raise PoolError("timeout", "no time left for a cache lookup")
+            res = await self.pool.cache_lookup(name, tenant=opts.tenant, vector=vec, text=None if vec else text,
+                                               deadline_ms=budget)
+        except PoolError as exc:
+            # NOTE: a failed lookup is a miss, never an error: the cache is an optimisation.
+            self.metrics.cache_lookups.labels(name, f"error_{exc.kind}").inc()
+            return "error", None
+        finally:
+            self.metrics.phase.labels("cache_lookup").observe(time.perf_counter() - t0)
+        self.metrics.cache_lookups.labels(name, "hit" if res.hit else "miss").inc()
+        return ("hit", res.value) if res.hit else ("miss", None)
+
+    def insert(self, cache_kind: str, opts: RequestOptions, text: str, vec: list[float] | None, value: Any) -> None:
+        """Fire-and-forget insert (off the request's critical path)."""
+        name = self.cfg.cache.answer_cache if cache_kind == "answer" else self.cfg.cache.prompt_cache
+        if not name:
+            return
+
+        async def run() -> None:
+            try:
+                await self.pool.cache_insert(name, tenant=opts.tenant, value=value, vector=vec, text=text)
+                self.metrics.cache_inserts.labels(name, "ok").inc()
+            except PoolError as exc:
+                self.metrics.cache_inserts.labels(name, f"error_{exc.kind}").inc()
+                log.debug("cache insert into %s failed: %s", name, exc)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def search(self, stage: str, collection: str, k: int, nprobe: int | None, text: str,
+                     vec: list[float] | None, budget_ms: float) -> tuple[list[Passage], SearchResult]:
+        """Deadline-bound search; raises :class:`PoolError` (counted) on any failure."""
+        t0 = time.perf_counter()
+        try:
+            if budget_ms < self.cfg.retrieval.min_deadline_ms:
+                self.metrics.retrievals.labels(stage, "skipped").inc()
+                raise PoolError("timeout", f"only {budget_ms:.1f} ms left for the {stage} retrieval")
+            try:
+                res = await self.pool.search(collection, vector=vec, text=None if vec else text, k=k, nprobe=nprobe,
+                                             stage=stage, deadline_ms=budget_ms)
+            except PoolError as exc:
+                self.metrics.retrievals.labels(stage, exc.kind).inc()
+                raise
+        finally:
+            self.metrics.phase.labels(f"retrieval_{stage}").observe(time.perf_counter() - t0)
+        self.metrics.retrievals.labels(stage, "partial" if res.partial else "ok").inc()
+        limit = self.cfg.retrieval.max_passage_chars
+        return [Passage(h.id, h.score, passage_text(h.payload, limit)) for h in res.hits], res
+
+    async def ensure_caches(self, retry_s: float = 1.0) -> None:
+        """Create the configured caches if missing, retrying until the pool answers.
+
+        NOTE: the gateway may start before the pool (``trinity up`` starts everything at
+        once); until the caches exist, lookups are misses and inserts fail (counted).
+        """
+        c = self.cfg.cache
+        todo = [(kind, name) for kind, name in (("answer", c.answer_cache), ("prompt", c.prompt_cache)) if name]
+        warned = False
+        while todo:
+            kind, name = todo[0]
+            try:
+                await self.pool.create_cache(name, kind=kind, threshold=c.threshold, ttl_s=c.ttl_s,
+                                             max_entries=c.max_entries)
+                todo.pop(0)
+            except PoolError as exc:
+                if exc.kind not in ("unavailable", "timeout", "overloaded"):
+                    log.error("cannot create cache %s in the pool: %s", name, exc)
+                    todo.pop(0)
+                    continue
+                if not warned:
+                    log.warning("pool not reachable yet (%s); retrying cache creation every %.0f s", exc, retry_s)
+                    warned = True
+                await asyncio.sleep(retry_s)
+
+    async def aclose(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self.batcher:
+            await self.batcher.aclose()

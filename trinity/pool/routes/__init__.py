@@ -1,0 +1,1 @@
+"""The pool's routes, one module per resource: collections, vectors, search, caches, ops."""

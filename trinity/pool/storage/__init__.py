@@ -1,0 +1,1 @@
+"""Durable storage of the pool: per-collection write-ahead log and snapshots, and the catalog."""
