@@ -136,7 +136,7 @@ def test_slo_header_carves_the_retrieval_deadline(e2e: E2E) -> None:
     with pytest.raises(openai.APIStatusError) as exc:
         client.completions.create(**kw, extra_headers={"x-slo-ttft-ms": "1", "x-trinity-on-pool-error": "fail"},
                                   extra_body={"trinity": {"collection": "docs"}})
-    assert exc.value.status_code == 503
+    assert exc.value.status_code in (503, 504)  # the pool's search deadline, or a leg's on a loaded machine
 
 
 def test_pool_down_degrades_or_fails_per_policy(gateway_pool_down: str) -> None:

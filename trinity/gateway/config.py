@@ -53,6 +53,8 @@ class SLOConfig(Section):
     deadline_factor: float = Field(1.0, description="Fail a request (504) once it is this many SLOs late.")
     max_request_s: float = Field(600.0, description="Cap on any request's deadline (and the deadline of a "
                                                     "request without max_tokens).")
+    min_leg_ms: float = Field(2.0, description="Refuse (504) rather than start an upstream leg with less time than "
+                                               "this left to its deadline: no engine answers faster.")
 
 
 class RetrievalConfig(Section):

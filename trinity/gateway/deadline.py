@@ -3,7 +3,8 @@
 ``first_token = arrival + ttft_ms * deadline_factor`` bounds the admission queue, the
 retrieval (its share of it), the prefill leg and the decode leg up to the first token;
 ``end = first_token + tpot_ms * deadline_factor * (max_tokens - 1)`` bounds the rest.
-Both are capped at ``arrival + max_request_s``. A leg still running at its deadline is
+Both are capped at ``arrival + max_request_s``. A leg with less than ``min_leg_ms`` left
+is refused before it starts; one still running at its deadline is
 cancelled: its upstream request or stream is closed, so the engine sees the client leave.
 """
 
@@ -45,13 +46,14 @@ class Deadline:
     ttft_ms: float
     tpot_ms: float
     factor: float
+    min_leg_s: float = 0.0
 
     @classmethod
     def of(cls, slo: SLOConfig, ttft_ms: float, tpot_ms: float, max_tokens: int | None, arrival: float) -> Deadline:
         cap = arrival + slo.max_request_s
         first = min(arrival + ttft_ms * slo.deadline_factor / 1e3, cap)
         end = cap if max_tokens is None else min(first + tpot_ms * slo.deadline_factor * (max_tokens - 1) / 1e3, cap)
-        return cls(arrival, first, end, ttft_ms, tpot_ms, slo.deadline_factor)
+        return cls(arrival, first, end, ttft_ms, tpot_ms, slo.deadline_factor, slo.min_leg_ms / 1e3)
 
     def at(self, started: bool) -> float:
         """The deadline of the next step: the end once the first token is out, else the first token's."""
@@ -75,7 +77,7 @@ class Deadline:
     async def within(self, aw: Awaitable[T], leg: str, started: bool = False) -> T:
         """Await ``aw`` until the deadline; past it, cancel ``aw`` and raise :class:`DeadlineExceeded`."""
         left = self.at(started) - time.perf_counter()
-        if left <= 0:
+        if left <= self.min_leg_s:
             close = getattr(aw, "close", None)
             if close is not None:
                 close()  # NOTE: never start upstream work that is already late
