@@ -11,11 +11,7 @@ ROOT = Path(__file__).resolve().parents[1] / "trinity"
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
 SHORT_FUNCTIONS_IN = ("trinity.pool", "trinity.gateway")
-# NOTE: cycles owned by other work (issue 18 rebuilds the engine benchmarks); remove an entry with its fix.
-PENDING_CYCLES = {
-    frozenset({"trinity.bench.engine_bench", "trinity.bench.engine_report"}),
-    frozenset({"trinity.index.kernels", "trinity.index.kernels.reference", "trinity.index.scan"}),
-}
+PENDING_CYCLES: set[frozenset[str]] = set()
 
 
 def _modules() -> dict[str, Path]:

@@ -88,6 +88,11 @@ def model_flags(model: type, *, path: tuple[str, ...] = (), skip: Sequence[str] 
     for name, annotation, help_, default in _fields(model):
         if name in skip:
             continue
+        if dataclasses.is_dataclass(annotation):  # a nested table: --<name>-<field> flags
+            nested = model_flags(annotation, path=(*path, name), panel=panel, defaults=getattr(defaults, name, None))
+            flags += [dataclasses.replace(f, decls=tuple(f"--{name.replace('_', '-')}-{d[2:]}" for d in f.decls))
+                      for f in nested]
+            continue
         help_ = helps.get(name) or _with_default(help_, getattr(defaults, name, default))
         kind = types_.get(name) or _option_type(annotation)
         decls = tuple(names.get(name) or (f"--{name.replace('_', '-')}",))

@@ -15,15 +15,13 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from trinity.bench.engine_config import EngineBenchConfig
 from trinity.bench.report import verdict
 from trinity.bench.workload import RequestClass, RunRecord, Status
-
-if TYPE_CHECKING:
-    from trinity.bench.engine_bench import EngineBenchConfig
 
 _INF_MS = 1e12  # stands in for "never answered" inside percentiles
 
@@ -348,8 +346,6 @@ def plot_results(rows: Sequence[dict[str, Any]], cfg: EngineBenchConfig, path: P
 
 def plot_from_json(path: str | Path, png: str | Path | None = None) -> Path:
     """Redraw the PNG of a saved result file (e.g. after changing the plot)."""
-    from trinity.bench.engine_bench import EngineBenchConfig
-
     payload = json.loads(Path(path).read_text())
     p = payload["params"]
     cfg = EngineBenchConfig(classes=tuple(RequestClass(**c) for c in p["classes"]), systems=tuple(p["systems"]),

@@ -30,7 +30,7 @@ from trinity.bench.static_batcher import StaticBatcher
 from trinity.bench.workload import OpenLoopDriver, RunRecord, Schedule, Status
 
 if TYPE_CHECKING:
-    from trinity.bench.engine_bench import EngineBenchConfig
+    from trinity.bench.engine_config import EngineBenchConfig
 
 _COLLECTION = "bench"
 

@@ -74,7 +74,7 @@ class _ModelledRunner:
 def replay(ivf, queries: np.ndarray, cfg: EngineBenchConfig, rate: float, model: ClockModel,
            seed: int) -> dict[str, Any]:
     """One replay of a Poisson stream at ``rate``; host and kernel time per iteration."""
-    from trinity.engine import Collections, SchedulerConfig, SearchEngine, SearchRunner
+    from trinity.engine import Collections, GcPauses, SchedulerConfig, SearchEngine, SearchRunner, freeze_heap
 
     clock, timer = [0.0], PhaseTimer()
     collections = Collections()
@@ -89,23 +89,25 @@ def replay(ivf, queries: np.ndarray, cfg: EngineBenchConfig, rate: float, model:
     ivf.scan, ivf.assign_prepared = timer.wrap(ivf.scan, "kernel"), timer.wrap(ivf.assign_prepared, "kernel")
     stream = poisson_schedule(rate, cfg.duration_s, cfg.classes, len(queries), seed=seed)
     status: Counter[str] = Counter()
-    steps, step_s, i = 0, 0.0, 0
+    steps, step_s, max_step_s, i = 0, 0.0, 0.0, 0
+    freeze_heap()  # NOTE: as SearchEngine.start() does
     try:
-        while i < len(stream.times) or sched.has_work:
-            first = i
-            while i < len(stream.times) and stream.times[i] <= clock[0]:
-                c = stream.classes[stream.cls[i]]
-                engine.submit("bench", queries[stream.query[i]], c.k, nprobe=c.nprobe, stage=c.stage,
-                              deadline_ms=c.deadline_ms, request_id=f"r{i}")
-                i += 1
-            if i == first and not sched.has_work:
-                clock[0] = float(stream.times[i])  # idle: jump to the next arrival
-                continue
-            t = time.perf_counter()
-            results = engine.step()
-            step_s += time.perf_counter() - t
-            steps += 1
-            status.update(r.status.value for r in results)
+        with GcPauses() as pauses:
+            while i < len(stream.times) or sched.has_work:
+                first = i
+                while i < len(stream.times) and stream.times[i] <= clock[0]:
+                    c = stream.classes[stream.cls[i]]
+                    engine.submit("bench", queries[stream.query[i]], c.k, nprobe=c.nprobe, stage=c.stage,
+                                  deadline_ms=c.deadline_ms, request_id=f"r{i}")
+                    i += 1
+                if i == first and not sched.has_work:
+                    clock[0] = float(stream.times[i])  # idle: jump to the next arrival
+                    continue
+                t = time.perf_counter()
+                results = engine.step()
+                t = time.perf_counter() - t
+                step_s, max_step_s, steps = step_s + t, max(max_step_s, t), steps + 1
+                status.update(r.status.value for r in results)
     finally:
         del ivf.scan, ivf.assign_prepared
         engine.shutdown(drain=False)
@@ -118,6 +120,7 @@ def replay(ivf, queries: np.ndarray, cfg: EngineBenchConfig, rate: float, model:
             "runner_host_ms": (sec["runner"] - sec["kernel"]) * per, "update_ms": sec["update"] * per,
             "other_ms": (step_s - sec["schedule"] - sec["runner"] - sec["update"]) * per,
             "kernel_ms": sec["kernel"] * per, "host_share": host / max(step_s, 1e-12),
+            "max_step_ms": max_step_s * 1e3, "gc_max_ms": pauses.max_s * 1e3, "gc_full": pauses.count[2],
             "digest": runner.digest.hexdigest()[:16]}
 
 
@@ -134,7 +137,8 @@ def run_overhead_bench(cfg: EngineBenchConfig, model: ClockModel = ClockModel(),
     for rate in cfg.rates:
         runs = [replay(ivf, data.queries, cfg, rate, model, cfg.seed) for _ in range(cfg.repeats)]
         row = dict(runs[0])
-        for key in ("host_ms", "schedule_ms", "runner_host_ms", "update_ms", "other_ms", "kernel_ms", "host_share"):
+        for key in ("host_ms", "schedule_ms", "runner_host_ms", "update_ms", "other_ms", "kernel_ms", "host_share",
+                    "max_step_ms", "gc_max_ms"):
             row[key] = float(np.median([r[key] for r in runs]))
         row["deterministic"] = len({r["digest"] for r in runs}) == 1
         rows.append(row)
@@ -144,7 +148,8 @@ def run_overhead_bench(cfg: EngineBenchConfig, model: ClockModel = ClockModel(),
         ("rate", "rate", "g"), ("iterations", "iters"), ("requests", "reqs"), ("n_complete", "done"),
         ("n_partial", "partial"), ("host_ms", "host ms", ".3f"), ("schedule_ms", "sched", ".3f"),
         ("runner_host_ms", "runner", ".3f"), ("update_ms", "update", ".3f"), ("other_ms", "rest", ".3f"),
-        ("kernel_ms", "kernels ms", ".3f"), ("host_share", "host", ".0%"), ("digest", "plan digest"),
+        ("kernel_ms", "kernels ms", ".3f"), ("host_share", "host", ".0%"), ("max_step_ms", "max step", ".2f"),
+        ("gc_max_ms", "gc max", ".2f"), ("digest", "plan digest"),
         ("deterministic", "same")], console)
     payload = {"bench": "overhead", "config": cfg.to_dict(), "clock_model": asdict(model), "index": index_info,
                "data": data.info, "machine": machine_info(), "rows": rows}

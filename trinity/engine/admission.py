@@ -21,14 +21,16 @@ from collections import Counter, deque
 from collections.abc import Callable
 
 from trinity.engine.request import Stage
+from trinity.errors import ErrorCode, TrinityError
 
 
-class OverloadedError(RuntimeError):
+class OverloadedError(TrinityError):
     """The engine refused a request at admission; ``retry_after_s`` hints when to retry."""
 
+    code = ErrorCode.OVERLOADED
+
     def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
+        super().__init__(message, retry_after_s=retry_after_s)
 
 
 class SojournAdmission:

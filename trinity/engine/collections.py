@@ -7,12 +7,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from trinity.errors import ErrorCode, TrinityError
 from trinity.index import FlatIndex, IVFIndex
 from trinity.index.base import BaseIndex
 
 
-class UnknownCollectionError(KeyError, ValueError):
+class UnknownCollectionError(TrinityError, KeyError, ValueError):
     """No collection with that name."""
+
+    code = ErrorCode.UNKNOWN_COLLECTION
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "collection")
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "unknown collection"
@@ -41,6 +47,7 @@ class Collections:
     def __init__(self) -> None:
         self._indexes: dict[str, BaseIndex] = {}
         self._stats: dict[str, tuple[int, CollectionStats]] = {}
+        self._generation: dict[str, int] = {}  # bumped by every add: a re-created name is a new collection
         self._lock = threading.Lock()
 
     def add(self, name: str, index: BaseIndex) -> None:
@@ -50,6 +57,7 @@ class Collections:
             if name in self._indexes:
                 raise ValueError(f"collection {name!r} already exists")
             self._indexes[name] = index
+            self._generation[name] = self._generation.get(name, 0) + 1
 
     def remove(self, name: str) -> BaseIndex:
         with self._lock:
@@ -64,6 +72,10 @@ class Collections:
             return self._indexes[name]
         except KeyError:
             raise UnknownCollectionError(f"unknown collection {name!r}") from None
+
+    def generation(self, name: str) -> int:
+        """How many times ``name`` was added (``0``: never); a request on an older one lost its collection."""
+        return self._generation.get(name, 0) if name in self._indexes else 0
 
     def names(self) -> list[str]:
         return list(self._indexes)

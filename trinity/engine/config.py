@@ -6,6 +6,37 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class BudgetConfig:
+    """How the iteration budget follows measured iteration times (``cost_model.py``).
+
+    Attributes:
+        min_fit_vectors: below this many vectors per iteration the fit says nothing about scanning.
+        refit_every: iterations between least-squares refits (a fit costs ~0.1 ms).
+        bound_share: a plan that used this share of its budget was budget-bound.
+        gain_exponent: per budget-bound iteration the gain moves by (target / observed) ** this.
+        min_gain / max_gain: clamp of that feedback gain.
+        max_read_weight: a vector read costs at most this many (query, vector) pair scans.
+        overrun: an iteration longer than this multiple of the target is an overrun ...
+        decrease_exponent: ... and moves the gain by (target / observed) ** this at once.
+        trust_factor: slow start: the budget is at most this multiple of the largest volume
+            that recently ran within the target ...
+        trust_window: ... among this many recent iterations.
+    """
+
+    min_fit_vectors: int = 1024
+    refit_every: int = 4
+    bound_share: float = 0.8
+    gain_exponent: float = 0.2
+    min_gain: float = 0.25
+    max_gain: float = 8.0
+    max_read_weight: float = 32.0
+    overrun: float = 1.25
+    decrease_exponent: float = 0.5
+    trust_factor: float = 1.5
+    trust_window: int = 16
+
+
+@dataclass(frozen=True)
 class SchedulerConfig:
     """Knobs of the stage-aware, deadline-driven continuous-batching scheduler.
 
@@ -41,6 +72,17 @@ class SchedulerConfig:
             (arrival to answer) exceeds this share of its deadline window
             (``admission.py``); ``None`` admits up to ``max_num_waiting``.
         admission_interval_ms: the window of that sojourn reading.
+        decode_cap_factor: a decode-level newcomer's first scan may cost this multiple of
+            its size-biased estimate: probed lists run larger than the mean (p99 1.9x on
+            the real 200k corpus), and a second iteration would double its latency.
+        tight_deadline_iterations: a deadline window of at most this many iterations makes
+            a request urgent on arrival (it cannot wait for company).
+        max_num_waiting_considered: waiting requests a plan reads from the head of the
+            queue: bounds planning under a backlog (few more could start in one iteration).
+        switch_interval_ms: the interpreter's GIL switch interval while the loop runs: with
+            CPython's 5 ms a submitter or the loop can stall for a whole iteration.
+        idle_wait_ms: how long an idle loop sleeps before it looks at the inbox again.
+        budget: how the iteration budget follows measured iteration times.
     """
 
     target_iteration_ms: float = 4.0
@@ -59,6 +101,12 @@ class SchedulerConfig:
     default_deadline_ms: tuple[float | None, float | None, float | None] = (None, None, None)
     admission_share: float | None = None
     admission_interval_ms: float = 50.0
+    decode_cap_factor: float = 2.0
+    tight_deadline_iterations: int = 8
+    max_num_waiting_considered: int = 256
+    switch_interval_ms: float = 0.5
+    idle_wait_ms: float = 50.0
+    budget: BudgetConfig = BudgetConfig()
 
     def __post_init__(self) -> None:
         if self.deadline_policy not in ("partial", "reject"):
@@ -75,5 +123,9 @@ class SchedulerConfig:
             raise ValueError("default_deadline_ms: expected (decode, prefill, background), each > 0 or None")
         if self.admission_share is not None and not self.admission_share > 0 or self.admission_interval_ms <= 0:
             raise ValueError("admission_share and admission_interval_ms: expected > 0")
+        if self.decode_cap_factor < 1 or self.tight_deadline_iterations < 0 or self.max_num_waiting_considered < 1:
+            raise ValueError("decode_cap_factor >= 1, tight_deadline_iterations >= 0, max_num_waiting_considered >= 1")
+        if self.switch_interval_ms <= 0 or self.idle_wait_ms <= 0:
+            raise ValueError("switch_interval_ms and idle_wait_ms: expected > 0")
         if self.target_iteration_ms <= 0 or self.max_num_running < 1 or self.max_num_waiting < 1:
             raise ValueError("target_iteration_ms, max_num_running and max_num_waiting must be positive")

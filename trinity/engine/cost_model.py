@@ -17,32 +17,12 @@ import numpy as np
 from trinity.engine.config import SchedulerConfig
 from trinity.engine.plan import IterationPlan, RunnerOutput
 
-#: Below this many vectors per iteration the cost fit says nothing about scanning.
-_MIN_FIT_VECTORS = 1024
-#: Refit every this many iterations (a least-squares fit costs ~0.1 ms).
-_REFIT_EVERY = 4
-#: An iteration whose plan used at least this share of the budget was budget-bound.
-_BOUND_SHARE = 0.8
-#: Feedback step: the gain moves by (target / observed) ** this per budget-bound iteration.
-_GAIN_EXPONENT = 0.2
-_MIN_GAIN, _MAX_GAIN = 0.25, 8.0
-#: Upper clamp of the fitted read weight (a read costs at most this many pair scans).
-_MAX_READ_WEIGHT = 32.0
-#: Feedback step after an iteration that overran the target by more than _OVERRUN: the
-#: gain moves by (target / observed) ** this at once (multiplicative decrease).
-_DECREASE_EXPONENT = 0.5
-_OVERRUN = 1.25
-#: Slow start: the budget is at most this multiple of the largest recently proven volume
-#: (a planned volume, scaled down to the target if its iteration overran).
-_TRUST_FACTOR = 1.5
-_TRUST_WINDOW = 16
-
-
 class IterationCostModel:
     """Budget, scan rate and read weight, adapted from measured iteration durations."""
 
     def __init__(self, config: SchedulerConfig) -> None:
         self.config = config
+        self._b = config.budget
         self.budget_vectors = config.initial_budget_vectors  # pair equivalents per iteration
         self.scan_rate: float | None = None  # (query, vector) pairs per second, fitted
         self.iteration_s = config.target_iteration_ms / 1e3  # EWMA of observed iteration durations
@@ -51,7 +31,7 @@ class IterationCostModel:
         self._items = 0.0  # EWMA of work items per iteration
         self._fit_budget = float(config.initial_budget_vectors)
         self._gain = 1.0  # feedback correction of the fit, from budget-bound iterations
-        self._proven: deque[float] = deque(maxlen=_TRUST_WINDOW)  # planned volumes, scaled to fit the target
+        self._proven: deque[float] = deque(maxlen=config.budget.trust_window)  # planned volumes, scaled to fit the target
         self._capped = False  # the trust region, not the fit, set the budget
         self._load = 0.0  # EWMA of saturated (budget-bound) iterations, 0..1
 
@@ -60,11 +40,8 @@ class IterationCostModel:
         """The iteration duration the budget aims at: ``target_iteration_ms``, stretched
         towards ``saturated_stretch`` times it while the engine is saturated.
 
-        NOTE: each iteration pays a fixed cost (planning, bookkeeping, resolving) besides
-        its scan; under saturation a longer iteration spends more of the same second
-        scanning (1,500 req/s offered on the real 200k corpus, 2-core VM: a 1.5x stretch
-        completed ~1.3x the requests).  Smoothed, so the budget does not flip between two
-        targets.
+        Longer saturated iterations spread the fixed per-iteration cost over more scanning;
+        smoothed, so the budget does not flip between two targets.
         """
         return self.config.target_iteration_ms / 1e3 * (1.0 + (self.config.saturated_stretch - 1.0) * self._load)
 
@@ -96,22 +73,22 @@ class IterationCostModel:
         # would "predict" iterations hundreds of ms long and expire every request).
         self.iteration_s = (1 - a) * self.iteration_s + a * sample
         self._proven.append(plan.planned_vectors * min(1.0, target / out.duration_s))
-        if plan.planned_vectors >= _BOUND_SHARE * plan.budget_vectors:
+        if plan.planned_vectors >= self._b.bound_share * plan.budget_vectors:
             # NOTE: a budget-bound iteration shows what the budget really buys; correct the
             # fit towards the target duration (the regression extrapolates badly from the
             # short iterations of light load, and a budget it underestimates starves work).
             # An overrun is corrected at once, a shortfall slowly (and not while the slow
             # start caps the budget: short capped iterations say nothing about the fit).
-            if sample > _OVERRUN * target:
-                self._gain *= (target / sample) ** _DECREASE_EXPONENT
+            if sample > self._b.overrun * target:
+                self._gain *= (target / sample) ** self._b.decrease_exponent
             elif not self._capped:
-                self._gain *= (target / max(sample, 1e-6)) ** _GAIN_EXPONENT
-            self._gain = min(max(self._gain, _MIN_GAIN), _MAX_GAIN)
+                self._gain *= (target / max(sample, 1e-6)) ** self._b.gain_exponent
+            self._gain = min(max(self._gain, self._b.min_gain), self._b.max_gain)
         self._set_budget()
-        if len(self._samples) < 8 or iteration % _REFIT_EVERY:
+        if len(self._samples) < 8 or iteration % self._b.refit_every:
             return
         data = np.asarray(self._samples, dtype=np.float64)
-        if data[:, 0].max() < _MIN_FIT_VECTORS:
+        if data[:, 0].max() < self._b.min_fit_vectors:
             return  # tiny scans say nothing about the scan rate: keep the current budget
         fixed, per_pair, per_read, per_item = _fit(data, [0, 1, 2])
         if not per_pair > 0 or per_read < 0:  # reads and pairs too collinear to separate
@@ -120,19 +97,16 @@ class IterationCostModel:
             if not per_pair > 0:
                 return  # degenerate window (constant scans): keep the current budget
         fixed, per_item = max(fixed, 0.0), max(per_item, 0.0)
-        self.read_weight = (1 - a) * self.read_weight + a * min(per_read / per_pair, _MAX_READ_WEIGHT)
+        self.read_weight = (1 - a) * self.read_weight + a * min(per_read / per_pair, self._b.max_read_weight)
         self.scan_rate = 1.0 / per_pair
         self._fit_budget = (target - fixed - per_item * self._items) / per_pair
         self._set_budget()
 
     def _set_budget(self) -> None:
         budget = self._fit_budget * self._gain
-        # NOTE: slow start.  The fit extrapolates from the iterations it has seen; after
-        # light load (short iterations, lists in cache) it promised 3x what a loaded
-        # iteration scans, and the first iterations of a burst ran 10-12 ms instead of 4
-        # (the decode-p99 tail at 2,000 req/s came from there).  Growing at most 1.5x past
-        # what actually ran within target reaches any budget in a few short iterations.
-        cap = _TRUST_FACTOR * max(max(self._proven, default=0.0), self.config.min_budget_vectors)
+        # Slow start: the fit extrapolates from light load; grow at most trust_factor past
+        # what actually ran within target.
+        cap = self._b.trust_factor * max(max(self._proven, default=0.0), self.config.min_budget_vectors)
         self._capped, budget = budget > cap, min(budget, cap)
         self.budget_vectors = int(min(max(budget, self.config.min_budget_vectors), self.config.max_budget_vectors))
 

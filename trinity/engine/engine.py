@@ -22,16 +22,16 @@ import torch
 from trinity.engine.admission import OverloadedError, SojournAdmission
 from trinity.engine.collections import Collections
 from trinity.engine.config import SchedulerConfig
+from trinity.engine.heap import freeze_heap
 from trinity.engine.metrics import EngineMetrics
 from trinity.engine.request import RequestStatus, SearchRequest, SearchResult, Stage
 from trinity.engine.runner import SearchRunner
 from trinity.engine.scheduler import Finished, Scheduler
+from trinity.errors import ErrorCode, TrinityError
 from trinity.index.base import BaseIndex
 from trinity.index.inputs import check_k
 from trinity.index.warmup import warmup
 
-_IDLE_WAIT_S = 0.05
-_SWITCH_INTERVAL_S = 0.0005
 _log = logging.getLogger(__name__)
 
 
@@ -52,8 +52,10 @@ def _as_query(query, dim: int) -> np.ndarray:
     return arr
 
 
-class EngineClosedError(RuntimeError):
+class EngineClosedError(TrinityError):
     """The engine is shut down (or shutting down) and takes no new requests."""
+
+    code = ErrorCode.ENGINE_CLOSED
 
 
 class SearchEngine:
@@ -238,17 +240,14 @@ class SearchEngine:
         fraction = 1.0 if status is RequestStatus.FINISHED_COMPLETE else req.fraction_scanned
         return SearchResult(req.request_id, ids, scores, status, fraction, req.stage,
                             (first - req.arrival_time) * 1e3, (finish_time - req.arrival_time) * 1e3,
-                            num_iterations, req.num_preemptions, missed, req.message)
+                            num_iterations, req.num_preemptions, missed, req.message, req.code)
 
     def start(self) -> None:
-        """Compile the CPU kernels, then start the loop thread."""
+        """Compile the CPU kernels, freeze the start-up heap, then start the loop thread."""
         if self._thread is None:
             warmup()
-            # NOTE: the loop thread hands the GIL back and forth with callers on every
-            # kernel call; with CPython's default 5 ms switch interval a waiting submitter
-            # (or the loop itself) can stall for a whole 4 ms iteration.  Measured: ~2x
-            # pool throughput at 32 clients with 0.5 ms.  An explicitly lower setting wins.
-            sys.setswitchinterval(min(sys.getswitchinterval(), _SWITCH_INTERVAL_S))
+            freeze_heap()
+            sys.setswitchinterval(self.config.switch_interval_ms / 1e3)
             self._thread = threading.Thread(target=self._loop, name="trinity-engine", daemon=True)
             self._thread.start()
 
@@ -258,7 +257,7 @@ class SearchEngine:
                 if self._stop:
                     return
                 if not self._inbox and not self.scheduler.has_work:
-                    self._cv.wait(_IDLE_WAIT_S)
+                    self._cv.wait(self.config.idle_wait_ms / 1e3)
                     continue
             try:
                 self.step()
@@ -272,7 +271,7 @@ class SearchEngine:
         for req in list(self.scheduler.requests.values()):
             self.scheduler.abort(req.request_id)
         for req, _, _ in self.scheduler.pop_finished():
-            req.status, req.message = RequestStatus.FINISHED_ERROR, message
+            req.status, req.message, req.code = RequestStatus.FINISHED_ERROR, message, ErrorCode.INTERNAL
             self._resolve((req, None, None))
         if hasattr(self.runner, "reset"):  # the runner's state may be inconsistent now
             self.runner.reset()

@@ -7,19 +7,13 @@ was a few numpy calls per request and iteration.  Here the scheduler keeps it as
 table per collection (the way the runner keeps its persistent batch): a request owns a
 row from assignment until it finishes, the window reads every rider's unseen probes with
 one gather, and the update of an iteration is one scatter for all riders.
-
-NOTE: measured on the 2-core VM (``trinity bench overhead``, same plans), this moved the
-host time per iteration within the replay's noise: the per-rider calls were not where
-the time went (the work over all pending (rider, list) pairs and the fixed
-per-iteration calls are).  It stays for the bounded per-iteration cost and one owner of
-progress; a GPU runner can mirror the table without per-request transfers.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-_INITIAL_ROWS = 64
+from trinity.engine.slots import Slots
 
 
 class ProgressTable:
@@ -30,9 +24,8 @@ class ProgressTable:
     """
 
     def __init__(self) -> None:
-        self.row_of: dict[str, int] = {}
-        self._free: list[int] = []
-        self._alloc(_INITIAL_ROWS, 1)
+        self.slots = Slots()
+        self._alloc(self.slots.num_slots, 1)
 
     def _alloc(self, num_rows: int, width: int) -> None:
         old = getattr(self, "seen", None)
@@ -44,27 +37,27 @@ class ProgressTable:
             n, w = old.shape
             unit_ids[:n, :w], unit_costs[:n, :w], seen[:n, :w] = self.unit_ids, self.unit_costs, old
             counters[:, :n] = self._counters
-            self._free.extend(range(num_rows - 1, n - 1, -1))
-        else:
-            self._free = list(range(num_rows - 1, -1, -1))
         self.unit_ids, self.unit_costs, self.seen, self._counters = unit_ids, unit_costs, seen, counters
         # NOTE: views of one array, so growing keeps them together.
         self.num_done, self.remaining, self.num_vectors, self.num_iterations = counters
+
+    @property
+    def row_of(self) -> dict[str, int]:
+        return self.slots.slot_of
 
     @property
     def num_rows(self) -> int:
         return self.seen.shape[0]
 
     def __len__(self) -> int:
-        return len(self.row_of)
+        return len(self.slots)
 
     def add(self, request_id: str, unit_ids: np.ndarray, unit_costs: np.ndarray, num_scanned: int = 0) -> int:
         """Give a newly assigned request a row, its first ``num_scanned`` probes seen; return the row."""
-        width = max(len(unit_ids), self.seen.shape[1])
-        if not self._free or width > self.seen.shape[1]:
-            self._alloc(self.num_rows * 2 if not self._free else self.num_rows, width)
-        row = self._free.pop()
+        row = int(self.slots.acquire([request_id])[0])
         n = len(unit_ids)
+        if self.slots.num_slots > self.num_rows or n > self.seen.shape[1]:
+            self._alloc(self.slots.num_slots, max(n, self.seen.shape[1]))
         self.unit_ids[row] = -1
         self.unit_costs[row] = 0
         self.seen[row] = True
@@ -74,14 +67,11 @@ class ProgressTable:
         self._counters[:, row] = 0
         self.num_done[row] = num_scanned
         self.remaining[row] = int(unit_costs[num_scanned:].sum())
-        self.row_of[request_id] = row
         return row
 
     def release(self, request_id: str) -> None:
         """Free ``request_id``'s row (a no-op if it holds none)."""
-        row = self.row_of.pop(request_id, None)
-        if row is not None:
-            self._free.append(row)
+        self.slots.release((request_id,))
 
     def apply(self, rows: np.ndarray, ptr: np.ndarray, positions: np.ndarray, completes: np.ndarray,
               vectors: np.ndarray) -> None:

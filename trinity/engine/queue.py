@@ -6,10 +6,6 @@ crosses an aging boundary, so the queue keeps its order across iterations instea
 scheduler re-sorting every waiting request each time: arrivals, joins, finishes and
 boundary crossings cost O(log n) (plus a list memmove), and a deadline heap finds the
 requests that expire.  The scheduler reads only the head.
-
-NOTE: with a full re-sort, ``schedule()`` cost ~1.3 us per waiting request: 5 ms per
-iteration with 3,000 waiting (real 200k IVF-1024, 2-core VM), so a deep backlog doubled
-the iteration time and halved throughput exactly when throughput was needed.
 """
 
 from __future__ import annotations

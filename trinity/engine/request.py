@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from trinity.engine.progress import ProgressTable
+from trinity.errors import ErrorCode
 
 
 class Stage(enum.IntEnum):
@@ -72,6 +73,7 @@ class SearchRequest:
     arrival_time: float = field(default_factory=time.monotonic)
 
     status: RequestStatus = RequestStatus.WAITING
+    kind: str = ""  # the collection's kind at admission: "ivf" or "flat"
     num_units_total: int = 0  # probes (IVF) or chunks (flat) wanted; set at admission
     num_preemptions: int = 0
     first_scan_time: float | None = None
@@ -82,6 +84,8 @@ class SearchRequest:
     est_unit_cost: float = 0.0  # vectors per unit before assignment is known
     admission_seq: int = field(default=-1, repr=False)  # set by the scheduler; breaks priority ties
     message: str = ""  # why it finished the way it did (rejection reason, error, ...)
+    code: ErrorCode | None = None  # the error taxonomy's code of a rejection, abort or error
+    generation: int = field(default=0, repr=False)  # of its collection at admission (collections.generation)
     # NOTE: progress counters.  An assigned IVF request's progress lives in a row of its
     # collection's ProgressTable until it finishes (``attach`` / ``detach``); the fields
     # hold what is not there (a flat request's, a newcomer's first iteration, the rest
@@ -96,6 +100,11 @@ class SearchRequest:
     @property
     def is_finished(self) -> bool:
         return self.status.finished
+
+    @property
+    def assigned(self) -> bool:
+        """IVF: its probes are known (it joined; progress is in a table row)."""
+        return self.unit_ids is not None
 
     @property
     def progress_row(self) -> int:
@@ -181,6 +190,7 @@ class SearchResult:
     num_preemptions: int
     deadline_missed: bool = False
     message: str = ""
+    code: ErrorCode | None = None  # why it is not an answer (rejected, aborted, error); None for answers
 
     @property
     def partial(self) -> bool:

@@ -13,11 +13,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from trinity.engine.slots import Slots
 from trinity.index import RunningTopK
 from trinity.index.base import BaseIndex
 from trinity.index.metric import SCORE_SENTINEL
-
-_INITIAL_ROWS = 64
 
 
 class RunningRows:
@@ -31,9 +30,9 @@ class RunningRows:
     def __init__(self, index: BaseIndex) -> None:
         self.index = index
         self.device = index.device
-        self.row_of: dict[str, int] = {}
-        self._free: list[int] = []
-        self._alloc(_INITIAL_ROWS, 1, 1)
+        self.slots = Slots()
+        self.row_of = self.slots.slot_of
+        self._alloc(self.slots.num_slots, 1, 1)
 
     def _alloc(self, num_rows: int, max_k: int, max_probes: int) -> None:
         """(Re)allocate for ``num_rows`` rows, ``max_k`` results and ``max_probes`` probes,
@@ -54,13 +53,10 @@ class RunningRows:
             topk.k[:n] = old.k
             probes[:n, :p] = self.probes
             num_probes[:n] = self.num_probes
-            self._free.extend(range(num_rows - 1, n - 1, -1))
-        else:
-            self._free = list(range(num_rows - 1, -1, -1))
         self.queries, self.offsets, self.topk = queries, offsets, topk
         self.probes, self.num_probes = probes, num_probes
         cpu = self.device.type == "cpu"
-        # NOTE: numpy views of the CPU tensors: writing a few rows costs ~1 us, not ~5.
+        # numpy views of the CPU tensors: row writes without torch's dispatch.
         self._q = queries.numpy() if cpu else queries
         self._off = offsets.numpy() if cpu else offsets
         self._s, self._i, self._k = (topk.scores.numpy(), topk.ids.numpy(), topk.k.numpy()) if cpu else (
@@ -71,22 +67,18 @@ class RunningRows:
         return self.queries.shape[0]
 
     def __len__(self) -> int:
-        return len(self.row_of)
+        return len(self.slots)
 
     # ------------------------------------------------------------------ membership
     def add(self, rids: list[str], queries: torch.Tensor, offsets: torch.Tensor, ks: np.ndarray,
             probes: np.ndarray | None) -> np.ndarray:
         """Give each of ``rids`` a row: prepared queries, offsets, ``k``, probes (``-1`` padded)."""
-        need = len(rids) - len(self._free)
         width = 1 if probes is None else max(probes.shape[1], 1)
         max_k = int(ks.max())
-        if need > 0 or max_k > self.topk.max_k or width > self.probes.shape[1]:
-            num_rows = self.num_rows * 2 if need > 0 else self.num_rows
-            while num_rows - len(self.row_of) < len(rids):
-                num_rows *= 2
+        num_rows = self.slots.needed(len(rids))
+        if num_rows > self.num_rows or max_k > self.topk.max_k or width > self.probes.shape[1]:
             self._alloc(num_rows, max(max_k, self.topk.max_k), max(width, self.probes.shape[1]))
-        rows = np.array([self._free.pop() for _ in rids], dtype=np.int64)
-        self.row_of.update(zip(rids, rows.tolist()))
+        rows = self.slots.acquire(rids)
         cpu = self.device.type == "cpu"
         idx = rows if cpu else torch.from_numpy(rows).to(self.device)
         self._q[idx] = queries.numpy() if cpu else queries
@@ -104,16 +96,13 @@ class RunningRows:
 
     def remove(self, rids) -> None:
         """Free the rows of ``rids`` (unknown ids are ignored)."""
-        for rid in rids:
-            row = self.row_of.pop(rid, None)
-            if row is not None:
-                self._free.append(row)
+        self.slots.release(rids)
 
     # ------------------------------------------------------------------ results
     def take_results(self, rids: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """``{id: (scores, ids)}`` in user units for ``rids``; frees their rows."""
         rows = np.array([self.row_of[r] for r in rids], dtype=np.int64)
-        if self.device.type == "cpu":  # NOTE: numpy fancy indexing, wrapped: ~4x cheaper than torch's
+        if self.device.type == "cpu":  # numpy fancy indexing, wrapped (cheaper than torch's)
             sub = RunningTopK(torch.from_numpy(self._s[rows]), torch.from_numpy(self._i[rows]),
                               torch.from_numpy(self._k[rows]))
             offsets = torch.from_numpy(self._off[rows])

@@ -36,17 +36,8 @@ from trinity.engine.queue import WaitQueue
 from trinity.engine.request import RequestStatus, SearchRequest, Stage
 from trinity.engine.urgency import Urgency
 from trinity.engine.window import FlatWindows, open_list_windows
+from trinity.errors import ErrorCode
 
-
-#: Cap of a decode-level newcomer's first scan, as a multiple of its size-biased cost
-#: estimate.  NOTE: queries probe larger lists than the size-biased mean: on the real 200k
-#: IVF-1024 corpus the cost of 8 probes is 0.85x / 1.31x / 1.54x / 1.86x the estimate
-#: at p50 / p90 / p95 / p99, so a 1x cap sent ~30% of decode lookups to a second iteration.
-_DECODE_CAP_FACTOR = 2.0
-#: Waiting requests considered per iteration (the head of the queue).  NOTE: bounds the
-#: cost of one plan under a deep backlog; more cannot start in one iteration anyway (the
-#: running set and the budget bound them: a few tens of newcomers per iteration).
-_MAX_WAITING_CONSIDERED = 256
 
 Finished = tuple[SearchRequest, "np.ndarray | None", "np.ndarray | None"]  # (request, scores, ids)
 
@@ -85,8 +76,9 @@ class Scheduler:
         try:
             stats = self.collections.stats(req.collection)
         except UnknownCollectionError as e:
-            self._finish(req, RequestStatus.FINISHED_ERROR, message=str(e))
+            self._finish(req, RequestStatus.FINISHED_ERROR, message=str(e), code=ErrorCode.UNKNOWN_COLLECTION)
             return
+        req.kind, req.generation = stats.kind, self.collections.generation(req.collection)
         if stats.kind == "ivf":
             req.num_units_total = min(req.nprobe or stats.default_nprobe, stats.num_units)
         else:
@@ -95,11 +87,14 @@ class Scheduler:
         req.est_unit_cost = stats.unit_cost
         waiting = len(self.requests) - len(self.joined)
         if waiting > self.config.max_num_waiting:
-            self._finish(req, RequestStatus.FINISHED_REJECTED, message="overloaded: admission queue is full")
+            self._finish(req, RequestStatus.FINISHED_REJECTED, message="overloaded: admission queue is full",
+                         code=ErrorCode.OVERLOADED)
         elif req.deadline is not None and req.deadline <= now:
-            self._finish(req, RequestStatus.FINISHED_REJECTED, message="deadline already passed at admission")
+            self._finish(req, RequestStatus.FINISHED_REJECTED, message="deadline already passed at admission",
+                         code=ErrorCode.DEADLINE_EXCEEDED)
         elif self._clearly_infeasible(req, now):
-            self._finish(req, RequestStatus.FINISHED_REJECTED, message="deadline infeasible at admission")
+            self._finish(req, RequestStatus.FINISHED_REJECTED, message="deadline infeasible at admission",
+                         code=ErrorCode.DEADLINE_EXCEEDED)
         elif req.num_units_total == 0:
             self._finish(req, RequestStatus.FINISHED_COMPLETE)  # empty collection
         else:
@@ -115,7 +110,7 @@ class Scheduler:
         req = self.requests.get(request_id)
         if req is None:
             return False
-        self._finish(req, RequestStatus.FINISHED_ABORTED, message="aborted")
+        self._finish(req, RequestStatus.FINISHED_ABORTED, message="aborted", code=ErrorCode.CLIENT_GONE)
         return True
 
     def pop_finished(self) -> list[Finished]:
@@ -152,7 +147,7 @@ class Scheduler:
         self.waiting.refresh(now)
         keyed = [((self.waiting.key(r, now), r.admission_seq), r) for r in running if r.request_id not in closing]
         keyed.sort(key=itemgetter(0))
-        keyed = [(key, r) for (key, _), r in heapq.merge(keyed, self.waiting.head(_MAX_WAITING_CONSIDERED),
+        keyed = [(key, r) for (key, _), r in heapq.merge(keyed, self.waiting.head(self.config.max_num_waiting_considered),
                                                            key=itemgetter(0))]
         self._overloaded = False
         if self.config.stage_aware and self.scan_rate and self._saturated:
@@ -166,7 +161,7 @@ class Scheduler:
         new: list[NewRequest] = []
         lists, failed = open_list_windows(candidates, self.collections, self.tables, self.read_weight)
         for req, message in failed:
-            self._finish(req, RequestStatus.FINISHED_ERROR, message=message)
+            self._fail(req, message)
         num_joined = len(self.joined) - len(closing)
         forced = exhausted = False
         for (aged, *_), req in keyed:
@@ -175,10 +170,10 @@ class Scheduler:
                 exhausted = True
                 if num_joined >= self.config.max_num_running:
                     break  # nothing left to plan: no budget, no free running slot
-                if joined or req.seen is not None or self.urgency.urgent(req, now, aged):
+                if joined or req.kind == "flat" or self.urgency.urgent(req, now, aged):
                     continue  # NOTE: a full budget still lets newcomers join (free: they only get assigned)
             first = not work and planned == 0
-            if req.unit_ids is not None:  # joined IVF: claim lists best-first; riders join below
+            if req.assigned:  # joined IVF: claim lists best-first; riders join below
                 window = lists.get(req.collection)
                 if window is None or (window.cut and not first):
                     continue  # NOTE: once the budget bound a window, lower priorities only ride
@@ -253,18 +248,15 @@ class Scheduler:
     def _early(self, req: SearchRequest, aged: int) -> bool:
         """Whether a newcomer's lists go first in the scan and its result leaves early.
 
-        NOTE: under load an iteration lasts the whole target (4 ms) and a decode lookup
-        that joined one waited for all of it, although its few lists are a small part of
-        the scan.  Scanning them first -- with every rider of those lists, so no list is
-        read twice -- hands its result back after that part.  The split costs a second
-        kernel call; once requests miss their deadlines (overload) throughput comes first.
+        Its lists are scanned first, with every rider of them, and its result leaves before
+        the rest of the scan; under overload throughput comes first (no split).
         """
         return self.config.stage_aware and not self._overloaded and self.urgency.cannot_wait(req, aged)
 
     def _plan_item(self, req: SearchRequest, budget_left: float, first: bool, now: float,
                    aged: int) -> tuple[ScanWork, float] | None:
         """Work of a flat request, or of an IVF newcomer (its probes are not known yet)."""
-        if req.seen is not None:
+        if req.kind == "flat":
             stats = self._stats_or_fail(req)
             return None if stats is None else self.flat.plan(req, stats, budget_left, first)
         if (self._saturated or budget_left <= 0) and not self.urgency.scans_on_join(req, now, aged):
@@ -275,12 +267,9 @@ class Scheduler:
         per_vector = 1 + self.read_weight  # NOTE: a newcomer reads its lists alone
         if not first and budget_left < req.est_unit_cost * per_vector:
             return None
-        # NOTE: the cap is the size-biased estimate itself: a request whose probed lists
-        # run larger finishes next iteration, instead of every newcomer reserving
-        # headroom that other work then cannot use.  Decode-level and tight-deadline work
-        # cannot afford that second iteration and reserves _DECODE_CAP_FACTOR x the
-        # estimate (with 1x, 29% of the cache lookups at 2,500 req/s took two).
-        factor = _DECODE_CAP_FACTOR if self.urgency.cannot_wait(req, aged) else 1.0
+        # The cap is the size-biased estimate: larger lists finish next iteration; work that
+        # cannot wait reserves decode_cap_factor x the estimate.
+        factor = self.config.decode_cap_factor if self.urgency.cannot_wait(req, aged) else 1.0
         cap = int(min(budget_left / per_vector, math.ceil(req.remaining_cost() * factor) + 1))
         # NOTE: the most urgent item always progresses (>= 1 probe even past its cap), so
         # it is charged the worst case of one probe: the budget holds for the rest.
@@ -298,7 +287,7 @@ class Scheduler:
         try:
             return self.collections.stats(req.collection)
         except UnknownCollectionError as e:
-            self._finish(req, RequestStatus.FINISHED_ERROR, message=str(e))
+            self._fail(req, str(e))
             return None
 
     def update_from_output(self, plan: IterationPlan, out: RunnerOutput) -> list[Finished]:
@@ -311,9 +300,9 @@ class Scheduler:
             self.joined.add(req.request_id)
             self.waiting.remove(req.request_id)
             if w.request_id in out.errors:
-                self._finish(req, RequestStatus.FINISHED_ERROR, message=out.errors[w.request_id])
+                self._fail(req, out.errors[w.request_id])
                 continue
-            if req.seen is None and req.unit_ids is None:  # an IVF newcomer: its probes are known now
+            if req.kind == "ivf" and not req.assigned:  # an IVF newcomer: its probes are known now
                 req.attach(self.tables[req.collection], out.unit_ids[req.request_id],
                            out.unit_costs[req.request_id], out.units_end[req.request_id])
             else:
@@ -346,7 +335,7 @@ class Scheduler:
                 if r is None:  # aborted while the iteration ran; the runner frees it next time
                     self._to_free.append(rid)
                 elif rid in out.errors:
-                    self._finish(r, RequestStatus.FINISHED_ERROR, message=out.errors[rid])
+                    self._fail(r, out.errors[rid])
             mask = np.array(keep, dtype=bool)
             ride, vectors, reqs = ride.subset(mask), vectors[mask], [r for r, k in zip(reqs, keep) if k]
         rows = np.fromiter((r.progress_row for r in reqs), dtype=np.int64, count=len(reqs))
@@ -356,8 +345,14 @@ class Scheduler:
                 self._finish(req, RequestStatus.FINISHED_COMPLETE, *out.results[req.request_id])
 
     # ------------------------------------------------------------------ internals
-    def _finish(self, req: SearchRequest, status: RequestStatus, scores=None, ids=None, message: str = "") -> None:
-        req.status = status
+    def _fail(self, req: SearchRequest, message: str) -> None:
+        gone = self.collections.generation(req.collection) != req.generation
+        self._finish(req, RequestStatus.FINISHED_ERROR, message=message,
+                     code=ErrorCode.UNKNOWN_COLLECTION if gone else ErrorCode.INTERNAL)
+
+    def _finish(self, req: SearchRequest, status: RequestStatus, scores=None, ids=None, message: str = "",
+                code: ErrorCode | None = None) -> None:
+        req.status, req.code = status, code
         req.finish_time = self.clock()
         req.message = message
         req.detach()

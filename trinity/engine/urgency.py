@@ -14,10 +14,6 @@ from trinity.engine.config import SchedulerConfig
 from trinity.engine.cost_model import IterationCostModel
 from trinity.engine.request import SearchRequest, Stage
 
-#: A deadline window of at most this many iterations makes a request urgent on arrival.
-_TIGHT_DEADLINE_ITERATIONS = 8
-
-
 class Urgency:
     """Stage-aware predicates over one scheduler's config and cost model."""
 
@@ -45,10 +41,7 @@ class Urgency:
         """Whether an IVF newcomer scans in the iteration it joins even under load (reading
         its lists alone) rather than joining only and riding along from the next one.
 
-        NOTE: aging lifts priority, not urgency: aged RAG lookups with loose deadlines that
-        scanned alone read 128 lists each, and a backlog drained at 182 req/s (60 s
-        deadlines, real 200k IVF-1024).  Work without a deadline has no slack to measure:
-        joining only, aged claims starved fresh decodes (64 clients: p99 15 -> 23 ms).
+        Aging lifts priority, not urgency (benchmarks/README.md, "Engine design notes").
         """
         if req.stage is Stage.DECODE or not self.config.stage_aware:
             return True
@@ -61,4 +54,4 @@ class Urgency:
     def tight(self, req: SearchRequest) -> bool:
         """A deadline window only a few iterations long (a cache lookup): it cannot afford to wait."""
         window = math.inf if req.deadline is None else req.deadline - req.arrival_time
-        return window <= _TIGHT_DEADLINE_ITERATIONS * self.cost.iteration_s
+        return window <= self.config.tight_deadline_iterations * self.cost.iteration_s

@@ -70,9 +70,8 @@ class ListWindow:
         if lid.size and lid.max() >= nlist:  # a re-created collection may have fewer lists
             keep = lid < nlist
             lid, rid, pos = lid[keep], rid[keep], pos[keep]
-        # NOTE: pairs are concatenated rider by rider (priority order), so a stable sort by
-        # list alone keeps each list's riders in priority order -- a radix sort on int16
-        # list ids, ~2x cheaper per plan than a two-key lexsort.
+        # Pairs come rider by rider (priority order): a stable sort by list alone keeps each
+        # list's riders in priority order (a radix sort on int16 ids).
         order = np.argsort(lid.astype(np.int16) if nlist <= np.iinfo(np.int16).max else lid, kind="stable")
         self.pair_rider, self.pair_list, self.pair_pos = rid[order], lid[order], pos[order]
         self.demand = np.bincount(self.pair_list, minlength=nlist)
@@ -139,7 +138,7 @@ class ListWindow:
         if lists.size:
             mask = np.zeros(self.chosen.size, dtype=bool)
             mask[lists] = True
-            self.take |= mask[self.pair_list]  # NOTE: one pass, not a slice per list (~100 per fill)
+            self.take |= mask[self.pair_list]  # one pass, not a slice per list
             self.chosen[lists] = True
 
     def work(self) -> RideWork | None:
@@ -164,7 +163,7 @@ def open_list_windows(candidates: list[SearchRequest], collections: Collections,
     the reason, for the scheduler to fail."""
     riders: dict[str, tuple[list[SearchRequest], list[int]]] = {}
     for i, req in enumerate(candidates):
-        if req.unit_ids is not None:
+        if req.assigned:
             reqs, ranks = riders.setdefault(req.collection, ([], []))
             reqs.append(req)
             ranks.append(i)

@@ -6,7 +6,8 @@ from trinity.index.flat import FlatIndex
 from trinity.index.ivf import IVFIndex
 from trinity.index.metric import Metric, get_metric
 from trinity.index.persist import IndexFormatError, load_index, save_index
-from trinity.index.scan import ProbeChunk, scan
+from trinity.index.probes import ProbeChunk
+from trinity.index.scan import scan
 from trinity.index.topk import RunningTopK
 from trinity.index.warmup import warmup
 

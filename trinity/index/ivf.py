@@ -16,7 +16,8 @@ from trinity.index.base import BaseIndex
 from trinity.index.inputs import ArrayLike, as_matrix, check_k
 from trinity.index.kmeans import kmeans
 from trinity.index.metric import Metric
-from trinity.index.scan import ProbeChunk, scan
+from trinity.index.probes import ProbeChunk
+from trinity.index.scan import scan
 from trinity.index.topk import RunningTopK
 
 DEFAULT_IVF_BLOCK_SIZE = 16

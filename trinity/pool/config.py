@@ -73,8 +73,6 @@ class PoolConfig(Settings):
     embed_device: str | None = Field(None, description="torch device of the text embedder (default: auto).")
     cache_sweep_s: float = Field(1.0, gt=0, description="TTL sweep period of the semantic caches.")
     retry_after_s: int = Field(1, ge=0, description="Retry-After of 429 / 503 / 507 answers.")
-    switch_interval_ms: float = Field(0.5, ge=0, le=100, description="sys.setswitchinterval in ms, set after the "
-                                      "engine starts (0: the engine's own choice).")
     log_level: str = Field("info", pattern="^(debug|info|warning|error)$", description="debug | info | warning | error")
     scheduler: SchedulerConfig = Field(pool_scheduler(), description="The search engine.")
 

@@ -17,7 +17,6 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
-from trinity.engine import EngineClosedError, OverloadedError, UnknownCollectionError
 from trinity.errors import HTTP_STATUS, ErrorCode, TrinityError
 from trinity.pool.outcomes import engine_error
 from trinity.pool.protocol import ErrorBody
@@ -111,8 +110,7 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
             raise exc
         return _trinity_response(request, err, retry_after_s)
 
-    for cls in (TrinityError, OverloadedError, EngineClosedError, UnknownCollectionError):
-        app.add_exception_handler(cls, trinity)
+    app.add_exception_handler(TrinityError, trinity)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:

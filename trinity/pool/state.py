@@ -8,7 +8,6 @@ that concurrent writers share fsyncs).
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +16,7 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 
 from trinity.cache.semantic import CacheMetrics, SemanticCache
-from trinity.engine import SearchEngine
+from trinity.engine import SearchEngine, freeze_heap
 from trinity.errors import ErrorCode, InvalidArgument, NotFound, Overloaded
 from trinity.index import FlatIndex, IVFIndex
 from trinity.pool.config import PoolConfig
@@ -53,12 +52,11 @@ class PoolState:
 
     def open(self) -> None:
         self.engine.start()
-        if self.config.switch_interval_ms:
-            sys.setswitchinterval(self.config.switch_interval_ms / 1e3)  # NOTE: after start(), so the flag wins
         self._warm_up()
         self.catalog.open()
         for name, spec in self.catalog.cache_specs.items():
             self.caches[name] = self.new_cache(spec)
+        freeze_heap()  # the loaded collections too: no full collection walks them while serving
 
     def _warm_up(self) -> None:
         """One flat and one IVF search, so that no client request pays for loading the scan kernels."""

@@ -3,7 +3,7 @@
 * :func:`scan_triton` -- IVF scan that reads the blocked lists **in place** through the
   block table (no gather copy), scores with fp32 accumulation and merges straight into
   each query's :class:`~trinity.index.topk.RunningTopK`, for a CSR
-  :class:`~trinity.index.scan.ProbeChunk` of mixed ``k``.
+  :class:`~trinity.index.probes.ProbeChunk` of mixed ``k``.
 * :func:`flat_scan_triton` -- the flat (brute-force) chunk scan, the same kernel with one
   list and all queries of the call sharing each tile of vectors (a GEMM tile), fused
   k-selection (no score matrix in HBM).

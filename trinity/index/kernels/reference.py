@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from trinity.index.metric import SCORE_SENTINEL
+from trinity.index.probes import ProbeChunk
 
 
 def total_order_topk(scores: torch.Tensor, ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,8 +62,6 @@ def scan_reference(lists, queries: torch.Tensor, chunk, topk) -> None:
 
 def flat_reference(lists, queries: torch.Tensor, block_start: int, block_end: int, topk) -> None:
     """Reference for :func:`trinity.index.kernels.flat_scan_triton`."""
-    from trinity.index.scan import ProbeChunk
-
     nq = queries.shape[0]
     chunk = ProbeChunk(np.arange(nq + 1, dtype=np.int64), np.zeros(nq, dtype=np.int64),
                        np.full(nq, block_start, dtype=np.int64), np.full(nq, block_end, dtype=np.int64))

@@ -11,7 +11,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from trinity.engine import SearchResult, Stage
+from trinity.engine import SearchResult
 from trinity.pool.errors import ERROR_RESPONSES, FastJSONResponse
 from trinity.pool.outcomes import engine_error, result_error
 from trinity.pool.protocol import SearchBody, SearchResponse
@@ -88,15 +88,12 @@ async def _run_searches(st: PoolState, coll: DurableCollection, queries: np.ndar
             raise
     finally:
         st.done()
-    _raise_for(st, coll, body, results)
+    _raise_for(coll, results)
     return results
 
 
-def _raise_for(st: PoolState, coll: DurableCollection, body: SearchBody, results: list[SearchResult]) -> None:
-    scheduler = st.config.scheduler
-    deadline_ms = body.deadline_ms or scheduler.default_deadline_ms[Stage.parse(body.stage)]
+def _raise_for(coll: DurableCollection, results: list[SearchResult]) -> None:
     for r in results:
-        err = result_error(r, coll.spec.name, deadline_ms=deadline_ms,
-                           reject_policy=scheduler.deadline_policy == "reject", dropped=coll.closed)
+        err = result_error(r, coll.spec.name)
         if err is not None:
             raise err
