@@ -115,6 +115,13 @@ class InvalidArgument(TrinityError):
     code = ErrorCode.INVALID_ARGUMENT
 
 
+class InvalidInput(InvalidArgument, ValueError):
+    """A bad argument to an in-process API (engine, index): 422 over HTTP, a ``ValueError`` in Python.
+
+    Never raise it inside a pydantic validator: pydantic turns every ``ValueError`` into its own error.
+    """
+
+
 class NotFound(TrinityError):
     code = ErrorCode.NOT_FOUND
 

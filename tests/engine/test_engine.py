@@ -13,6 +13,7 @@ from prometheus_client import generate_latest
 
 from trinity.engine import (EngineClosedError, RequestStatus, SchedulerConfig, SearchEngine, SearchRunner, Stage,
                             UnknownCollectionError)
+from trinity.errors import TrinityError
 from trinity.index import FlatIndex, IVFIndex
 
 from .helpers import (FakeClock, SPECS, assert_matches, dataset, fixed_budget, index, make_collections, queries,
@@ -355,6 +356,8 @@ def test_bad_input_raises_value_error_naming_the_field(case, kwargs, field):
     with pytest.raises(ValueError) as exc:
         engine.submit(collection, query, k, **args)
     assert field.lower() in str(exc.value).lower(), str(exc.value)
+    assert isinstance(exc.value, TrinityError) and 400 <= exc.value.status < 500  # one taxonomy, a client error
+    assert exc.value.field in ("query", "k", "nprobe", "collection", "stage", "deadline_ms"), exc.value.field
     assert not engine._inbox and not engine._futures, "a rejected submission leaves no trace"
     if case == "unknown collection":
         assert isinstance(exc.value, UnknownCollectionError)

@@ -27,7 +27,7 @@ from trinity.engine.metrics import EngineMetrics
 from trinity.engine.request import RequestStatus, SearchRequest, SearchResult, Stage
 from trinity.engine.runner import SearchRunner
 from trinity.engine.scheduler import Finished, Scheduler
-from trinity.errors import ErrorCode, TrinityError
+from trinity.errors import ErrorCode, InvalidInput, TrinityError
 from trinity.index.base import BaseIndex
 from trinity.index.inputs import check_k
 from trinity.index.warmup import warmup
@@ -41,14 +41,14 @@ def _as_query(query, dim: int) -> np.ndarray:
         query = query.detach().cpu().float().numpy()
     arr = np.asarray(query)
     if arr.dtype == object or arr.dtype.kind not in "fiu":
-        raise ValueError(f"query: expected a float vector, got dtype {arr.dtype}")
+        raise InvalidInput(f"query: expected a float vector, got dtype {arr.dtype}", "query")
     arr = arr.astype(np.float32, copy=False).reshape(-1) if arr.ndim == 1 or arr.shape[:1] == (1,) else None
     if arr is None:
-        raise ValueError("query: expected one vector")
+        raise InvalidInput("query: expected one vector", "query")
     if arr.shape[0] != dim:
-        raise ValueError(f"query: wrong dimension {arr.shape[0]}, collection dimension is {dim}")
+        raise InvalidInput(f"query: wrong dimension {arr.shape[0]}, collection dimension is {dim}", "query")
     if not np.isfinite(arr).all():
-        raise ValueError("query: contains NaN or inf")
+        raise InvalidInput("query: contains NaN or inf", "query")
     return arr
 
 
@@ -112,7 +112,7 @@ class SearchEngine:
         if nprobe is not None:
             nprobe = check_k(nprobe, name="nprobe", max_k=1 << 20)
         if deadline_ms is not None and (not math.isfinite(deadline_ms) or deadline_ms <= 0):
-            raise ValueError(f"deadline_ms: must be a positive number, got {deadline_ms}")
+            raise InvalidInput(f"deadline_ms: must be a positive number, got {deadline_ms}", "deadline_ms")
         stage = Stage.parse(stage)
         if deadline_ms is None:
             deadline_ms = self.config.default_deadline_ms[stage]
@@ -127,7 +127,8 @@ class SearchEngine:
             if self._closing:
                 raise EngineClosedError("engine is shutting down")
             if req.request_id in self._futures:
-                raise ValueError(f"request_id: {req.request_id!r} is already in flight")
+                raise InvalidInput(f"request_id: {req.request_id!r} is already in flight", "request_id",
+                                      code=ErrorCode.CONFLICT)
             if self.admission is not None:
                 try:
                     self.admission.admit(stage, None if deadline_ms is None else deadline_ms / 1e3, now)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from trinity.engine.progress import ProgressTable
-from trinity.errors import ErrorCode
+from trinity.errors import ErrorCode, InvalidInput
 
 
 class Stage(enum.IntEnum):
@@ -33,8 +33,10 @@ class Stage(enum.IntEnum):
             try:
                 return cls[value.upper()]
             except KeyError:
-                raise ValueError(f"stage: expected one of {[s.name.lower() for s in cls]}, got {value!r}") from None
-        return cls(value)
+                pass
+        elif isinstance(value, int) and value in cls._value2member_map_:
+            return cls(value)
+        raise InvalidInput(f"stage: expected one of {[s.name.lower() for s in cls]}, got {value!r}", "stage")
 
 
 class RequestStatus(enum.Enum):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from trinity.errors import InvalidInput
+
 ArrayLike = np.ndarray | torch.Tensor
 #: The largest id an index stores (``2**63 - 1`` is kept free: ``next id = max id + 1`` fits int64).
 MAX_ID = int(np.iinfo(np.int64).max) - 1
@@ -87,7 +89,7 @@ def as_ids(ids: ArrayLike | None, n: int, *, name: str = "ids") -> np.ndarray | 
 def check_k(k: int, *, name: str = "k", max_k: int = 4096) -> int:
     """Validate a result count."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise ValueError(f"{name}: expected an int, got {type(k).__name__}")
+        raise InvalidInput(f"{name}: expected an int, got {type(k).__name__}", name)
     if not 1 <= int(k) <= max_k:
-        raise ValueError(f"{name}: must be in [1, {max_k}], got {k}")
+        raise InvalidInput(f"{name}: must be in [1, {max_k}], got {k}", name)
     return int(k)
