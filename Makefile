@@ -10,6 +10,7 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.trinity-installed
+RAY_STAMP := $(VENV)/.trinity-ray-installed
 PYTEST_ARGS ?=
 
 # `make demo`: the whole stack end to end (`trinity demo`): pool + one EMULATED prefill and
@@ -23,7 +24,7 @@ DEMO_ARGS ?=
 INDEX_DEMO_ARGS ?= --data real --num-vectors 50000 --nlist 256 --nprobe 16 --num-queries 512 --max-seconds 5
 BENCH_ARGS ?=
 
-.PHONY: venv test demo demo-index bench bench-synthetic clean-venv
+.PHONY: venv venv-ray test demo demo-index bench bench-synthetic clean-venv
 
 venv: $(STAMP)
 
@@ -41,7 +42,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -e '.[test]'
 	touch $(STAMP)
 
-test: venv
+# The tests also cover the Ray Serve deployment (tests/ray_serve): `make test` adds the optional
+# `ray` extra; `make venv` / `make demo` (the default install) stay without it.
+venv-ray: $(RAY_STAMP)
+
+$(RAY_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -e '.[test,ray]'
+	touch $(RAY_STAMP)
+
+test: venv-ray
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 demo: venv

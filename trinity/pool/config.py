@@ -2,7 +2,8 @@
 
 Sources, highest first: flags, ``TRINITY_*`` variables (``TRINITY_API_KEYS`` comma separated,
 ``TRINITY_DATA_DIR``, ``TRINITY_SCHEDULER__TARGET_ITERATION_MS``, ...), ``--config FILE``
-(TOML or JSON; a ``[scheduler]`` table for the engine), defaults.
+(TOML or JSON; a ``[scheduler]`` table for the engine, a ``[ray]`` table for ``trinity serve --ray``:
+``TRINITY_RAY__NUM_REPLICAS``, ...), defaults.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 
 from trinity.config import Settings
 from trinity.engine import SchedulerConfig
+from trinity.pool.ray.config import RayConfig
 
 __all__ = ["DEFAULT_DEADLINES_MS", "PoolConfig", "is_loopback", "parse_stage_deadlines"]
 
@@ -75,6 +77,8 @@ class PoolConfig(Settings):
     retry_after_s: int = Field(1, ge=0, description="Retry-After of 429 / 503 / 507 answers.")
     log_level: str = Field("info", pattern="^(debug|info|warning|error)$", description="debug | info | warning | error")
     scheduler: SchedulerConfig = Field(pool_scheduler(), description="The search engine.")
+    ray: RayConfig = Field(RayConfig(), description="Replicas, sharding and gateway replicas on Ray Serve "
+                                                    "(used by trinity serve --ray).")
 
     @field_validator("data_dir")
     @classmethod
