@@ -19,6 +19,15 @@ def test_help_lists_bench_index() -> None:
     assert "index" in result.output
 
 
+def test_help_keeps_every_option_name_whole_at_80_columns(monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    for cmd in (["gateway"], ["emulate"], ["bench", "serve"]):
+        result = runner.invoke(app, [*cmd, "--help"], terminal_width=80)
+        assert result.exit_code == 0, result.output
+        assert "…" not in result.output
+    assert "--prefill-kv-address" in runner.invoke(app, ["gateway", "--help"], terminal_width=80).output
+
+
 def test_bench_index_tiny_synthetic(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("COLUMNS", "200")  # wide enough that rich never truncates a cell
     out = tmp_path / "res" / "index.json"

@@ -43,6 +43,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,  # NOTE: click's plain help wraps long option names; rich's table cuts them at 80 columns
+    context_settings={"max_content_width": 100},
 )
 
 bench_app = typer.Typer(help="Benchmarks (results go to benchmarks/results/ as JSON).", no_args_is_help=True)
@@ -169,6 +171,32 @@ def bench_faults(
     raise typer.Exit(1 if payload["failed"] else 0)
 
 
+@bench_app.command("ray")
+def bench_ray(
+    num_vectors: int = typer.Option(50_000, "--num-vectors", "-n", min=1, help="Vectors (synthetic, flat index)."),
+    dim: int = typer.Option(128, min=1),
+    k: int = typer.Option(10, min=1, max=1024),
+    replicas: str = typer.Option("1,2", help="Comma-separated replica counts (1..N on the hardware at hand)."),
+    clients: int = typer.Option(32, min=1, help="Closed-loop clients per system."),
+    duration: float = typer.Option(5.0, min=0.5, help="Seconds of load per system."),
+    cpus_per_replica: float = typer.Option(1.0, min=0.0, help="Ray CPUs reserved per replica."),
+    out: Path | None = typer.Option(None, help="JSON output [default: benchmarks/results/ray-<host>-<date>.json]."),
+) -> None:
+    """The pool on Ray Serve (1..N replicas, replicated and sharded) against the single-process pool."""
+    from trinity.pool.ray import require_ray
+
+    try:
+        require_ray()
+    except RuntimeError as exc:  # NOTE: one line naming the extra
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    from trinity.bench.ray_bench import RayBenchConfig, run_ray_bench
+
+    run_ray_bench(RayBenchConfig(num_vectors=num_vectors, dim=dim, k=k, clients=clients, duration_s=duration,
+                                 replicas=_parse_int_list(replicas, "--replicas"), cpus_per_replica=cpus_per_replica,
+                                 out=out))
+
+
 @bench_app.command("overhead")
 def bench_overhead(
     num_vectors: int = _NUM_VECTORS,
@@ -219,7 +247,14 @@ def bench_serve(
     retrieval_interval: int = typer.Option(16, min=1, help="rag_decode: tokens between decode-stage retrievals."),
     slo_headers: bool = typer.Option(True, help="Send the goodput SLOs as x-slo-ttft-ms / x-slo-tpot-ms."),
     seed: int = typer.Option(0, help="Prompt sampling and arrivals."),
-    out: Path | None = typer.Option(None, help="JSON output [default: benchmarks/results/serve-<host>-<date>.json]."),
+    out: Path | None = typer.Option(None, help="JSON output [default: benchmarks/results/serve-<host>-<date>.json]; "
+                                         "the PNG goes next to it."),
+    answer_cache: bool = typer.Option(True, help="--no-answer-cache: ask the gateway not to use its answer cache "
+                                                 "(reruns then measure the same thing)."),
+    percentile_metrics: str = typer.Option("ttft,tpot,itl,e2el", help="Metrics to report percentiles for."),
+    metric_percentiles: str = typer.Option("99", help="Percentiles to report, e.g. 50,90,99."),
+    label: str | None = typer.Option(None, help="Label stored in the result [default: the backend]."),
+    plot: bool = typer.Option(True, help="Write a PNG next to the JSON."),
 ) -> None:
     """Load-generate against the gateway: vllm bench serve metrics + retrieval per stage + cache hit rate."""
     from trinity.bench.serve_bench import bench_serve as run
@@ -228,9 +263,11 @@ def bench_serve(
         run(goodput_extra, base_url=base_url, endpoint=endpoint, model=model, rate=rate, num_prompts=num_prompts,
             burstiness=burstiness, max_concurrency=max_concurrency, output_len=output_len, goodput=goodput, mix=mix,
             collection=collection, k=k, retrieval_interval=retrieval_interval, slo_headers=slo_headers, seed=seed,
-            out=out)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+            out=out, answer_cache=answer_cache, percentile_metrics=percentile_metrics,
+            metric_percentiles=metric_percentiles, label=label, plot=plot)
+    except ValueError as exc:  # NOTE: bad options and unreachable servers: one line, no traceback
+        typer.echo(f"trinity bench serve: error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 # -- the pool, the gateway, the emulated engines, the local stack (command bodies live next to their code)
@@ -239,12 +276,16 @@ from trinity.emulator.cli import emulate as _emulate  # noqa: E402
 from trinity.gateway.cli import gateway as _gateway  # noqa: E402
 from trinity.stack.demo import demo as _demo  # noqa: E402
 from trinity.stack.demo import up as _up
+from trinity.sim.cli import calibrate as _calibrate  # noqa: E402
+from trinity.sim.cli import sim_app as _sim_app  # noqa: E402
 
 app.command("emulate")(_emulate)
 app.command("gateway")(_gateway)
 app.command("up")(_up)
 app.command("demo")(_demo)
 bench_app.command("pool")(_bench_pool)
+bench_app.command("calibrate")(_calibrate)
+app.add_typer(_sim_app, name="sim")
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

@@ -35,7 +35,7 @@ async def _drain(engine: EmulatedEngine, seq: Sequence) -> tuple[list[str], Fini
 
 
 def _metric(engine: EmulatedEngine, name: str, **labels: str) -> float:
-    value = engine.metrics.registry.get_sample_value(name, {"role": engine.config.role, **labels})
+    value = engine.metrics.registry.get_sample_value(name, {"model_name": engine.config.model, "engine": "0", **labels})
     return value or 0.0
 
 
@@ -79,11 +79,11 @@ def test_pd_handshake_prefill_returns_blocks_and_decode_skips_prefill() -> None:
         engine.add(p, {"do_remote_decode": True, "do_remote_prefill": False})
         p_texts, p_fin = await _drain(engine, p)
         assert len(p_texts) == 1  # prefill-only: one token, whatever max_tokens says
-        computed = _metric(engine, "emulator_prefill_computed_tokens_total")
+        computed = _metric(engine, "trinity_emulator_prefill_computed_tokens_total")
         d = Sequence("r", prompt, max_tokens=5)
         engine.add(d, p_fin.kv_transfer_params)
         _, d_fin = await _drain(engine, d)
-        return p_fin, d_fin, computed, _metric(engine, "emulator_prefill_computed_tokens_total")
+        return p_fin, d_fin, computed, _metric(engine, "trinity_emulator_prefill_computed_tokens_total")
 
     p_fin, d_fin, before, after = _run(go, role="decode")
     kv = p_fin.kv_transfer_params
@@ -98,12 +98,12 @@ def test_decode_role_counts_requests_without_kv_params_and_prefix_cache_serves_e
         first = Sequence("a", prompt, max_tokens=16)
         engine.add(first, None)
         texts, _ = await _drain(engine, first)
-        hits_before = _metric(engine, "emulator_prefix_cache_hit_tokens_total")
+        hits_before = _metric(engine, "vllm:prefix_cache_hits_total")
         cont = Sequence("b", prompt + tokenize("".join(texts)) + tokenize("new passage text"), max_tokens=2)
         engine.add(cont, None)
         await _drain(engine, cont)
-        return (_metric(engine, "emulator_requests_without_kv_transfer_total"), hits_before,
-                _metric(engine, "emulator_prefix_cache_hit_tokens_total"))
+        return (_metric(engine, "trinity_emulator_requests_without_kv_transfer_total"), hits_before,
+                _metric(engine, "vllm:prefix_cache_hits_total"))
 
     no_kv, hits_before, hits_after = _run(go, role="decode")
     assert no_kv == 2
@@ -118,7 +118,7 @@ def test_abort_frees_the_slot_and_ends_the_stream() -> None:
         engine.abort(seq)
         _, fin = await _drain(engine, seq)
         await asyncio.sleep(0.05)
-        return fin, engine.num_running, _metric(engine, "emulator_requests_total", outcome="aborted")
+        return fin, engine.num_running, _metric(engine, "vllm:request_success_total", finished_reason="abort")
 
     fin, running, aborted = _run(go)
     assert fin.reason == "abort" and running == 0 and aborted == 1

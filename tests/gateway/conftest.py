@@ -57,7 +57,8 @@ def _black_hole() -> tuple[str, socket.socket]:
 def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
     """Pool + 1 prefill + 1 decode + a gateway (local MiniLM embedding), docs loaded."""
     log_dir = Path(tmp_path_factory.mktemp("e2e-logs"))
-    cfg = StackConfig(pool_port=0, gateway_port=0, prefill_ports=(0,), decode_ports=(0,), log_dir=log_dir,
+    cfg = StackConfig(
+        served_model_names=("m",), pool_port=0, gateway_port=0, prefill_ports=(0,), decode_ports=(0,), log_dir=log_dir,
                       data_dir=Path(tmp_path_factory.mktemp("pool-data")), gateway_args=GATEWAY_FLAGS)
     with Stack(cfg) as stack:
         ids = list(range(1, len(PASSAGES) + 1))

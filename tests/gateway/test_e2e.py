@@ -58,8 +58,9 @@ def test_completions_streaming_with_openai_client(e2e: E2E) -> None:
     texts = [c.choices[0].text for c in chunks if c.choices and c.choices[0].text]
     assert len(texts) == 6
     final = [c for c in chunks if c.choices and c.choices[0].finish_reason][-1]
-    assert final.choices[0].finish_reason == "length" and final.model_extra["trinity"]["legs"]["decode"] == 1
-    assert chunks[-1].usage.completion_tokens == 6
+    assert final.choices[0].finish_reason == "length"
+    assert chunks[-1].usage.completion_tokens == 6 and not chunks[-1].choices  # the upstream's usage event
+    assert chunks[-1].model_extra["trinity"]["legs"]["decode"] == 1  # on the last event before [DONE]
 
 
 def test_vllm_pd_legs_carry_the_right_fields(e2e: E2E) -> None:
@@ -75,7 +76,8 @@ def test_vllm_pd_legs_carry_the_right_fields(e2e: E2E) -> None:
     engine_id = httpx.get(e2e.prefill + "/debug/state").json()["engine_id"]
     kv = d["body"]["kv_transfer_params"]
     assert kv["do_remote_prefill"] is True and kv["remote_engine_id"] == engine_id and kv["remote_block_ids"]
-    assert d["body"]["stream"] is True and d["body"]["max_tokens"] == 5 and d["body"]["min_tokens"] == 2
+    assert d["body"]["stream"] is False  # the client's own stream flag
+    assert d["body"]["max_tokens"] == 5 and d["body"]["min_tokens"] == 2
     assert d["body"]["prompt"] == p["body"]["prompt"] and d["outcome"] == "completed"
 
 
@@ -105,7 +107,7 @@ def test_answer_cache_hit_skips_the_engines(e2e: E2E) -> None:
 
 def test_decode_time_retrieval_continues_on_the_same_decode_instance(e2e: E2E) -> None:
     rid = uuid.uuid4().hex
-    hits_before = _metric(e2e.decode, "emulator_prefix_cache_hit_tokens_total")
+    hits_before = _metric(e2e.decode, "vllm:prefix_cache_hits_total")
     legs_before = _metric(e2e.gateway, "trinity_gateway_legs_total")
     resp = _client(e2e.gateway).completions.create(
         model="m", prompt="Explain prefill and decode", max_tokens=12, extra_headers={"X-Request-Id": rid},
@@ -120,7 +122,7 @@ def test_decode_time_retrieval_continues_on_the_same_decode_instance(e2e: E2E) -
     for prev, nxt in zip(legs, legs[1:]):
         assert nxt["body"]["prompt"].startswith(prev["body"]["prompt"])  # old context is a prefix
         assert "kv_transfer_params" not in nxt["body"]
-    assert _metric(e2e.decode, "emulator_prefix_cache_hit_tokens_total") > hits_before
+    assert _metric(e2e.decode, "vllm:prefix_cache_hits_total") > hits_before
     assert _metric(e2e.gateway, "trinity_gateway_legs_total") - legs_before == 4
 
 
@@ -140,6 +142,8 @@ def test_slo_header_carves_the_retrieval_deadline(e2e: E2E) -> None:
 
 
 def test_pool_down_degrades_or_fails_per_policy(gateway_pool_down: str) -> None:
+    health = httpx.get(gateway_pool_down + "/health", params={"deep": True}).json()
+    assert health["status"] == "degraded" and health["pool"].startswith("error")  # still serves, without retrieval
     client = _client(gateway_pool_down)
     t0 = time.monotonic()
     resp = client.completions.create(model="m", prompt="anything", max_tokens=3,
@@ -180,11 +184,11 @@ def test_prefill_error_cancels_the_decode_leg(e2e: E2E) -> None:
 def test_missing_kv_transfer_params_is_counted(e2e: E2E) -> None:
     httpx.post(e2e.prefill + "/debug/faults", json={"drop_kv_transfer_params": True})
     before = _metric(e2e.gateway, "trinity_gateway_decode_without_kv_transfer_total")
-    emu_before = _metric(e2e.decode, "emulator_requests_without_kv_transfer_total")
+    emu_before = _metric(e2e.decode, "trinity_emulator_requests_without_kv_transfer_total")
     resp = _client(e2e.gateway).completions.create(model="m", prompt=f"no kv {uuid.uuid4().hex}", max_tokens=2)
     assert resp.model_extra["trinity"]["kv_transfer"] is False
     assert _metric(e2e.gateway, "trinity_gateway_decode_without_kv_transfer_total") == before + 1
-    assert _metric(e2e.decode, "emulator_requests_without_kv_transfer_total") == emu_before + 1
+    assert _metric(e2e.decode, "trinity_emulator_requests_without_kv_transfer_total") == emu_before + 1
 
 
 def test_client_disconnect_aborts_upstream_work(e2e: E2E) -> None:
@@ -209,7 +213,7 @@ def test_bad_requests_name_the_field(e2e: E2E) -> None:
         client.completions.create(model="m", prompt="x", extra_body={"trinity": {"k": 0}})
     with pytest.raises(openai.BadRequestError, match="messages"):
         client.chat.completions.create(model="m", messages=[])
-    assert [m.id for m in client.models.list().data] == ["trinity-emulated-llama-3-8b"]
+    assert [m.id for m in client.models.list().data] == ["m"]  # the engines' --served-model-name
     assert httpx.get(e2e.gateway + "/health", params={"deep": True}).json()["pool"] == "ok"
 
 

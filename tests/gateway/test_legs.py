@@ -34,7 +34,8 @@ class Legs:
 @pytest.fixture(scope="module")
 def legs(e2e: E2E, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Legs]:
     """A gateway with its own prefill and decode engines, so tests may stop or kill them."""
-    cfg = StackConfig(pool_url=e2e.pool, gateway_port=0, prefill_ports=(0,), decode_ports=(0,),
+    cfg = StackConfig(
+        served_model_names=("m",), pool_url=e2e.pool, gateway_port=0, prefill_ports=(0,), decode_ports=(0,),
                       log_dir=Path(tmp_path_factory.mktemp("legs-logs")),
                       gateway_args=("--embed", "pool", "--no-answer-cache", *GATEWAY_FLAGS))
     with Stack(cfg) as stack:

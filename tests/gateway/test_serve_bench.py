@@ -7,13 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from trinity.bench.serve_bench import Outcome, bench_serve, compute_metrics, parse_goodput, parse_mix
+from trinity.bench.serve_bench import Outcome, bench_serve, check_base_url, compute_metrics, parse_goodput, parse_mix
+from trinity.bench.serve_metrics import parse_percentiles
 
 from .conftest import E2E
 
-VLLM_KEYS = ("completed", "failed", "request_throughput", "request_goodput", "output_throughput",
-             "total_token_throughput", *(f"{s}_{m}_ms" for m in ("ttft", "tpot", "itl", "e2el")
-                                         for s in ("mean", "median", "std", "p99")))
+VLLM_KEYS = ("duration", "completed", "failed", "total_input_tokens", "total_output_tokens", "request_throughput",
+             "request_goodput", "output_throughput", "total_token_throughput", "max_output_tokens_per_s",
+             "max_concurrent_requests", "input_lens", "output_lens", "ttfts", "itls", "generated_texts", "errors",
+             "backend", "endpoint_type", "label", "model_id", "tokenizer_id", "num_prompts", "request_rate",
+             "burstiness", "max_concurrency", *(f"{s}_{m}_ms" for m in ("ttft", "tpot", "itl", "e2el")
+                                                 for s in ("mean", "median", "std", "p50", "p99")))
 
 
 def test_goodput_and_mix_parsing() -> None:
@@ -24,6 +28,13 @@ def test_goodput_and_mix_parsing() -> None:
     assert parse_mix("rag:3,plain:1") == {"rag": 0.75, "plain": 0.25}
     with pytest.raises(ValueError):
         parse_mix("nope:1")
+    assert parse_percentiles("ttft,itl", "50,99.9") == (("ttft", "itl"), (50.0, 99.9))
+    for metrics, pcts in (("ttft,nope", "99"), ("ttft", "0"), ("ttft", "x")):
+        with pytest.raises(ValueError):
+            parse_percentiles(metrics, pcts)
+    assert check_base_url("http://h:8000/v1/") == "http://h:8000"
+    with pytest.raises(ValueError, match="http"):
+        check_base_url("h:8000")
 
 
 def test_metrics_follow_vllm_definitions() -> None:
@@ -33,14 +44,29 @@ def test_metrics_follow_vllm_definitions() -> None:
     assert (res["completed"], res["failed"], res["total_output_tokens"]) == (2, 1, 10)
     assert res["request_goodput"] == 0.5  # only the fast one meets both SLOs
     assert res["mean_tpot_ms"] == pytest.approx((100 + 200) / 2)  # (e2el - ttft) / (n - 1)
-    assert res["median_ttft_ms"] == pytest.approx(500) and res["errors"] == ["boom"]
+    assert res["median_ttft_ms"] == pytest.approx(500) and res["error_summary"] == ["boom"]
+    assert res["errors"] == ["", "", "boom"] and res["output_lens"] == [5, 5, 0] and res["ttfts"][0] == 0.1
 
 
 def test_short_run_against_the_gateway(e2e: E2E, tmp_path: Path) -> None:
     out = tmp_path / "serve.json"
     res = bench_serve(["tpot:500"], base_url=e2e.gateway, num_prompts=12, rate=20.0, output_len=8,
                       goodput=["ttft:5000"], collection="docs", mix="rag:1,rag_decode:1,repeat:1", k=2,
-                      retrieval_interval=4, out=out)
-    assert all(k in res for k in VLLM_KEYS)
+                      retrieval_interval=4, out=out, metric_percentiles="50,99")
+    assert all(k in res for k in VLLM_KEYS), [k for k in VLLM_KEYS if k not in res]
     assert res["completed"] == 12 and res["failed"] == 0 and res["trinity_prefill_retrievals"] > 0
+    assert len(res["generated_texts"]) == 12 and all(res["generated_texts"]) and min(res["input_lens"]) > 0
+    assert res["max_concurrent_requests"] >= 1 and res["model_id"] == "m"
+    assert res["median_retrieval_prefill_search_ms"] > 0 and res["median_retrieval_prefill_network_ms"] > 0
     assert json.loads(out.read_text())["goodput_slos_ms"] == {"ttft": 5000.0, "tpot": 500.0}
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_no_answer_cache_makes_reruns_measure_the_engines(e2e: E2E, tmp_path: Path) -> None:
+    kw = dict(base_url=e2e.gateway + "/v1", num_prompts=6, output_len=4, mix="plain:1", seed=7, plot=False)
+    bench_serve(out=tmp_path / "a.json", **kw)
+    cached = bench_serve(out=tmp_path / "b.json", **kw)
+    fresh = bench_serve(out=tmp_path / "c.json", answer_cache=False, **kw)
+    # NOTE: a lookup past its deadline on a loaded machine is a miss, hence not all 6
+    assert cached["trinity_cache_hits"] >= 4 and fresh["trinity_cache_hits"] == 0
+    assert cached["total_input_tokens"] == fresh["total_input_tokens"] > 0  # hits report the prompt's tokens

@@ -16,6 +16,7 @@ from trinity.gateway.config import GatewayConfig
 from trinity.gateway.keys import merge_api_keys, parse_api_keys
 
 from .conftest import E2E, _gateway
+from .test_units import PD
 
 KEY_A, KEY_B = "key-aaaa-1111", "key-bbbb-2222"
 
@@ -92,7 +93,7 @@ def test_without_keys_the_body_user_is_not_a_tenant(e2e: E2E) -> None:
 
 
 def test_trusted_tenant_header_is_an_opt_in() -> None:
-    cfg = GatewayConfig(trust_tenant_header=True)
+    cfg = GatewayConfig(trust_tenant_header=True, **PD)
     assert resolve_tenant(cfg, {}) == "default"
     acme = resolve_tenant(cfg, {TENANT_HEADER: "acme"})
     assert acme.startswith("t-") and acme != resolve_tenant(cfg, {TENANT_HEADER: "acme2"})
@@ -101,7 +102,7 @@ def test_trusted_tenant_header_is_an_opt_in() -> None:
         resolve_tenant(cfg, {TENANT_HEADER: ""})
     assert (exc.value.status, exc.value.field) == (400, TENANT_HEADER)
     with pytest.raises(ValueError, match="trust_tenant_header"):
-        GatewayConfig(trust_tenant_header=True, api_keys={KEY_A: "a"})
+        GatewayConfig(trust_tenant_header=True, api_keys={KEY_A: "a"}, **PD)
 
 
 def test_api_key_specs_flags_and_environment() -> None:
@@ -115,5 +116,5 @@ def test_api_key_specs_flags_and_environment() -> None:
     assert merge_api_keys({KEY_A: "a"}, {KEY_B: "b"}, {KEY_A: "a"}) == {KEY_A: "a", KEY_B: "b"}
     with pytest.raises(ValueError, match="exactly one tenant"):
         merge_api_keys({KEY_A: "a"}, {KEY_A: "b"})
-    cfg = build_config(None, api_keys={KEY_A: "tenant-a"})
+    cfg = build_config(None, api_keys={KEY_A: "tenant-a"}, prefill_urls=["http://p"], decode_urls=["http://d"])
     assert cfg.api_keys == {KEY_A: "tenant-a"}

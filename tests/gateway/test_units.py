@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import numpy as np
@@ -51,8 +52,11 @@ def test_prefill_body_is_what_vllms_proxy_sends() -> None:
     assert client["max_tokens"] == 50  # the client body is untouched
 
 
+PD = {"backend": {"prefill_urls": ["http://127.0.0.1:8100"], "decode_urls": ["http://127.0.0.1:8200"]}}
+
+
 def test_options_precedence_config_then_headers_then_body() -> None:
-    cfg = GatewayConfig()
+    cfg = GatewayConfig(**PD)
     opts = resolve_options(cfg, None, {}, "default")
     assert (opts.collection, opts.k, opts.ttft_ms, opts.answer_cache) == (None, 4, 1000.0, True)
     hdrs = {"x-trinity-collection": "docs", "x-trinity-k": "7", "x-slo-ttft-ms": "250", "x-trinity-answer-cache": "off"}
@@ -78,7 +82,13 @@ def test_config_file_sections_and_cli_flags(tmp_path: Any) -> None:
         GatewayConfig(**{"slo": {"ttft": 1}})
     with pytest.raises(ValueError, match="prefill"):
         GatewayConfig(**{"backend": {"kind": "vllm-pd", "prefill_urls": []}})
-    assert build_config(None, kind="vllm-pd", prefill_urls=["http://p"]).backend.prefill_urls == ("http://p",)
+    pd = build_config(None, kind="vllm-pd", prefill_urls=["http://p"], decode_urls=["http://d"])
+    assert pd.backend.prefill_urls == ("http://p",)
+    for bad, match in (({"kind": "vllm-pd", "decode_urls": ["http://d"]}, "--prefill"),  # no silent default
+                       ({"kind": "openai", "decode_urls": ["127.0.0.1:8000"]}, "not an http"),
+                       ({"kind": "openai", "decode_urls": ["http://d"], "pool_url": "pool:8077"}, "pool_url")):
+        with pytest.raises(ValueError, match=match):
+            build_config(None, **bad)
 
 
 def test_client_request_parsing() -> None:
@@ -91,7 +101,7 @@ def test_client_request_parsing() -> None:
     assert chat.query == "be brief\nq?" and chat.max_tokens is None and chat.model == "override"
     for endpoint, body, param in (("completions", {"prompt": [1, 2]}, "prompt"), ("chat", {"messages": []}, "messages"),
                                   ("completions", {"prompt": "x", "max_tokens": 0}, "max_tokens"),
-                                  ("completions", {"prompt": "x", "n": 2}, "n")):
+                                  ("completions", {"prompt": "x", "n": 0}, "n")):
         with pytest.raises(BadRequest) as exc:
             ClientRequest.parse(endpoint, body)
         assert exc.value.field == param
@@ -147,3 +157,27 @@ def test_embed_batcher_coalesces_concurrent_requests() -> None:
     out, calls = asyncio.run(go())
     assert out == [[float(i)] for i in range(1, 9)]
     assert sum(calls) == 8 and len(calls) < 8
+
+
+def test_embed_batcher_encodes_decode_stage_texts_first_and_apart() -> None:
+    class Slow:
+        batches: list[list[str]] = []
+
+        def encode(self, texts: list[str]) -> np.ndarray:
+            self.batches.append(list(texts))
+            time.sleep(0.02)
+            return np.zeros((len(texts), 1), dtype=np.float32)
+
+    async def go() -> list[list[str]]:
+        slow = Slow()
+        batcher = EmbedBatcher(slow)
+        first = asyncio.ensure_future(batcher.embed("busy", "prefill"))  # holds the encoder
+        await asyncio.sleep(0.005)
+        waiting = [batcher.embed(f"p{i}", "prefill") for i in range(3)] + [batcher.embed("d", "decode")]
+        await asyncio.gather(first, *waiting)
+        await batcher.aclose()
+        return slow.batches
+
+    batches = asyncio.run(go())
+    assert batches[0] == ["busy"] and batches[1] == ["d"]  # the decode text jumps the prefill queue, alone
+    assert sorted(batches[2]) == ["p0", "p1", "p2"]

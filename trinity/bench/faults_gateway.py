@@ -54,7 +54,8 @@ def _row(scenario: str, check: str, value: Any, expect: str, ok: bool) -> dict:
 
 
 def _stack(workdir: Path) -> Stack:
-    cfg = StackConfig(pool_url=f"http://127.0.0.1:{free_port()}", gateway_port=0, prefill_ports=(0,),
+    cfg = StackConfig(
+        served_model_names=("m",), pool_url=f"http://127.0.0.1:{free_port()}", gateway_port=0, prefill_ports=(0,),
                       decode_ports=(0,), log_dir=workdir / "logs", gateway_args=("--embed", "pool", "--no-answer-cache"))
     return Stack(cfg)
 

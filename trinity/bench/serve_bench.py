@@ -1,10 +1,14 @@
 """``trinity bench serve``: open-loop load generator against the gateway (or any OpenAI server).
 
-Output schema follows ``vllm bench serve`` (completed, failed, request throughput,
-goodput, mean/median/std/p99 TTFT, TPOT, ITL and E2EL in ms; TPOT = (E2EL - TTFT) /
-(output tokens - 1); goodput counts requests meeting every ``--goodput`` SLO), plus
-Trinity's own figures from the gateway's per-request ``trinity`` object: retrieval
-latency per stage, answer-cache hit rate, degraded answers and LLM legs.
+The JSON is ``vllm bench serve``'s result schema (:mod:`trinity.bench.serve_metrics`: the
+per-request arrays, peaks, mean/median/std and ``--metric-percentiles`` of the
+``--percentile-metrics``; TPOT = (E2EL - TTFT) / (output tokens - 1); goodput counts requests
+meeting every ``--goodput`` SLO; ``backend``, ``endpoint_type``, ``label``, ``model_id``,
+``tokenizer_id``), plus Trinity's own figures from the gateway's per-request ``trinity``
+object: retrieval latency per stage and per part (embed, cache, search, network),
+answer-cache hit rate, degraded answers and LLM legs. A PNG (latency over time, TTFT and
+TPOT distributions) goes next to the JSON. ``--no-answer-cache`` makes reruns with the same
+seed measure the engines rather than the previous run's cached answers.
 
 Arrivals are Poisson at ``--rate`` (gamma with ``--burstiness``, like vLLM); prompts are
 real English queries (first sentences of docstring passages, :mod:`trinity.data`). The
@@ -22,57 +26,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from urllib.parse import urlsplit
+
 from trinity.bench import serve_load
 from trinity.bench.report import default_out_path, machine_info, write_json
 from trinity.bench.serve_config import CLASSES, Outcome, ServeBenchConfig, parse_goodput, parse_mix
+from trinity.bench.serve_metrics import compute_metrics, parse_percentiles, percentile_key
 
 __all__ = ["CLASSES", "Outcome", "ServeBenchConfig", "compute_metrics", "format_report", "parse_goodput", "parse_mix",
            "run_serve_bench"]
-
-
-def _stats(name: str, values_ms: list[float], out: dict[str, Any]) -> None:
-    import numpy as np
-
-    arr = np.asarray(values_ms or [0.0], dtype=np.float64)
-    out[f"mean_{name}_ms"], out[f"median_{name}_ms"] = float(arr.mean()), float(np.median(arr))
-    out[f"std_{name}_ms"], out[f"p99_{name}_ms"] = float(arr.std()), float(np.percentile(arr, 99))
-
-
-def compute_metrics(outcomes: list[Outcome], duration_s: float, goodput: dict[str, float]) -> dict[str, Any]:
-    """vLLM's ``BenchmarkMetrics`` fields (JSON names), plus ``trinity_*`` ones."""
-    ok = [o for o in outcomes if o.success]
-    tpots = [(o.latency - o.ttft) / (o.output_tokens - 1) for o in ok if o.output_tokens > 1]
-    good = 0
-    for o in ok:
-        tpot = (o.latency - o.ttft) / (o.output_tokens - 1) if o.output_tokens > 1 else 0.0
-        limits = {"ttft": o.ttft, "tpot": tpot, "e2el": o.latency}
-        good += all(limits[k] * 1e3 <= v for k, v in goodput.items())
-    total_in, total_out = sum(o.prompt_len for o in ok), sum(o.output_tokens for o in ok)
-    res: dict[str, Any] = {
-        "duration": duration_s, "completed": len(ok), "failed": len(outcomes) - len(ok),
-        "total_input_tokens": total_in, "total_output_tokens": total_out,
-        "request_throughput": len(ok) / duration_s, "request_goodput": good / duration_s if goodput else None,
-        "output_throughput": total_out / duration_s, "total_token_throughput": (total_in + total_out) / duration_s,
-    }
-    _stats("ttft", [o.ttft * 1e3 for o in ok], res)
-    _stats("tpot", [t * 1e3 for t in tpots], res)
-    _stats("itl", [x * 1e3 for o in ok for x in o.itl], res)
-    _stats("e2el", [o.latency * 1e3 for o in ok], res)
-    tr = [o.trinity for o in ok if o.trinity]
-    _stats("retrieval_prefill", [t["timings_ms"]["retrieval"] for t in tr if "retrieval" in t["timings_ms"]], res)
-    _stats("retrieval_decode", [d["ms"] for t in tr for d in t.get("decode_retrievals", []) if "ms" in d], res)
-    _stats("decode_stall", [d["stall_ms"] for t in tr for d in t.get("decode_retrievals", []) if "stall_ms" in d],
-           res)
-    lookups = [t for t in tr if t.get("cache") in ("hit", "miss")]
-    res["trinity_cache_hit_rate"] = sum(t["cache"] == "hit" for t in lookups) / len(lookups) if lookups else None
-    res["trinity_cache_hits"] = sum(t.get("cache") == "hit" for t in tr)
-    res["trinity_degraded"] = sum(bool(t.get("degraded")) for t in tr)
-    res["trinity_prefill_retrievals"] = sum("retrieval" in t["timings_ms"] for t in tr)
-    res["trinity_decode_retrievals"] = sum(len(t.get("decode_retrievals", [])) for t in tr)
-    res["trinity_continuation_legs"] = sum(t.get("legs", {}).get("continuation", 0) for t in tr)
-    res["trinity_requests_by_class"] = {c: sum(o.cls == c for o in outcomes) for c in CLASSES}
-    res["errors"] = sorted({o.error for o in outcomes if not o.success})[:10]
-    return res
 
 
 def format_report(res: dict[str, Any], cfg: ServeBenchConfig) -> str:
@@ -96,16 +58,25 @@ def format_report(res: dict[str, Any], cfg: ServeBenchConfig) -> str:
         row("Request goodput (req/s):", res["request_goodput"])
     row("Output token throughput (tok/s):", res["output_throughput"])
     row("Total Token throughput (tok/s):", res["total_token_throughput"])
-    for key, title, name in (("ttft", "Time to First Token", "TTFT"),
-                             ("tpot", "Time per Output Token (excl. 1st token)", "TPOT"),
-                             ("itl", "Inter-token Latency", "ITL"), ("e2el", "End-to-end Latency", "E2EL")):
+    row("Peak output token throughput (tok/s):", res["max_output_tokens_per_s"])
+    row("Peak concurrent requests:", res["max_concurrent_requests"], "d")
+    titles = {"ttft": ("Time to First Token", "TTFT"), "tpot": ("Time per Output Token (excl. 1st token)", "TPOT"),
+              "itl": ("Inter-token Latency", "ITL"), "e2el": ("End-to-end Latency", "E2EL")}
+    for key in cfg.percentile_metrics:
+        title, name = titles[key]
         head(title)
-        for stat in ("mean", "median", "p99"):
-            row(f"{stat.capitalize() if stat != 'p99' else 'P99'} {name} (ms):", res[f"{stat}_{key}_ms"])
+        row(f"Mean {name} (ms):", res[f"mean_{key}_ms"])
+        row(f"Median {name} (ms):", res[f"median_{key}_ms"])
+        for p in cfg.metric_percentiles:
+            row(f"P{percentile_key(p)} {name} (ms):", res[f"p{percentile_key(p)}_{key}_ms"])
     head("Trinity: retrieval and caches")
     for key, name in (("retrieval_prefill", "prefill-stage retrieval"), ("retrieval_decode", "decode-stage retrieval")):
         for stat in ("median", "p99"):
             row(f"{stat.capitalize() if stat != 'p99' else 'P99'} {name} (ms):", res[f"{stat}_{key}_ms"])
+        stage = key.split("_")[1]
+        parts = ("embed", "cache", "search", "network") if stage == "prefill" else ("embed", "search", "network")
+        rows.append(f"{'  median parts (ms):':<40}" + " ".join(
+            f"{part} {res[f'median_{key}_{part}_ms']:.1f}" for part in parts))
     row("Median decode-retrieval stall (ms):", res["median_decode_stall_ms"])
     row("Prefill-stage retrievals:", res["trinity_prefill_retrievals"], "d")
     row("Decode-stage retrievals:", res["trinity_decode_retrievals"], "d")
@@ -116,23 +87,48 @@ def format_report(res: dict[str, Any], cfg: ServeBenchConfig) -> str:
     return "\n".join(rows)
 
 
+def _payload(cfg: ServeBenchConfig, model: str, res: dict[str, Any]) -> dict[str, Any]:
+    backend = "openai-chat" if cfg.endpoint == "chat" else "openai"  # vLLM's backend names
+    return {"bench": "serve", "date": time.strftime("%Y%m%d-%H%M%S"), "backend": backend, "endpoint_type": backend,
+            "label": cfg.label or backend, "model_id": model, "tokenizer_id": model, "base_url": cfg.base_url,
+            "endpoint": "/v1/chat/completions" if cfg.endpoint == "chat" else "/v1/completions",
+            "num_prompts": cfg.num_prompts, "request_rate": cfg.rate if cfg.rate != float("inf") else "inf",
+            "burstiness": cfg.burstiness, "max_concurrency": cfg.max_concurrency, "output_len": cfg.output_len,
+            "goodput_slos_ms": cfg.goodput, "mix": cfg.mix, "collection": cfg.collection,
+            "answer_cache": cfg.answer_cache, "percentile_metrics": ",".join(cfg.percentile_metrics),
+            "metric_percentiles": ",".join(percentile_key(p) for p in cfg.metric_percentiles), **res,
+            "machine": machine_info(),
+            # NOTE: latencies here are only as good as the CPU share the stack got.
+            "loadavg_after": os.getloadavg()}
+
+
 def run_serve_bench(cfg: ServeBenchConfig) -> dict[str, Any]:
-    """Run the benchmark, print the report, write the JSON; return the result dict."""
+    """Run the benchmark, print the report, write the JSON (and the PNG); return the result dict."""
     cfg.validate()
     outcomes, duration, model = asyncio.run(serve_load.drive(cfg))
-    res = compute_metrics(outcomes, duration, cfg.goodput)
+    res = compute_metrics(outcomes, duration, cfg.goodput, cfg.percentile_metrics, cfg.metric_percentiles)
     print(format_report(res, cfg))
-    for err in res["errors"]:
+    for err in res["error_summary"]:
         print(f"error: {err}")
-    payload = {"bench": "serve", "date": time.strftime("%Y%m%d-%H%M%S"), "base_url": cfg.base_url, "model": model,
-               "endpoint": cfg.endpoint, "request_rate": cfg.rate, "burstiness": cfg.burstiness,
-               "num_prompts": cfg.num_prompts, "output_len": cfg.output_len, "goodput_slos_ms": cfg.goodput,
-               "mix": cfg.mix, "collection": cfg.collection, **res, "machine": machine_info(),
-               # NOTE: latencies here are only as good as the CPU share the stack got.
-               "loadavg_after": os.getloadavg()}
+    payload = _payload(cfg, model, res)
     path = write_json(cfg.out or default_out_path("serve"), payload)
     print(f"results: {path}")
+    if cfg.plot:
+        from trinity.bench.serve_plot import plot_serve
+
+        png = plot_serve(outcomes, Path(path).with_suffix(".png"),
+                         f"bench serve: {cfg.num_prompts} prompts at {cfg.rate} req/s, {model}")
+        print(f"plot: {png}")
     return json.loads(json.dumps(payload, default=str))
+
+
+def check_base_url(url: str) -> str:
+    """The server's root URL; ``.../v1`` is accepted (and dropped), anything without a scheme refused."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"--base-url {url!r}: expected http(s)://HOST:PORT")
+    url = url.rstrip("/")
+    return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
 def bench_serve(
@@ -140,17 +136,23 @@ def bench_serve(
     model: str | None = None, rate: float = float("inf"), num_prompts: int = 200, burstiness: float = 1.0,
     max_concurrency: int | None = None, output_len: int = 64, goodput: list[str] | None = None,
     mix: str | None = None, collection: str | None = None, k: int = 4, retrieval_interval: int = 16,
-    slo_headers: bool = True, seed: int = 0, out: Path | None = None,
+    slo_headers: bool = True, seed: int = 0, out: Path | None = None, answer_cache: bool = True,
+    percentile_metrics: str = "ttft,tpot,itl,e2el", metric_percentiles: str = "99", label: str | None = None,
+    plot: bool = True,
 ) -> dict[str, Any]:
     """Plain-Python entry of ``trinity bench serve`` (the typer command in :mod:`trinity.cli` wraps it).
 
     ``goodput_extra`` collects ``tpot:MS`` when written vLLM-style as ``--goodput ttft:MS tpot:MS``.
+    Raises :class:`ValueError` (one line) for bad options and unreachable servers.
     """
     slos = parse_goodput([*(goodput or []), *(goodput_extra or [])])
+    metrics, percentiles = parse_percentiles(percentile_metrics, metric_percentiles)
     default_mix = "rag:0.5,rag_decode:0.2,repeat:0.2,plain:0.1" if collection else "plain:1"
-    cfg = ServeBenchConfig(base_url=base_url.rstrip("/"), endpoint=endpoint, model=model, num_prompts=num_prompts,
+    cfg = ServeBenchConfig(base_url=check_base_url(base_url), endpoint=endpoint, model=model, num_prompts=num_prompts,
                            rate=rate, burstiness=burstiness, max_concurrency=max_concurrency, output_len=output_len,
                            goodput=slos, mix=parse_mix(mix or default_mix), collection=collection, k=k,
-                           retrieval_interval=retrieval_interval, slo_headers=slo_headers, seed=seed, out=out)
+                           retrieval_interval=retrieval_interval, slo_headers=slo_headers, seed=seed, out=out,
+                           answer_cache=answer_cache, percentile_metrics=metrics, metric_percentiles=percentiles,
+                           label=label, plot=plot)
     cfg.validate()
     return run_serve_bench(cfg)

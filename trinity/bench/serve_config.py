@@ -62,6 +62,11 @@ class ServeBenchConfig:
     timeout_s: float = 300.0
     out: Path | None = None
     progress: bool = True
+    answer_cache: bool = True  # False: every request asks the gateway not to use its answer cache
+    percentile_metrics: tuple[str, ...] = ("ttft", "tpot", "itl", "e2el")
+    metric_percentiles: tuple[float, ...] = (99.0,)
+    label: str | None = None
+    plot: bool = True  # a PNG next to the JSON
 
     def validate(self) -> None:
         if self.endpoint not in ("completions", "chat"):
@@ -85,4 +90,5 @@ class Outcome:
     latency: float = 0.0
     itl: list[float] = field(default_factory=list)
     start: float = 0.0
+    text: str = ""
     trinity: dict[str, Any] = field(default_factory=dict)

@@ -12,7 +12,7 @@ import httpx
 
 from trinity.bench.serve_config import Outcome, ServeBenchConfig
 
-__all__ = ["build_prompts", "drive"]
+__all__ = ["build_prompts", "drive", "first_model"]
 
 
 def build_prompts(n: int, corpus_passages: int, seed: int) -> list[str]:
@@ -25,11 +25,12 @@ def build_prompts(n: int, corpus_passages: int, seed: int) -> list[str]:
 
 
 def _options(cls: str, cfg: ServeBenchConfig) -> dict[str, Any] | None:
+    opts: dict[str, Any] = {} if cfg.answer_cache else {"answer_cache": False}
     if cls == "rag":
-        return {"collection": cfg.collection, "k": cfg.k}
+        opts.update(collection=cfg.collection, k=cfg.k)
     if cls == "rag_decode":
-        return {"collection": cfg.collection, "k": cfg.k, "retrieval_interval": cfg.retrieval_interval}
-    return None
+        opts.update(collection=cfg.collection, k=cfg.k, retrieval_interval=cfg.retrieval_interval)
+    return opts or None
 
 
 async def _one(client: httpx.AsyncClient, cfg: ServeBenchConfig, model: str, cls: str, prompt: str,
@@ -63,6 +64,7 @@ async def _one(client: httpx.AsyncClient, cfg: ServeBenchConfig, model: str, cls
                 for ch in obj.get("choices") or ():
                     text = ch.get("text") if cfg.endpoint == "completions" else (ch.get("delta") or {}).get("content")
                     if text:
+                        out.text += text
                         now = time.perf_counter()
                         if out.ttft == 0.0:
                             out.ttft = now - out.start
@@ -83,6 +85,20 @@ async def _one(client: httpx.AsyncClient, cfg: ServeBenchConfig, model: str, cls
     return out
 
 
+async def first_model(client: httpx.AsyncClient, base_url: str) -> str:
+    """The first model of ``/v1/models``; a one-line :class:`ValueError` when the server is not one."""
+    try:
+        resp = await client.get("/v1/models", timeout=10.0)
+    except httpx.HTTPError as exc:
+        raise ValueError(f"--base-url {base_url}: cannot reach {base_url}/v1/models ({type(exc).__name__}: "
+                         f"{exc or 'no answer'})") from None
+    try:
+        return str(resp.json()["data"][0]["id"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise ValueError(f"--base-url {base_url}: {base_url}/v1/models answered HTTP {resp.status_code} without "
+                         "a model list (give the server's root URL, without /v1, or --model)") from None
+
+
 async def drive(cfg: ServeBenchConfig) -> tuple[list[Outcome], float, str]:
     """Send ``num_prompts`` requests with Poisson/gamma arrivals; return outcomes, duration, model."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -95,7 +111,7 @@ async def drive(cfg: ServeBenchConfig) -> tuple[list[Outcome], float, str]:
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=512)
     sem = asyncio.Semaphore(cfg.max_concurrency) if cfg.max_concurrency else None
     async with httpx.AsyncClient(base_url=cfg.base_url, timeout=cfg.timeout_s, limits=limits) as client:
-        model = cfg.model or (await client.get("/v1/models")).json()["data"][0]["id"]
+        model = cfg.model or await first_model(client, cfg.base_url)
         columns = (TextColumn("[bold]bench serve"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, disable=not cfg.progress, transient=False) as bar:
             task_id = bar.add_task("requests", total=cfg.num_prompts)

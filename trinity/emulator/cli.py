@@ -14,8 +14,10 @@ __all__ = ["emulate", "load_config"]
 DEFAULT_PORTS = {"prefill": 8100, "decode": 8200, "both": 8300}
 
 
-def load_config(path: Path | None, role: str, latency: list[str], time_scale: float, **engine: object):
-    """Merge a JSON config file (``{"engine": {...}, "latency": {...}, "faults": {...}}``) with flags."""
+def load_config(path: Path | None, role: str, latency: list[str], time_scale: float,
+                connector: dict | None = None, served_model_names: tuple[str, ...] = (), **engine: object):
+    """Merge a JSON config file (``{"engine", "latency", "faults", "connector"}`` sections) with flags."""
+    from trinity.emulator.connectors import ConnectorConfig
     from trinity.emulator.engine import EngineConfig
     from trinity.emulator.faults import FaultConfig
     from trinity.emulator.latency import LatencyModel
@@ -30,7 +32,9 @@ def load_config(path: Path | None, role: str, latency: list[str], time_scale: fl
         overrides[key.strip()] = float(value)
     lat = LatencyModel.from_overrides(overrides, time_scale=float(raw.get("time_scale", time_scale)))
     eng = {**raw.get("engine", {}), **{k: v for k, v in engine.items() if v is not None}, "role": role}
-    return EmulatorConfig(engine=EngineConfig(latency=lat, **eng), faults=FaultConfig(**raw.get("faults", {})))
+    conn = {**raw.get("connector", {}), **{k: v for k, v in (connector or {}).items() if v is not None}}
+    return EmulatorConfig(engine=EngineConfig(latency=lat, **eng), faults=FaultConfig(**raw.get("faults", {})),
+                          connector=ConnectorConfig(**conn), served_model_names=tuple(served_model_names))
 
 
 def emulate(
@@ -38,6 +42,12 @@ def emulate(
     host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
     port: Annotated[Optional[int], typer.Option(help="default: 8100 prefill, 8200 decode, 8300 both")] = None,
     model: Annotated[Optional[str], typer.Option(help="model name served at /v1/models")] = None,
+    served_model_name: Annotated[list[str], typer.Option(
+        help="a name the model answers to (repeatable; default: --model); others get 404")] = [],  # noqa: B006
+    kv_connector: Annotated[Optional[str], typer.Option(help="KV connector side: nixl, p2p-nccl, mooncake")] = None,
+    kv_address: Annotated[Optional[str], typer.Option(help="p2p-nccl: this instance's ZMQ address HOST:PORT")] = None,
+    require_kv_transfer: Annotated[bool, typer.Option(
+        help="decode role: refuse (400) requests without the connector's handshake")] = False,
     max_num_seqs: Annotated[Optional[int], typer.Option(help="max sequences in the running batch")] = None,
     max_num_batched_tokens: Annotated[Optional[int], typer.Option(help="prefill token budget per step")] = None,
     max_model_len: Annotated[Optional[int], typer.Option(help="prompt + completion token limit")] = None,
@@ -55,12 +65,15 @@ def emulate(
     if role not in DEFAULT_PORTS:
         raise typer.BadParameter(f"--role: expected prefill, decode or both, got {role!r}")
     try:
-        cfg = load_config(config, role, latency, time_scale, model=model, max_num_seqs=max_num_seqs,
+        conn = {"kind": kv_connector, "kv_address": kv_address, "require_kv_transfer": require_kv_transfer or None}
+        cfg = load_config(config, role, latency, time_scale, conn, tuple(served_model_name), model=model,
+                          max_num_seqs=max_num_seqs,
                           max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len)
         if fail_rate:
             cfg = replace(cfg, faults=replace(cfg.faults, fail_rate=fail_rate, fail_status=fail_status))
     except (ValueError, TypeError) as exc:
         raise typer.BadParameter(str(exc)) from None
     port = port or DEFAULT_PORTS[role]
-    typer.echo(f"trinity emulate: EMULATED {role} engine (filler text, modelled latency) on http://{host}:{port}")
+    typer.echo(f"trinity emulate: EMULATED {role} engine ({cfg.connector.kind}; filler text, modelled latency) "
+               f"on http://{host}:{port}")
     run(cfg, host, port, log_level=log_level)

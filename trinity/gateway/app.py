@@ -16,6 +16,7 @@ from trinity.gateway.config import GatewayConfig
 from trinity.gateway.metrics import GatewayMetrics
 from trinity.gateway.routes import completions, ops
 from trinity.gateway.state import GatewayState
+from trinity.protocol.openai import install_error_handlers
 
 __all__ = ["create_app"]
 
@@ -33,6 +34,7 @@ def create_app(cfg: GatewayConfig, embedder: Any = None) -> FastAPI:
             await app.state.gateway.aclose()
 
     app = FastAPI(title="Trinity PD gateway", lifespan=lifespan)
+    install_error_handlers(app)  # NOTE: unknown routes and methods answer OpenAI's error shape too
     app.include_router(completions.router)
     app.include_router(ops.router)
     return app

@@ -12,9 +12,10 @@ __all__ = ["build_config", "gateway"]
 
 
 _SECTIONS = {
-    "backend": ("kind", "model", "prefill_retries", "require_kv_transfer", "prefill_urls", "decode_urls"),
+    "backend": ("kind", "model", "prefill_retries", "require_kv_transfer", "prefill_urls", "decode_urls",
+                "kv_connector", "prefill_kv_addresses", "decode_kv_addresses", "bootstrap_ports"),
     "slo": ("ttft_ms", "tpot_ms", "deadline_factor", "max_request_s"),
-    "retrieval": ("collection", "k", "nprobe", "decode_interval", "embed"),
+    "retrieval": ("collection", "k", "nprobe", "decode_interval", "embed", "embed_url", "embed_model"),
     "cache": ("use_answer_cache", "use_prompt_cache"),
 }
 _TOP = ("host", "port", "pool_url", "pool_api_key", "on_pool_error", "max_concurrency", "trust_tenant_header")
@@ -55,6 +56,14 @@ def gateway(
                           "server)")] = None,
     prefill: Annotated[list[str], typer.Option(help="prefill instance URL (repeatable)")] = [],  # noqa: B006
     decode: Annotated[list[str], typer.Option(help="decode (or openai) instance URL (repeatable)")] = [],  # noqa: B006
+    kv_connector: Annotated[Optional[str], typer.Option(
+        help="PD handshake: nixl | p2p-nccl | mooncake [default: nixl]")] = None,
+    prefill_kv_address: Annotated[list[str], typer.Option(
+        help="p2p-nccl: ZMQ address HOST:PORT of each --prefill, in order")] = [],  # noqa: B006
+    decode_kv_address: Annotated[list[str], typer.Option(
+        help="p2p-nccl: ZMQ address HOST:PORT of each --decode, in order")] = [],  # noqa: B006
+    bootstrap_port: Annotated[list[int], typer.Option(
+        help="mooncake: bootstrap port of each --prefill, in order [default: 8998]")] = [],  # noqa: B006
     model: Annotated[Optional[str], typer.Option(help="model name sent upstream (default: the client's)")] = None,
     ttft_ms: Annotated[Optional[float], typer.Option(help="default TTFT SLO (x-slo-ttft-ms overrides)")] = None,
     tpot_ms: Annotated[Optional[float], typer.Option(help="default TPOT SLO (x-slo-tpot-ms overrides)")] = None,
@@ -71,7 +80,11 @@ def gateway(
     k: Annotated[Optional[int], typer.Option(help="passages per retrieval")] = None,
     retrieval_interval: Annotated[Optional[int], typer.Option(
         help="decode-time retrieval every N tokens (0 = off)")] = None,
-    embed: Annotated[Optional[str], typer.Option(help="local (embed once in the gateway) | pool")] = None,
+    embed: Annotated[Optional[str], typer.Option(
+        help="local (MiniLM in the gateway) | pool | openai (an OpenAI-compatible /v1/embeddings server)")] = None,
+    embed_url: Annotated[Optional[str], typer.Option(
+        help="embedding server base URL, e.g. http://127.0.0.1:8400/v1 (implies --embed openai)")] = None,
+    embed_model: Annotated[Optional[str], typer.Option(help="model name sent to --embed-url")] = None,
     answer_cache: Annotated[Optional[bool], typer.Option("--answer-cache/--no-answer-cache",
                                                          help="use the answer cache by default")] = None,
     prompt_cache: Annotated[Optional[bool], typer.Option("--prompt-cache/--no-prompt-cache",
@@ -84,27 +97,49 @@ def gateway(
 ) -> None:
     """Run the PD gateway: OpenAI-compatible API -> vector pool (caches, RAG) -> prefill -> decode."""
     from trinity.config import config_error  # NOTE: lazy, as above
-    from trinity.gateway.keys import parse_api_keys
 
+    opts = dict(locals())  # NOTE: every option by its flag name; _RENAMED maps them onto the config tree
     try:
-        cfg = build_config(
-            config, host=host, port=port, pool_url=pool_url, kind=backend, prefill_urls=prefill, decode_urls=decode,
-            model=model, ttft_ms=ttft_ms, tpot_ms=tpot_ms, collection=collection, k=k,
-            decode_interval=retrieval_interval, embed=embed, use_answer_cache=answer_cache,
-            use_prompt_cache=prompt_cache, on_pool_error=on_pool_error, require_kv_transfer=require_kv_transfer,
-            max_concurrency=max_concurrency, deadline_factor=deadline_factor, max_request_s=max_request_s,
-            api_keys=parse_api_keys(api_key) or None, trust_tenant_header=trust_tenant_header)
+        cfg = build_config(config, **_overrides(opts))
     except (ValueError, TypeError, OSError) as exc:
         raise typer.BadParameter(config_error(exc)) from None
     _run(cfg, log_level)
 
 
+_RENAMED = {"backend": "kind", "prefill": "prefill_urls", "decode": "decode_urls",
+            "retrieval_interval": "decode_interval",
+            "prefill_kv_address": "prefill_kv_addresses", "decode_kv_address": "decode_kv_addresses",
+            "bootstrap_port": "bootstrap_ports", "answer_cache": "use_answer_cache",
+            "prompt_cache": "use_prompt_cache"}
+
+
+def _overrides(opts: dict[str, Any]) -> dict[str, Any]:
+    from trinity.gateway.keys import parse_api_keys
+
+    out = {_RENAMED.get(k, k): v for k, v in opts.items() if k not in ("config", "log_level", "config_error")}
+    out["api_keys"] = parse_api_keys(opts["api_key"]) or None
+    del out["api_key"]
+    if out["embed_url"] and not out["embed"]:
+        out["embed"] = "openai"
+    return out
+
+
 def _run(cfg: Any, log_level: str) -> None:
+    import socket
+
     import uvicorn  # NOTE: lazy, as above
 
     from trinity.gateway.app import create_app
 
+    sock = socket.socket(socket.AF_INET6 if ":" in cfg.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((cfg.host, cfg.port))
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror}", param_hint="--port")
     b = cfg.backend
-    typer.echo(f"trinity gateway on http://{cfg.host}:{cfg.port}: backend={b.kind} prefill={list(b.prefill_urls)} "
-               f"decode={list(b.decode_urls)} pool={cfg.pool_url} api_keys={len(cfg.api_keys)}")
-    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level=log_level, access_log=False)
+    typer.echo(f"trinity gateway on http://{cfg.host}:{sock.getsockname()[1]}: backend={b.kind} "
+               f"kv_connector={b.kv_connector} prefill={list(b.prefill_urls)} decode={list(b.decode_urls)} "
+               f"pool={cfg.pool_url} api_keys={len(cfg.api_keys)}")
+    server = uvicorn.Server(uvicorn.Config(create_app(cfg), log_level=log_level, access_log=False))
+    server.run(sockets=[sock])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -22,6 +23,18 @@ from trinity.gateway.keys import check_api_keys, parse_api_keys
 __all__ = ["BackendConfig", "CacheConfig", "GatewayConfig", "RetrievalConfig", "SLOConfig", "UpstreamConfig"]
 
 BACKEND_KINDS = ("vllm-pd", "openai", "emulated")
+KV_CONNECTORS = ("nixl", "p2p-nccl", "mooncake")
+
+
+def _check_url(url: str, what: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{what}: {url!r} is not an http(s) URL with a host (e.g. http://127.0.0.1:8100)")
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError(f"{what}: {url!r} has an invalid port") from None
+    return url.rstrip("/")
 
 
 class UpstreamConfig(Section):
@@ -37,12 +50,32 @@ class BackendConfig(Section):
     """Where the LLM legs go; ``emulated`` is ``vllm-pd`` pointed at ``trinity emulate`` servers."""
 
     kind: Literal["vllm-pd", "openai", "emulated"] = "vllm-pd"
-    prefill_urls: tuple[str, ...] = ("http://127.0.0.1:8100",)
-    decode_urls: tuple[str, ...] = ("http://127.0.0.1:8200",)
+    prefill_urls: tuple[str, ...] = ()
+    decode_urls: tuple[str, ...] = ()
     model: str | None = Field(None, description="Override the client's model name upstream.")
     upstream: UpstreamConfig = UpstreamConfig()
     prefill_retries: int = 1
     require_kv_transfer: bool = False
+    kv_connector: Literal["nixl", "p2p-nccl", "mooncake"] = Field(
+        "nixl", description="The KV connector the instances run; decides the PD handshake (docs/gateway.md).")
+    prefill_kv_addresses: tuple[str, ...] = Field((), description="p2p-nccl: ZMQ address of each prefill URL.")
+    decode_kv_addresses: tuple[str, ...] = Field((), description="p2p-nccl: ZMQ address of each decode URL.")
+    bootstrap_ports: tuple[int, ...] = Field((), description="mooncake: bootstrap port of each prefill URL "
+                                                             "(default 8998).")
+
+    @model_validator(mode="after")
+    def _check_backend(self) -> BackendConfig:
+        for what, urls in (("prefill_urls", self.prefill_urls), ("decode_urls", self.decode_urls)):
+            for u in urls:
+                _check_url(u, f"backend.{what}")
+        if self.kv_connector == "p2p-nccl" and self.kind != "openai":
+            if (len(self.prefill_kv_addresses), len(self.decode_kv_addresses)) != (len(self.prefill_urls),
+                                                                                   len(self.decode_urls)):
+                raise ValueError("backend.kv_connector p2p-nccl: give one ZMQ address per instance "
+                                 "(--prefill-kv-address per --prefill, --decode-kv-address per --decode)")
+        if self.bootstrap_ports and len(self.bootstrap_ports) != len(self.prefill_urls):
+            raise ValueError("backend.bootstrap_ports: one per prefill URL")
+        return self
 
 
 class SLOConfig(Section):
@@ -69,12 +102,20 @@ class RetrievalConfig(Section):
     decode_k: int = 1
     decode_share: float = Field(1.0, description="Stall a decode-stage retrieval may add to one inter-token gap, "
                                                  "in TPOT SLOs.")
+    decode_query: Literal["combined", "text"] = Field(
+        "combined", description="Decode-stage query vector: combined = the request's query vector plus an "
+                                "embedding of the answer's last 200 characters only (half the text to embed); "
+                                "text = embed query and answer tail together.")
     decode_prefetch_tokens: int = Field(4, description="Start each decode-stage retrieval this many tokens before "
                                                        "its leg ends.")
     min_deadline_ms: float = Field(5.0, description="Floor of any retrieval deadline (below it: skip, degrade).")
     max_passage_chars: int = 1200
-    embed: Literal["local", "pool"] = Field("local", description="local: embed once in the gateway; pool: send "
-                                                                 "texts to the pool's embedder.")
+    embed: Literal["local", "pool", "openai"] = Field(
+        "local", description="local: MiniLM in the gateway; pool: send texts to the pool's embedder; openai: an "
+                             "OpenAI-compatible /v1/embeddings server at embed_url.")
+    embed_url: str | None = Field(None, description="Base URL of the embedding server (ending in /v1).")
+    embed_model: str | None = Field(None, description="Model name sent to the embedding server (default: its "
+                                                      "first /v1/models entry).")
     embed_threads: int = Field(1, description="torch threads of the local embedder (see docs/gateway.md).")
 
 
@@ -138,9 +179,18 @@ class GatewayConfig(Settings):
     def _check(self) -> GatewayConfig:
         b, r, s = self.backend, self.retrieval, self.slo
         if b.kind != "openai" and not b.prefill_urls:
-            raise ValueError("backend.prefill_urls: the vllm-pd backend needs at least one prefill instance")
+            raise ValueError(f"backend.prefill_urls: the {b.kind} backend needs at least one prefill instance "
+                             "(--prefill URL)")
         if not b.decode_urls:
-            raise ValueError("backend.decode_urls: at least one decode (or OpenAI) instance is needed")
+            raise ValueError("backend.decode_urls: at least one decode (or OpenAI) instance is needed (--decode URL)")
+        _check_url(self.pool_url, "pool_url")
+        if r.embed_url and r.embed != "openai":
+            raise ValueError(f"retrieval.embed_url: given with embed={r.embed}; use embed=openai (--embed openai, or "
+                             "leave --embed out)")
+        if r.embed == "openai":
+            if not r.embed_url:
+                raise ValueError("retrieval.embed_url: embed=openai needs the embedding server's URL (--embed-url)")
+            _check_url(r.embed_url, "retrieval.embed_url")
         if not 0 < r.prefill_share <= 1 or r.decode_share <= 0:
             raise ValueError("retrieval.prefill_share must be in (0, 1] and decode_share > 0")
         if s.ttft_ms <= 0 or s.tpot_ms <= 0 or self.max_concurrency < 1:

@@ -13,7 +13,8 @@ _LAT = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 
 
 class GatewayMetrics:
     """All gateway series. ``phase`` values: queue, embed, cache_lookup, retrieval_prefill,
-    retrieval_decode, prefill, decode, total."""
+    retrieval_decode, prefill, decode, total. An LLM instance is labelled ``upstream`` (its URL):
+    ``instance`` is the label Prometheus itself puts on every scraped series."""
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
@@ -23,6 +24,10 @@ class GatewayMetrics:
         self.active = Gauge("trinity_gateway_requests_active", "Requests being served", registry=r)
         self.phase = Histogram("trinity_gateway_phase_seconds", "Per-request time spent in each phase", ["phase"],
                                buckets=_LAT, registry=r)
+        self.retrieval_part = Histogram(
+            "trinity_gateway_retrieval_part_seconds", "Retrieval time by stage (prefill, decode) and part: embed "
+            "(gateway or embedding server), cache (semantic-cache lookups), search (the pool's queue + scan), "
+            "network (HTTP, JSON and routing between gateway and pool)", ["stage", "part"], buckets=_LAT, registry=r)
         self.ttft = Histogram("trinity_gateway_ttft_seconds", "Arrival to first token sent", buckets=_LAT, registry=r)
         self.itl = Histogram("trinity_gateway_itl_seconds", "Gap between tokens sent", buckets=_LAT, registry=r)
         self.tpot = Histogram("trinity_gateway_tpot_seconds", "(e2e - ttft) / (tokens - 1) per request",
@@ -41,9 +46,9 @@ class GatewayMetrics:
             "Prefill responses without kv_transfer_params (the decode instance re-prefills)",
             ["prefill_instance"], registry=r)
         self.upstream_errors = Counter("trinity_gateway_upstream_errors", "Failed LLM legs",
-                                       ["phase", "instance"], registry=r)
+                                       ["phase", "upstream"], registry=r)
         self.inflight = Gauge("trinity_gateway_upstream_inflight", "Legs in flight per instance",
-                              ["role", "instance"], registry=r)
+                              ["role", "upstream"], registry=r)
         self.degraded = Counter("trinity_gateway_degraded", "Requests answered with less retrieval than asked",
                                 ["reason"], registry=r)
         self.disconnects = Counter("trinity_gateway_client_disconnects",

@@ -24,7 +24,7 @@ from trinity.gateway.config import GatewayConfig
 from trinity.gateway.metrics import GatewayMetrics
 from trinity.gateway.options import RequestOptions
 from trinity.gateway.request import ClientRequest, augment
-from trinity.gateway.retrieval import Passage, Retriever
+from trinity.gateway.retrieval import Passage, Retriever, search_parts
 from trinity.gateway.trace import Prepared, Trace
 
 __all__ = ["Pipeline"]
@@ -76,7 +76,7 @@ class Pipeline:
             return prep
         if not await self._embed(prep, trace, left):
             return prep
-        if opts.answer_cache and await self._answer_hit(prep, trace, left):
+        if opts.answer_cache and req.cacheable and await self._answer_hit(prep, trace, left):
             return prep
         if not opts.collection:
             return prep
@@ -135,8 +135,10 @@ class Pipeline:
             return None
         finally:
             trace.add("retrieval", (time.perf_counter() - t0) * 1e3)
+        search_ms, network_ms = search_parts(res)
         trace.retrieval = {"collection": opts.collection, "k": opts.k, "partial": res.partial,
-                           "fraction_scanned": res.fraction_scanned, "pool_timings_ms": res.timings_ms}
+                           "fraction_scanned": res.fraction_scanned, "pool_timings_ms": res.timings_ms,
+                           "search_ms": round(search_ms, 3), "network_ms": round(network_ms, 3)}
         if opts.prompt_cache and not res.partial:
             self.retriever.insert("prompt", opts, req.query, prep.vector, {
                 "collection": opts.collection, "k": opts.k,
@@ -144,25 +146,39 @@ class Pipeline:
         return passages
 
     async def prefill(self, prep: Prepared, trace: Trace) -> PrefillResult:
-        """Step 4: the prefill leg (raises :class:`~trinity.gateway.backends.instances.BackendError`)."""
+        """Step 4: the prefill leg (raises :class:`~trinity.gateway.backends.instances.BackendError`).
+
+        The decode instance is chosen first: P2P NCCL names both instances in the request id.
+        """
         leg = LegRequest(prep.request.endpoint, prep.body, trace.upstream_id)
-        result = await self.leg(trace, self.backend.prefill(leg), "prefill")
+        result = await self.leg(trace, self.backend.prefill(leg, self.backend.pick_decode()), "prefill")
         if not result.skipped:
             self.metrics.legs.labels("prefill").inc(result.attempts)
-            self.metrics.phase.labels("prefill").observe(result.ms / 1e3)
             trace.legs["prefill"] += result.attempts
-            trace.add("prefill", result.ms)
-            trace.kv_transfer = result.kv_transfer_params is not None
+            trace.kv_transfer = result.kv_transfer_params is not None or not result.kv_expected
             trace.instances["prefill"] = result.instance or ""
+            if result.request_id:
+                trace.kv_request_id = result.request_id
+            if result.pending is None:
+                self.metrics.phase.labels("prefill").observe(result.ms / 1e3)
+                trace.add("prefill", result.ms)
+            else:
+                result.pending.add_done_callback(lambda t: self._concurrent_prefill(t, trace))
         return result
+
+    def _concurrent_prefill(self, task: Any, trace: Trace) -> None:
+        if not task.cancelled() and task.exception() is None:
+            self.metrics.phase.labels("prefill").observe(task.result() / 1e3)
+            trace.add("prefill", task.result())
 
     def remember(self, prep: Prepared, trace: Trace, text: str) -> None:
         """Step 5: insert a clean, complete answer into the answer cache (background)."""
         embed_failed = prep.vector is None and self.retriever.batcher is not None
-        if not prep.opts.answer_cache or trace.degraded_reasons or trace.cache == "hit" or embed_failed:
+        if not prep.opts.answer_cache or trace.degraded_reasons or trace.cache == "hit" or embed_failed \
+                or not prep.request.cacheable or trace.finish_reason not in ("stop", "length"):
             return
         req = prep.request
         self.retriever.insert("answer", prep.opts, req.query, prep.vector, {
             "text": text, "model": req.model, "endpoint": req.endpoint, "collection": prep.opts.collection,
             "finish_reason": trace.finish_reason, "completion_tokens": trace.completion_tokens,
-            "max_tokens": req.max_tokens, "created": int(time.time())})
+            "prompt_tokens": trace.prompt_tokens, "max_tokens": req.max_tokens, "created": int(time.time())})

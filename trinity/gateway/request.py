@@ -53,8 +53,9 @@ class ClientRequest:
                 raise BadRequest("prompt: expected a string (token-id and batched prompts are not "
                                            "supported by the gateway)", "prompt")
             query = prompt
-        if body.get("n", 1) != 1:
-            raise BadRequest("n: only n=1 is supported", "n")
+        n = body.get("n", 1)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise BadRequest("n: expected an integer >= 1", "n")
         key = "max_completion_tokens" if endpoint == "chat" and body.get("max_completion_tokens") else "max_tokens"
         max_tokens = body.get(key)
         if max_tokens is None and endpoint == "completions":
@@ -70,6 +71,20 @@ class ClientRequest:
             body["model"] = model_override
         return cls(endpoint, body, str(body.get("model") or ""), stream,
                    bool(isinstance(opts, dict) and opts.get("include_usage")), max_tokens, query)
+
+    @property
+    def cacheable(self) -> bool:
+        """A plain text answer the answer cache can store and replay (no tools, n, logprobs, formats)."""
+        b = self.body
+        return (b.get("n", 1) == 1 and not b.get("tools") and not b.get("logprobs") and not b.get("top_logprobs")
+                and b.get("response_format") in (None, {"type": "text"}) and not b.get("echo"))
+
+    @property
+    def continuable(self) -> bool:
+        """Whether decode-time retrieval may split the answer into legs: one plain-text choice (``n``,
+        tool calls and structured output are produced by one leg, as the engine produced them)."""
+        b = self.body
+        return b.get("n", 1) == 1 and not b.get("tools") and b.get("response_format") in (None, {"type": "text"})
 
     def upstream_body(self) -> dict[str, Any]:
         """The body for the backend, minus the per-leg fields the gateway sets itself."""

@@ -16,7 +16,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from trinity.errors import ErrorCode, TrinityError
-from trinity.gateway.backends.instances import BackendError
+from trinity.gateway.backends.instances import BackendError, Chunk
 from trinity.gateway.deadline import DeadlineExceeded
 from trinity.gateway.decode import DecodeLoop
 from trinity.gateway.metrics import GatewayMetrics
@@ -83,79 +83,107 @@ async def unless_disconnected(request: Request, work: Awaitable[T], poll_s: floa
             task.cancel()
 
 
-async def peek(gen: AsyncIterator[str]) -> AsyncIterator[str]:
-    """Wait for ``gen``'s first item, then return an iterator over all of it.
+async def peek(gen: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+    """Wait for ``gen``'s first substantive event (a token, a tool call, a finish), then return an
+    iterator over all of it.
 
     NOTE: a stream is committed (200) with its first byte; waiting for the first token turns a
     decode instance that fails before it into a proper 502.
     """
-    try:
-        first = await anext(gen)
-    except StopAsyncIteration:
-        first = None
+    head: list[Chunk] = []
+    async for ch in gen:
+        head.append(ch)
+        if ch.substantive or ch.usage_only:
+            break
 
-    async def chain() -> AsyncIterator[str]:
+    async def chain() -> AsyncIterator[Chunk]:
         try:
-            if first is not None:
-                yield first
-                async for item in gen:
-                    yield item
+            for ch in head:
+                yield ch
+            async for ch in gen:
+                yield ch
         finally:
             await gen.aclose()
 
     return chain()
 
 
-async def cached_pieces(prep: Prepared, trace: Trace) -> AsyncIterator[str]:
-    """Replay a cached answer as a stream (word by word, no upstream work)."""
-    cached = prep.cached or {}
-    trace.completion_tokens = int(cached.get("completion_tokens") or 0)
-    trace.finish_reason = cached.get("finish_reason")
-    trace.first_token_at = time.perf_counter()
-    for i, w in enumerate(str(cached.get("text", "")).split(" ")):
-        yield w if i == 0 else " " + w
-
-
 def _response_id(endpoint: str, trace: Trace) -> str:
     return ("chatcmpl-" if endpoint == "chat" else "cmpl-") + trace.request_id
 
 
+async def cached_pieces(prep: Prepared, trace: Trace) -> AsyncIterator[Chunk]:
+    """Replay a cached answer as a stream (word by word, no upstream work)."""
+    req, cached = prep.request, prep.cached or {}
+    trace.completion_tokens = int(cached.get("completion_tokens") or 0)
+    trace.prompt_tokens = int(cached.get("prompt_tokens") or 0)  # NOTE: the cached request's, as it was served
+    trace.finish_reason = cached.get("finish_reason")
+    trace.first_token_at = time.perf_counter()
+    rid, created = _response_id(req.endpoint, trace), int(time.time())
+    if req.endpoint == "chat":
+        yield Chunk(wire.chunk(req.endpoint, rid, req.model, created, text="", role=True), "", None)
+    for i, w in enumerate(str(cached.get("text", "")).split(" ")):
+        w = w if i == 0 else " " + w
+        yield Chunk(wire.chunk(req.endpoint, rid, req.model, created, text=w), w, None)
+    yield Chunk(wire.chunk(req.endpoint, rid, req.model, created, text="", finish_reason=trace.finish_reason), "",
+                trace.finish_reason)
+
+
 async def collect(pipeline: Pipeline, prep: Prepared, trace: Trace) -> dict[str, Any]:
-    """Non-streaming answer: run the prefill and decode legs to the end and build one body."""
+    """Non-streaming answer: the upstream's body plus ``trinity`` (one leg), else built from the legs' text."""
     req = prep.request
     if prep.cached is not None:
-        text = "".join([t async for t in cached_pieces(prep, trace)])
+        text = "".join([c.text async for c in cached_pieces(prep, trace)])
     else:
         prefill = await pipeline.prefill(prep, trace)
-        text = "".join([t async for t in DecodeLoop(pipeline, prep, prefill, trace).run()])
+        loop = DecodeLoop(pipeline, prep, prefill, trace)
+        if loop.single_leg:
+            body = await loop.once()
+            pipeline.remember(prep, trace, "".join(loop.parts))
+            return {**body, "trinity": trace.to_json()}
+        text = "".join([c.text async for c in loop.run()])
         pipeline.remember(prep, trace, text)
     usage = wire.usage(trace.prompt_tokens or 0, trace.completion_tokens)
     return wire.response(req.endpoint, _response_id(req.endpoint, trace), req.model, text, trace.finish_reason, usage,
                          trinity=trace.to_json())
 
 
-async def stream(pipeline: Pipeline, prep: Prepared, trace: Trace, pieces: AsyncIterator[str],
+async def stream(pipeline: Pipeline, prep: Prepared, trace: Trace, chunks: AsyncIterator[Chunk],
                  done: Callable[[str], None]) -> AsyncIterator[bytes]:
-    """SSE chunks of ``pieces``, then the ``trinity`` object; ``done(outcome)`` runs at the end."""
-    req, created = prep.request, int(time.time())
-    rid = _response_id(req.endpoint, trace)
-    chunk = lambda **kw: wire.sse_event(wire.chunk(req.endpoint, rid, req.model, created, **kw))  # noqa: E731
-    outcome, parts, last = "error", [], None
+    """The upstream's SSE events unchanged (continuation legs under the first leg's ``id``), the
+    usage event only if the client asked for it, ``trinity`` on the last event; ``done(outcome)``
+    runs at the end."""
+    req = prep.request
+    outcome, parts, last, held, usage_ev, first_id = "error", [], None, None, None, None
     try:
-        if req.endpoint == "chat":
-            yield chunk(text="", role=True)
-        async for text in pieces:
-            now = time.perf_counter()
-            if last is not None:
-                pipeline.metrics.itl.observe(now - last)
-            last = now
-            parts.append(text)
-            yield chunk(text=text)
+        async for ch in chunks:
+            if ch.usage_only:
+                usage_ev = ch.obj
+                continue
+            obj = ch.obj
+            first_id = first_id or obj.get("id")
+            if obj.get("id") != first_id:
+                obj = {**obj, "id": first_id}
+            if ch.text:
+                now = time.perf_counter()
+                if last is not None:
+                    pipeline.metrics.itl.observe(now - last)
+                last = now
+                parts.append(ch.text)
+            if held is not None:
+                yield wire.sse_event(held)
+            held = obj
         if prep.cached is None:
             pipeline.remember(prep, trace, "".join(parts))
-        yield chunk(text="", finish_reason=trace.finish_reason, trinity=trace.to_json())
+        tail = [held] if held is not None else []
         if req.include_usage:
-            yield chunk(no_choices=True, usage_=wire.usage(trace.prompt_tokens or 0, trace.completion_tokens))
+            base = usage_ev or {k: v for k, v in (held or {}).items() if k in ("object", "created", "model")}
+            tail.append({**base, "id": first_id, "choices": [],
+                         "usage": wire.usage(trace.prompt_tokens or 0, trace.completion_tokens)})
+        if tail:
+            tail[-1] = {**tail[-1], "trinity": trace.to_json()}
+        for obj in tail:
+            yield wire.sse_event(obj)
         yield wire.done_event()
         outcome = outcome_of(trace)
     except BackendError as exc:

@@ -8,6 +8,7 @@ the pipeline turns them into a degraded answer or a 503 according to the policy.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from trinity.gateway.config import GatewayConfig
 from trinity.gateway.metrics import GatewayMetrics
 from trinity.gateway.options import RequestOptions
 
-__all__ = ["EmbedBatcher", "Passage", "Retriever", "passage_text"]
+__all__ = ["EmbedBatcher", "Passage", "Retriever", "passage_text", "search_parts"]
 
 log = logging.getLogger(__name__)
 
@@ -37,38 +38,60 @@ def passage_text(payload: Any, limit: int) -> str:
     return ("" if payload is None else str(payload))[:limit]
 
 
+def search_parts(res: SearchResult) -> tuple[float, float]:
+    """A search's wall time split into the pool's own time (queue + scan, ``engine_ms``) and the
+    rest: HTTP, JSON and the pool's route (``network``)."""
+    engine = float(res.timings_ms.get("engine_ms", 0.0))
+    return engine, max(res.client_ms - engine, 0.0)
+
+
 class EmbedBatcher:
     """Micro-batches concurrent embedding requests into one ``encode`` call in a thread.
 
-    Batches stay small to bound head-of-line blocking (on CPU batching saves little: docs/gateway.md);
+    Stage-aware like the pool: a decode-stage text is encoded before any waiting prefill-stage
+    one, and a batch holds one stage only, so it never waits for longer prompts. Batches stay
+    small to bound head-of-line blocking (on CPU batching saves little: docs/gateway.md);
     waiters whose deadline passed are dropped before their batch is encoded.
     """
 
+    RANK = {"decode": 0, "prefill": 1, "background": 2}
+
     def __init__(self, embedder: Any, max_batch: int = 8) -> None:
         self.embedder, self.max_batch = embedder, max_batch
-        self._queue: asyncio.Queue[tuple[str, asyncio.Future]] = asyncio.Queue()
+        self._queue: asyncio.PriorityQueue[tuple[int, int, str, asyncio.Future]] = asyncio.PriorityQueue()
+        self._seq = itertools.count()
         self._task: asyncio.Task | None = None
 
-    async def embed(self, text: str) -> list[float]:
+    async def embed(self, text: str, stage: str = "prefill") -> list[float]:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="embed-batcher")
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
-        await self._queue.put((text, fut))
+        await self._queue.put((self.RANK.get(stage, 1), next(self._seq), text, fut))
         return await fut
+
+    def _next_batch(self, first: tuple[int, int, str, asyncio.Future]) -> list[tuple[str, asyncio.Future]]:
+        batch, rest = [first], []
+        while not self._queue.empty() and len(batch) < self.max_batch:
+            item = self._queue.get_nowait()
+            (batch if item[0] == first[0] else rest).append(item)
+        for item in rest:
+            self._queue.put_nowait(item)
+        return [(t, f) for _, _, t, f in batch if not f.done()]  # callers past their deadline are gone
 
     async def _run(self) -> None:
         while True:
-            batch = [await self._queue.get()]
-            while not self._queue.empty() and len(batch) < self.max_batch:
-                batch.append(self._queue.get_nowait())
-            live = [(t, f) for t, f in batch if not f.done()]  # callers past their deadline are gone
+            live = self._next_batch(await self._queue.get())
             if not live:
                 continue
             try:
-                vecs = await asyncio.to_thread(self.embedder.encode, [t for t, _ in live])
+                texts = [t for t, _ in live]
+                if hasattr(self.embedder, "aencode"):  # an embedding server (trinity.gateway.embed)
+                    vecs = await self.embedder.aencode(texts)
+                else:
+                    vecs = await asyncio.to_thread(self.embedder.encode, texts)
                 for (_, fut), vec in zip(live, vecs):
                     if not fut.done():
-                        fut.set_result(vec.tolist())
+                        fut.set_result(vec if isinstance(vec, list) else vec.tolist())
             except Exception as exc:  # noqa: BLE001 - hand the failure to every waiter
                 for _, fut in live:
                     if not fut.done():
@@ -78,6 +101,8 @@ class EmbedBatcher:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if hasattr(self.embedder, "aclose"):
+            await self.embedder.aclose()
 
 
 class Retriever:
@@ -88,18 +113,19 @@ class Retriever:
         self.batcher = EmbedBatcher(embedder) if embedder is not None else None
         self._background: set[asyncio.Task] = set()
 
-    async def embed(self, text: str, budget_ms: float) -> list[float] | None:
-        """Embed locally within ``budget_ms`` (``None`` in ``embed="pool"`` mode)."""
+    async def embed(self, text: str, budget_ms: float, stage: str = "prefill") -> list[float] | None:
+        """Embed within ``budget_ms``, locally or on the embedding server (``None`` with ``embed="pool"``)."""
         if self.batcher is None:
             return None
         t0 = time.perf_counter()
         try:
             async with asyncio.timeout(max(budget_ms, 0.0) / 1e3):
-                return await self.batcher.embed(text)
+                return await self.batcher.embed(text, stage)
         except TimeoutError:
             raise PoolError("timeout", f"embedding took over {budget_ms:.1f} ms") from None
         finally:
             self.metrics.phase.labels("embed").observe(time.perf_counter() - t0)
+            self.metrics.retrieval_part.labels(stage, "embed").observe(time.perf_counter() - t0)
 
     async def lookup(self, cache_kind: str, opts: RequestOptions, text: str, vec: list[float] | None,
                      budget_ms: float) -> tuple[str, Any]:
@@ -119,6 +145,7 @@ class Retriever:
             return "error", None
         finally:
             self.metrics.phase.labels("cache_lookup").observe(time.perf_counter() - t0)
+            self.metrics.retrieval_part.labels("prefill", "cache").observe(time.perf_counter() - t0)
         self.metrics.cache_lookups.labels(name, "hit" if res.hit else "miss").inc()
         return ("hit", res.value) if res.hit else ("miss", None)
 
@@ -157,6 +184,9 @@ class Retriever:
         finally:
             self.metrics.phase.labels(f"retrieval_{stage}").observe(time.perf_counter() - t0)
         self.metrics.retrievals.labels(stage, "partial" if res.partial else "ok").inc()
+        search_ms, network_ms = search_parts(res)
+        self.metrics.retrieval_part.labels(stage, "search").observe(search_ms / 1e3)
+        self.metrics.retrieval_part.labels(stage, "network").observe(network_ms / 1e3)
         limit = self.cfg.retrieval.max_passage_chars
         return [Passage(h.id, h.score, passage_text(h.payload, limit)) for h in res.hits], res
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +51,12 @@ class GatewayState:
         """Connect to the pool and the backends; ``embedder`` overrides the local model."""
         if embedder is None and cfg.retrieval.embed == "local":
             embedder = await _local_embedder(cfg)
+        elif embedder is None and cfg.retrieval.embed == "openai":
+            from trinity.gateway.embed import OpenAIEmbedder
+
+            assert cfg.retrieval.embed_url
+            embedder = OpenAIEmbedder(cfg.retrieval.embed_url, cfg.retrieval.embed_model,
+                                      os.environ.get("TRINITY_EMBED_API_KEY"))
         pool = PoolClient(cfg.pool_url, cfg.pool_api_key)
         backend = make_backend(cfg, metrics)
         retriever = Retriever(cfg, pool, metrics, embedder)

@@ -23,6 +23,7 @@ class Trace:
 
     request_id: str
     upstream_id: str = ""  # X-Request-Id of every leg (unique even if clients reuse ids)
+    kv_request_id: str | None = None  # p2p-nccl: the id of the prefill and first decode leg
     arrival: float = field(default_factory=time.perf_counter)
     timings_ms: dict[str, float] = field(default_factory=dict)
     cache: str = "off"
@@ -56,6 +57,7 @@ class Trace:
             "degraded": bool(self.degraded_reasons), "degraded_reasons": self.degraded_reasons,
             "retrieval": self.retrieval, "decode_retrievals": self.decode_retrievals, "legs": dict(self.legs),
             "kv_transfer": self.kv_transfer, "instances": self.instances,
+            **({"kv_request_id": self.kv_request_id} if self.kv_request_id else {}),
             "timings_ms": {**self.timings_ms, "total": round(self.elapsed_ms(), 3)},
         }
         if self.first_token_at is not None:

@@ -19,8 +19,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 __all__ = [
-    "ClosingStreamingResponse", "Endpoint", "add_openai_routes", "chunk", "done_event", "error_body", "iter_sse_json",
-    "new_id", "response", "sse_event", "usage",
+    "ClosingStreamingResponse", "Endpoint", "add_openai_routes", "body_of", "chunk", "chunk_of", "done_event",
+    "error_body", "install_error_handlers", "iter_sse_json", "new_id", "response", "sse_event", "usage",
 ]
 
 #: ``"completions"`` (``/v1/completions``) or ``"chat"`` (``/v1/chat/completions``).
@@ -96,6 +96,48 @@ def chunk(
         body["usage"] = usage_
     body.update({k: v for k, v in extra.items() if v is not None})
     return body
+
+
+def body_of(endpoint: Endpoint, rid: str, model: str, choices: list[Any], usage_: dict[str, int] | None,
+            **extra: Any) -> dict[str, Any]:
+    """A non-streaming body around ready-made ``choices``."""
+    obj = "chat.completion" if endpoint == "chat" else "text_completion"
+    body = {"id": rid, "object": obj, "created": int(time.time()), "model": model, "choices": choices,
+            "usage": usage_}
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return body
+
+
+def chunk_of(endpoint: Endpoint, rid: str, model: str, created: int, choices: list[dict[str, Any]],
+             usage_: dict[str, int] | None = None, **extra: Any) -> dict[str, Any]:
+    """A streamed chunk around ready-made ``choices`` (``[]`` with ``usage_``: the usage chunk)."""
+    obj = "chat.completion.chunk" if endpoint == "chat" else "text_completion"
+    body: dict[str, Any] = {"id": rid, "object": obj, "created": created, "model": model, "choices": choices}
+    if usage_ is not None:
+        body["usage"] = usage_
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return body
+
+
+def install_error_handlers(app: Any) -> None:
+    """Answer unknown routes, wrong methods and malformed requests with OpenAI's error shape."""
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+    from starlette.responses import JSONResponse
+
+    async def http_error(_: Request, exc: HTTPException) -> Response:
+        etype = {404: "NotFoundError", 405: "MethodNotAllowedError"}.get(exc.status_code)
+        return JSONResponse(error_body(str(exc.detail), exc.status_code, None, etype), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    async def invalid(_: Request, exc: RequestValidationError) -> Response:
+        errs = exc.errors()
+        param = ".".join(str(p) for p in errs[0].get("loc", ())[1:]) if errs else None
+        msg = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in errs)
+        return JSONResponse(error_body(msg or "invalid request", 400, param or None), status_code=400)
+
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, invalid)
 
 
 def sse_event(payload: dict[str, Any]) -> bytes:

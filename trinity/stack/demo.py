@@ -109,7 +109,7 @@ def demo(
                    f"{legs['continuation']:.0f}; decode legs without kv_transfer_params: "
                    f"{sum_samples(gw, 'trinity_gateway_decode_without_kv_transfer_total'):.0f}")
         typer.echo(f"      decode engine: KV transfers received "
-                   f"{sum_samples(dec, 'emulator_kv_transfers_received_total'):.0f}, prefix-cache hit tokens "
-                   f"{sum_samples(dec, 'emulator_prefix_cache_hit_tokens_total'):.0f}")
+                   f"{sum_samples(dec, 'trinity_emulator_kv_transfers_received_total'):.0f}, prefix-cache hit tokens "
+                   f"{sum_samples(dec, 'vllm:prefix_cache_hits_total'):.0f}")
         typer.echo(f"[5/5] stopping (completed {res['completed']}/{num_prompts}, total {time.monotonic() - t0:.0f} s)")
     typer.echo("stopped cleanly.")

@@ -32,6 +32,7 @@ class StackConfig:
     data_dir: Path | None = None  # pool data directory (default: a temporary one, removed on stop)
     log_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "trinity-up")
     time_scale: float = 1.0
+    served_model_names: tuple[str, ...] = ()  # the engines' --served-model-name (default: their model)
     emulator_args: tuple[str, ...] = ()
     gateway_args: tuple[str, ...] = ()
     pool_args: tuple[str, ...] = ()
@@ -59,12 +60,13 @@ class Stack:
             self.pool = ManagedProcess("pool", [*py, "serve", "--host", h, "--port", str(pp), "--data-dir",
                                                 str(data_dir), *cfg.pool_args], self.pool_url, cfg.log_dir / "pool.log")
         self.engines: list[ManagedProcess] = []
+        names = [a for n in cfg.served_model_names for a in ("--served-model-name", n)]
         for role, ports in (("prefill", cfg.prefill_ports), ("decode", cfg.decode_ports)):
             for i, p in enumerate(ports):
                 p = port(p)
                 self.engines.append(ManagedProcess(
                     f"{role}-{i}", [*py, "emulate", "--role", role, "--host", h, "--port", str(p), "--time-scale",
-                                    str(cfg.time_scale), *cfg.emulator_args],
+                                    str(cfg.time_scale), *names, *cfg.emulator_args],
                     f"http://{h}:{p}", cfg.log_dir / f"{role}-{i}.log"))
         self.prefill_urls = [e.url for e in self.engines if e.name.startswith("prefill")]
         self.decode_urls = [e.url for e in self.engines if e.name.startswith("decode")]

@@ -17,4 +17,7 @@ def make_backend(cfg: GatewayConfig, metrics: Any = None) -> OpenAIBackend:
     if b.kind == "openai":
         return OpenAIBackend(b.decode_urls, b.upstream, metrics)
     return VllmPDBackend(b.prefill_urls, b.decode_urls, b.upstream, metrics, prefill_retries=b.prefill_retries,
-                         require_kv_transfer=b.require_kv_transfer)
+                         require_kv_transfer=b.require_kv_transfer, connector=b.kv_connector,
+                         kv_addresses={**dict(zip(b.prefill_urls, b.prefill_kv_addresses)),
+                                       **dict(zip(b.decode_urls, b.decode_kv_addresses))},
+                         bootstrap_ports=dict(zip(b.prefill_urls, b.bootstrap_ports)))

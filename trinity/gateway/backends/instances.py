@@ -22,7 +22,7 @@ from trinity.gateway.config import UpstreamConfig
 from trinity.protocol.openai import Endpoint, iter_sse_json
 
 __all__ = [
-    "BackendError", "Instance", "InstancePool", "LegDone", "LegRequest", "TextDelta", "post_json", "stream_leg",
+    "BackendError", "Chunk", "Instance", "InstancePool", "LegDone", "LegRequest", "post_json", "stream_leg",
 ]
 
 PATHS: dict[str, str] = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
@@ -58,8 +58,28 @@ class LegRequest:
 
 
 @dataclass(frozen=True)
-class TextDelta:
+class Chunk:
+    """One upstream SSE event, unchanged (``obj``), and what the gateway reads from it."""
+
+    obj: dict[str, Any]
     text: str
+    finish_reason: str | None
+
+    @property
+    def usage_only(self) -> bool:
+        return not self.obj.get("choices")
+
+    @property
+    def substantive(self) -> bool:
+        """Carries output (text, tool calls, logprobs) or a finish, not just the role."""
+        for c in self.obj.get("choices") or ():
+            delta = c.get("delta")
+            if c.get("finish_reason") or c.get("logprobs") or c.get("text"):
+                return True
+            if isinstance(delta, dict) and (delta.get("content") or delta.get("tool_calls")
+                                            or delta.get("reasoning_content")):
+                return True
+        return False
 
 
 @dataclass(frozen=True)
@@ -157,13 +177,14 @@ async def post_json(pool: InstancePool, inst: Instance, phase: str, leg: LegRequ
 
 
 async def stream_leg(pool: InstancePool, inst: Instance, phase: str, leg: LegRequest,
-                     ) -> AsyncIterator[TextDelta | LegDone]:
-    """Streamed leg: yields text deltas, then one :class:`LegDone`.
+                     ) -> AsyncIterator[Chunk | LegDone]:
+    """Streamed leg: yields every upstream event as a :class:`Chunk`, then one :class:`LegDone`.
 
     Closing the generator early (client gone, cancellation) closes the upstream
     connection, which makes vLLM (and the emulator) abort the sequence.
     """
-    body = {**leg.body, "stream": True, "stream_options": {"include_usage": True}}
+    opts = {**(leg.body.get("stream_options") or {}), "include_usage": True}  # NOTE: the gateway counts tokens
+    body = {**leg.body, "stream": True, "stream_options": opts}
     finish, usage, n = None, None, 0
     async with pool.use(inst):
         try:
@@ -175,13 +196,16 @@ async def stream_leg(pool: InstancePool, inst: Instance, phase: str, leg: LegReq
                                        inst.url)
                 async for obj in iter_sse_json(resp.aiter_lines()):
                     usage = obj.get("usage") or usage
+                    text, fin = "", None
                     for choice in obj.get("choices") or ():
                         delta = choice.get("delta") if leg.endpoint == "chat" else choice
-                        text = (delta or {}).get("content" if leg.endpoint == "chat" else "text")
-                        if text:
+                        piece = (delta or {}).get("content" if leg.endpoint == "chat" else "text")
+                        if piece and choice.get("index", 0) == 0:
                             n += 1
-                            yield TextDelta(text)
-                        finish = choice.get("finish_reason") or finish
+                            text += piece
+                        fin = choice.get("finish_reason") or fin
+                    finish = fin or finish
+                    yield Chunk(obj, text, fin)
         except httpx.TransportError as exc:
             if isinstance(exc, httpx.ConnectError):
                 pool.mark_down(inst)

@@ -13,13 +13,22 @@ the first decode leg to speak vLLM's disaggregated-serving protocol.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from trinity.gateway.backends.instances import Instance, InstancePool, LegDone, LegRequest, TextDelta, stream_leg
+from trinity.gateway.backends.instances import (
+    Chunk,
+    Instance,
+    InstancePool,
+    LegDone,
+    LegRequest,
+    post_json,
+    stream_leg,
+)
 from trinity.gateway.config import UpstreamConfig
 
 __all__ = ["OpenAIBackend", "PrefillResult"]
@@ -35,12 +44,20 @@ class PrefillResult:
         ms: wall time of the leg (0 when skipped).
         instance: URL of the prefill instance (``None`` when skipped).
         attempts: prefill instances tried (retries go to a different instance).
+        request_id: the ``X-Request-Id`` the first decode leg must carry (p2p-nccl), else ``None``.
+        decode: the decode instance chosen for the request before the prefill leg.
+        pending: the prefill leg still running (mooncake starts it concurrently).
+        kv_expected: whether a missing ``kv_transfer_params`` means no KV transfer.
     """
 
     kv_transfer_params: dict[str, Any] | None
     ms: float = 0.0
     instance: str | None = None
     attempts: int = 0
+    request_id: str | None = None
+    decode: Instance | None = None
+    pending: asyncio.Task | None = None
+    kv_expected: bool = True
 
     @property
     def skipped(self) -> bool:
@@ -61,9 +78,9 @@ class OpenAIBackend:
         self.prefill_pool: InstancePool | None = (
             InstancePool("prefill", prefill_urls, self.upstream, metrics) if prefill_urls else None)
 
-    async def prefill(self, leg: LegRequest) -> PrefillResult:
+    async def prefill(self, leg: LegRequest, decode: Instance | None = None) -> PrefillResult:
         """No separate prefill: the decode leg prefills on the same server."""
-        return PrefillResult(None)
+        return PrefillResult(None, decode=decode)
 
     def pick_decode(self) -> Instance:
         return self.decode_pool.pick()
@@ -72,9 +89,13 @@ class OpenAIBackend:
         """Body of the first decode leg (the vLLM-PD backend adds ``kv_transfer_params``)."""
         return body
 
-    def decode(self, inst: Instance, leg: LegRequest, phase: str = "decode") -> AsyncIterator[TextDelta | LegDone]:
+    def decode(self, inst: Instance, leg: LegRequest, phase: str = "decode") -> AsyncIterator[Chunk | LegDone]:
         """Stream one leg from ``inst`` (``phase``: ``decode`` or ``continuation``)."""
         return stream_leg(self.decode_pool, inst, phase, leg)
+
+    async def decode_json(self, inst: Instance, leg: LegRequest) -> dict[str, Any]:
+        """One non-streaming decode leg: the upstream's body, unchanged."""
+        return await post_json(self.decode_pool, inst, "decode", leg)
 
     async def models(self) -> list[dict[str, Any]]:
         """``/v1/models`` of the first decode instance that answers (empty if none does)."""
@@ -88,18 +109,16 @@ class OpenAIBackend:
         return []
 
     async def health(self) -> dict[str, Any]:
-        """Per-instance reachability (``GET /health``) of every pool."""
-        out: dict[str, Any] = {}
-        for pool in (self.prefill_pool, self.decode_pool):
-            if pool is None:
-                continue
-            for inst in pool.instances:
-                try:
-                    ok = (await inst.client.get("/health", timeout=1.0)).status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                out[inst.url] = {"role": pool.role, "ok": ok, "inflight": inst.inflight}
-        return out
+        """Per-instance reachability (``GET /health``, probed concurrently) of every pool."""
+        async def probe(role: str, inst: Instance) -> tuple[str, dict[str, Any]]:
+            try:
+                ok = (await inst.client.get("/health", timeout=1.0)).status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            return inst.url, {"role": role, "ok": ok, "inflight": inst.inflight}
+
+        pools = [p for p in (self.prefill_pool, self.decode_pool) if p is not None]
+        return dict(await asyncio.gather(*(probe(p.role, i) for p in pools for i in p.instances)))
 
     async def aclose(self) -> None:
         await self.decode_pool.aclose()
