@@ -13,7 +13,8 @@ from trinity.cli import app
 from trinity.pool.cli import load_pool_config
 from trinity.pool.config import PoolConfig
 from trinity.pool.ray import gateway_url, pool_url
-from trinity.pool.ray.config import RayConfig, load_gateway_config
+from trinity.pool.ray.config import RayConfig
+from trinity.pool.ray.endpoints import load_gateway_config
 
 GATEWAY_TOML = """
 [backend]
@@ -68,7 +69,7 @@ def test_the_config_tree_loads_without_ray(tmp_path):
     path.write_text(GATEWAY_TOML)
     ray = {"gateway_replicas": 2, "gateway_config": str(path)}
     code = ("import sys; from trinity.pool.cli import load_pool_config; "
-            "from trinity.pool.ray.config import load_gateway_config; "
+            "from trinity.pool.ray.endpoints import load_gateway_config; "
             f"c = load_pool_config(None, {{'ray': {ray!r}}}); "
             "load_gateway_config(c.ray); assert 'ray' not in sys.modules, 'ray imported'")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -13,7 +13,8 @@ from trinity.config import config_error
 from trinity.engine import SchedulerConfig
 from trinity.flags import Flag, command_with_flags, model_flags
 from trinity.pool.config import PoolConfig, parse_stage_deadlines, pool_scheduler
-from trinity.pool.ray.config import RayConfig, load_gateway_config
+from trinity.pool.ray.config import RayConfig
+from trinity.pool.ray.endpoints import load_gateway_config
 from trinity.pool.server import run
 
 __all__ = ["load_pool_config", "serve_command", "serve_flags"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from trinity.pool.ray.config import gateway_url, pool_url
+from trinity.pool.ray.endpoints import gateway_url, pool_url
 
 if TYPE_CHECKING:
     from trinity.gateway.config import GatewayConfig

@@ -15,7 +15,8 @@ import ray
 from ray import serve
 
 from trinity.pool.config import PoolConfig
-from trinity.pool.ray.config import RayConfig, gateway_url, load_gateway_config, pool_url
+from trinity.pool.ray.config import RayConfig
+from trinity.pool.ray.endpoints import gateway_url, load_gateway_config, pool_url
 from trinity.pool.ray.ingress import build_router_app
 from trinity.pool.ray.links import Replicas
 from trinity.pool.ray.replica import PoolReplica
@@ -84,7 +85,7 @@ def deploy(pool: PoolConfig, cfg: RayConfig | None = None, *, gateway: GatewayCo
 
     ``cfg`` replaces ``pool.ray``.  Gateway replicas (``num_gateway_replicas``; default
     ``cfg.gateway_replicas``, or 1 when ``gateway`` is given; ``gateway`` defaults to
-    ``cfg.gateway_config``) follow on the same proxy at :func:`~trinity.pool.ray.config.gateway_url`."""
+    ``cfg.gateway_config``) follow on the same proxy at :func:`~trinity.pool.ray.endpoints.gateway_url`."""
     pool = pool if cfg is None else pool.model_copy(update={"ray": cfg})
     cfg = pool.ray
     n = num_gateway_replicas if num_gateway_replicas is not None else cfg.gateway_replicas or int(gateway is not None)

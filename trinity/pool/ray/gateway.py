@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from trinity.gateway.app import create_app
 from trinity.gateway.config import GatewayConfig
 from trinity.pool.config import PoolConfig
-from trinity.pool.ray.config import gateway_url, pool_url
+from trinity.pool.ray.endpoints import gateway_url, pool_url
 
 __all__ = ["REPLICA_HEADER", "GatewayReplica", "build_gateway_app", "deploy_gateway"]
 
