@@ -113,16 +113,17 @@ def drive(sched: Scheduler, runner, *, clock: FakeClock | None = None, max_iters
             if clock is not None:
                 clock.advance(idle_s)
             continue
-        out = runner.run(plan)
-        collect(sched.update_from_output(plan, out))
-        if after_update is not None:
-            after_update(plan, out)
+        for part in plan.parts:
+            out = runner.run(part)
+            collect(sched.update_from_output(part, out))
+            if after_update is not None:
+                after_update(part, out)
     raise AssertionError(f"scheduler still busy after {max_iters} iterations: "
                          f"{[(r.request_id, r.status.name, r.num_units_done, r.num_units_total) for r in sched.requests.values()][:10]}")
 
 
 def work_of(plan: IterationPlan, rid: str):
-    return next((w for w in plan.items() if w.request_id == rid), None)
+    return next((w for part in plan.parts for w in part.items() if w.request_id == rid), None)
 
 
 
@@ -179,3 +180,13 @@ def assert_matches(name: str, scores: np.ndarray, ids: np.ndarray, ref: tuple[np
                                        err_msg=f"{name} {what}: scores differ from index.search")
     else:
         np.testing.assert_allclose(scores, d, rtol=1e-5, atol=1e-5 * l2_scale, err_msg=f"{name} {what}: scores differ")
+
+
+def run_plan(sched: Scheduler, runner, plan: IterationPlan) -> list:
+    """Run a plan's parts (head first) and update after each, as ``SearchEngine.step`` does."""
+    return [f for part in plan.parts for f in sched.update_from_output(part, runner.run(part))]
+
+
+def slots_held(sched: Scheduler) -> int:
+    """Progress-table slots held (each is also a row of the runner's persistent batch)."""
+    return sum(len(t) for t in sched.tables.values())

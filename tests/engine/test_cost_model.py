@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from trinity.engine import SchedulerConfig
-from trinity.engine.cost_model import IterationCostModel
-from trinity.engine.plan import IterationPlan, RunnerOutput, ScanWork
+from trinity.engine.cost_model import IterationCostModel, IterationSample
 
 TARGET_S = 4e-3
 
@@ -14,10 +13,8 @@ TARGET_S = 4e-3
 def observe(model: IterationCostModel, iteration: int, planned: int, pairs: int, duration_s: float,
             saturated: bool = False) -> None:
     """One iteration of one request that planned ``planned`` and scanned ``pairs`` (read once)."""
-    plan = IterationPlan(iteration, work=(ScanWork("r", "c", units=(0,)),), budget_vectors=model.budget_vectors,
-                         planned_vectors=planned)
-    model.observe(plan, RunnerOutput(vectors_scanned={"r": pairs}, vectors_read=pairs, duration_s=duration_s),
-                  iteration, saturated=saturated)
+    model.observe(IterationSample(pairs, pairs, 1, duration_s, planned, model.budget_vectors), iteration,
+                  saturated=saturated)
 
 
 def make_model(**kw) -> IterationCostModel:

@@ -16,7 +16,7 @@ from trinity.engine import (EngineClosedError, RequestStatus, SchedulerConfig, S
 from trinity.errors import TrinityError
 from trinity.index import FlatIndex, IVFIndex
 
-from .helpers import (FakeClock, SPECS, assert_matches, dataset, fixed_budget, index, make_collections, queries,
+from .helpers import (slots_held, FakeClock, SPECS, assert_matches, dataset, fixed_budget, index, make_collections, queries,
                       reference_many)
 
 NAMES = tuple(SPECS)  # ivf_ip (32-d), ivf_l2 (48-d), flat_cos (64-d), flat_l2 (32-d)
@@ -35,8 +35,8 @@ class RecordingRunner(SearchRunner):
         self.plans, self.outputs = [], []
         self.clock, self.advance_s = clock, advance_s
 
-    def run(self, plan, on_early=None):
-        out = super().run(plan, on_early)
+    def run(self, plan):
+        out = super().run(plan)
         self.plans.append(plan)
         self.outputs.append(out)
         if self.clock is not None:
@@ -231,14 +231,14 @@ def test_async_cancel_aborts_the_request():
         task = asyncio.create_task(engine.search("ivf_ip", queries("ivf_ip")[0], 10, nprobe=64))
         await asyncio.sleep(0.01)  # submitted
         await asyncio.to_thread(engine.step)  # admitted and partly scanned
-        assert len(engine.scheduler.requests) == 1 and len(engine.runner.states) == 1
+        assert len(engine.scheduler.requests) == 1 and len(engine.scheduler.joined) == 1
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
 
     asyncio.run(main())
     step_until_idle(engine)
-    assert not engine.scheduler.requests and not engine.runner.states
+    assert not engine.scheduler.requests and not slots_held(engine.scheduler)
     assert engine.metrics.registry.get_sample_value(
         "trinity_search_finished_total", {"stage": "prefill", "status": "aborted"}) == 1
 
@@ -248,7 +248,7 @@ def test_abort_via_future():
     fut = engine.submit("flat_cos", queries("flat_cos")[0], 10)
     other = engine.submit("ivf_ip", queries("ivf_ip")[0], 10, nprobe=8)
     engine.step()
-    assert not fut.done() and fut.request_id in engine.runner.states
+    assert not fut.done() and fut.request_id in engine.scheduler.joined
     engine.abort(fut.request_id)
     engine.abort("no-such-request")  # harmless
     engine.step()
@@ -256,10 +256,10 @@ def test_abort_via_future():
     assert res.status is RequestStatus.FINISHED_ABORTED and res.partial and res.message == "aborted"
     assert 0 < res.fraction_scanned < 1
     assert np.all(res.ids == -1) and np.all(np.isneginf(res.scores))
-    assert fut.request_id not in engine.runner.states and fut.request_id not in engine.scheduler.requests
+    assert fut.request_id not in engine.scheduler.joined and fut.request_id not in engine.scheduler.requests
     step_until_idle(engine)
     assert other.result(timeout=0).status is RequestStatus.FINISHED_COMPLETE
-    assert not engine.runner.states
+    assert not slots_held(engine.scheduler)
 
 
 def test_request_ids():
@@ -370,7 +370,7 @@ def test_dropping_an_ivf_collection_mid_flight_errors_its_requests():
     waiting = [engine.submit("ivf_ip", queries("ivf_ip")[i], 5, nprobe=64) for i in range(1, 4)]
     survivor = engine.submit("ivf_l2", queries("ivf_l2")[0], 5, nprobe=16)
     engine.step()
-    assert running.request_id in engine.runner.states
+    assert running.request_id in engine.scheduler.joined
     engine.drop_collection("ivf_ip")
     step_until_idle(engine)
     for f in [running] + waiting:
@@ -378,7 +378,7 @@ def test_dropping_an_ivf_collection_mid_flight_errors_its_requests():
         assert res.status is RequestStatus.FINISHED_ERROR and "ivf_ip" in res.message, (res.status, res.message)
         assert np.all(res.ids == -1)
     assert survivor.result(timeout=0).status is RequestStatus.FINISHED_COMPLETE
-    assert not engine.runner.states and not engine.scheduler.requests
+    assert not slots_held(engine.scheduler) and not engine.scheduler.requests
     with pytest.raises(ValueError):
         engine.submit("ivf_ip", queries("ivf_ip")[0], 5)
 
@@ -389,13 +389,13 @@ def test_dropping_a_flat_collection_mid_flight_errors_its_requests():
     waiting = engine.submit("flat_cos", queries("flat_cos")[1], 5)
     survivor = engine.submit("ivf_ip", queries("ivf_ip")[0], 5)
     engine.step()
-    assert running.request_id in engine.runner.states
+    assert running.request_id in engine.scheduler.joined
     engine.drop_collection("flat_cos")
     step_until_idle(engine)
     for f in (running, waiting):
         res = f.result(timeout=0)
         assert res.status is RequestStatus.FINISHED_ERROR and "flat_cos" in res.message, (res.status, res.message)
-    assert not engine.runner.states and not engine.scheduler.requests
+    assert not slots_held(engine.scheduler) and not engine.scheduler.requests
     assert survivor.result(timeout=0).status is RequestStatus.FINISHED_COMPLETE
 
 
@@ -427,7 +427,7 @@ def test_replacing_a_collection_mid_flight_errors_its_requests(kind):
     engine = make_engine(fixed_budget(1500), (name,), start=False)
     fut = engine.submit(name, queries(name)[0], 5, nprobe=32)
     engine.step()
-    assert fut.request_id in engine.runner.states
+    assert fut.request_id in engine.scheduler.joined
     engine.add_collection(name, replacement(engine.drop_collection(name), kind))  # e.g. a re-index
     step_until_idle(engine)
     res = fut.result(timeout=0)
@@ -441,11 +441,11 @@ class FailingRunner(SearchRunner):
         super().__init__(collections)
         self.calls, self.fail_at = 0, fail_at
 
-    def run(self, plan, on_early=None):
+    def run(self, plan):
         self.calls += 1
         if self.calls == self.fail_at:
             raise RuntimeError("device lost")
-        return super().run(plan, on_early)
+        return super().run(plan)
 
 
 def test_engine_survives_a_failing_iteration():
@@ -456,7 +456,7 @@ def test_engine_survives_a_failing_iteration():
         for f in futures:  # each resolves, with an error naming the failure
             res = f.result(timeout=5)
             assert res.status is RequestStatus.FINISHED_ERROR and "device lost" in res.message
-        assert not engine.scheduler.requests and not engine.runner.states
+        assert not engine.scheduler.requests and not slots_held(engine.scheduler)
         later = engine.submit("ivf_ip", queries("ivf_ip")[5], 5, nprobe=4)
         res = later.result(timeout=5)
         assert res.status is RequestStatus.FINISHED_COMPLETE
@@ -474,14 +474,14 @@ class GatedFailingRunner(SearchRunner):
         self.calls = 0
         self.entered, self.gate = threading.Event(), threading.Event()
 
-    def run(self, plan, on_early=None):
+    def run(self, plan):
         self.calls += 1
         if self.calls == 1:
             self.entered.set()
             self.gate.wait(10)
         if self.calls == 2:
             raise RuntimeError("device lost")
-        return super().run(plan, on_early)
+        return super().run(plan)
 
 
 def test_requests_finished_in_a_failing_iteration_still_resolve():
@@ -549,7 +549,7 @@ def test_metrics_registry():
             assert get("trinity_engine_queue_depth", {"stage": stage, "state": state}) == 0  # all done
     assert get("trinity_search_latency_seconds_count", {"stage": "decode"}) == 3
     iterations = get("trinity_engine_iterations_total")
-    assert iterations == len(engine.runner.plans) and get("trinity_engine_iteration_seconds_count") == iterations
+    assert iterations == sum(not p.is_head for p in engine.runner.plans) and get("trinity_engine_iteration_seconds_count") == iterations
     assert get("trinity_engine_vectors_scanned_total") == sum(o.num_vectors_scanned for o in engine.runner.outputs)
     assert 0 < get("trinity_engine_vectors_read_total") == sum(o.vectors_read for o in engine.runner.outputs)
     assert get("trinity_engine_preemptions_total") == engine.scheduler.num_preemptions >= 1
@@ -572,27 +572,25 @@ def test_queue_depth_gauge_tracks_waiting_and_running():
     step_until_idle(engine)
 
 
-class EarlyRecordingRunner(SearchRunner):
-    """The real runner, recording which results it handed out early (and when)."""
+class PartRecordingRunner(SearchRunner):
+    """The real runner, recording what each plan it runs finishes."""
 
     def __init__(self, collections) -> None:
         super().__init__(collections)
-        self.early: list[set[str]] = []
+        self.parts: list[tuple[bool, set[str]]] = []  # (is a head, results)
 
-    def run(self, plan, on_early=None):
-        def record(results):
-            self.early.append(set(results))
-            on_early(results)
-
-        return super().run(plan, record if on_early is not None else None)
+    def run(self, plan):
+        out = super().run(plan)
+        self.parts.append((plan.is_head, set(out.results)))
+        return out
 
 
 def test_decode_results_leave_before_the_rest_of_the_scan():
-    """A decode lookup's lists are scanned first, with every rider of those lists; its
-    result is delivered before the bulk scan ends, exactly once, and every answer --
-    decode and the riders split across the two parts -- equals index.search."""
+    """A decode lookup's lists are scanned first (the head sub-plan), with every rider of
+    those lists; its result is resolved before the rest of the iteration scans, exactly once,
+    and every answer -- decode and the riders split across the two parts -- equals index.search."""
     cols = make_collections("ivf_ip")
-    runner = EarlyRecordingRunner(cols)
+    runner = PartRecordingRunner(cols)
     engine = SearchEngine(fixed_budget(40_000), collections=cols, runner=runner, start=False)
     qs = queries("ivf_ip")
     bulk = [engine.submit("ivf_ip", qs[i], 10, nprobe=64, stage="prefill") for i in range(3)]
@@ -600,7 +598,7 @@ def test_decode_results_leave_before_the_rest_of_the_scan():
     decode = [engine.submit("ivf_ip", qs[10 + i], 4, nprobe=8, stage="decode") for i in range(2)]
     finished = {r.request_id: r for r in first + step_until_idle(engine)}
     decode_ids = {f.request_id for f in decode}
-    delivered = set().union(*runner.early) if runner.early else set()
+    delivered = set().union(*(done for head, done in runner.parts if head))
     assert decode_ids <= delivered and not delivered & {f.request_id for f in bulk}
     for futs, k, nprobe, rows in ((decode, 4, 8, [10, 11]), (bulk, 10, 64, [0, 1, 2])):
         refs = reference_many("ivf_ip", qs[rows], [k] * len(rows), [nprobe] * len(rows))
@@ -608,5 +606,5 @@ def test_decode_results_leave_before_the_rest_of_the_scan():
             res = f.result(timeout=0)
             assert res.status is RequestStatus.FINISHED_COMPLETE
             assert_matches("ivf_ip", res.scores, res.ids, ref)
-            assert finished[f.request_id].total_ms == res.total_ms  # one finish time: the delivery
-    assert not engine._delivered and engine.scheduler.num_finished == 5
+            assert finished[f.request_id].total_ms == res.total_ms
+    assert engine.scheduler.num_finished == 5

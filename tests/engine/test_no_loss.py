@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from trinity.engine import RequestStatus, SchedulerConfig, SearchEngine, SearchResult, SearchRunner
 from trinity.index import IVFIndex
 
-from .helpers import FakeClock, assert_matches, index, make_collections, queries, reference_many
+from .helpers import FakeClock, assert_matches, index, make_collections, queries, reference_many, slots_held
 
 STAGES = ["decode", "prefill", "background"]
 ALLOWED = {RequestStatus.FINISHED_COMPLETE, RequestStatus.FINISHED_PARTIAL, RequestStatus.FINISHED_ABORTED,
@@ -28,8 +28,8 @@ class TimedRunner(SearchRunner):
         super().__init__(collections)
         self.clock = clock
 
-    def run(self, plan, on_early=None):
-        out = super().run(plan, on_early)
+    def run(self, plan):
+        out = super().run(plan)
         out.duration_s = 1e-4 + out.num_vectors_scanned / 2e6
         self.clock.advance(out.duration_s)
         return out
@@ -119,8 +119,8 @@ def run_and_check(names, config, ops) -> None:
             assert res.fraction_scanned == 1 and not res.partial
     # nobody holds state any more
     sched = engine.scheduler
-    assert not sched.requests and not sched.joined and not sched._to_free and not sched.has_work
-    assert not runner.states, f"runner state leaked: {sorted(runner.states)}"
+    assert not sched.requests and not sched.joined and not slots_held(sched) and not sched.has_work
+    assert not slots_held(engine.scheduler), "slots leaked"
     assert not engine._futures and not engine._inbox
     assert sched.num_admitted == sched.num_finished == len(submitted)
     # complete answers are exact

@@ -1,4 +1,4 @@
-"""The IVF progress table and the per-collection ride plan (one CSR for every rider)."""
+"""The progress table (a slot per request) and the per-collection ride plan (one CSR for every rider)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from trinity.engine.plan import IterationPlan, RideWork
 from trinity.engine.progress import ProgressTable
 
 from .fake_runner import FakeRunner
-from .helpers import FakeClock, fixed_budget, make_collections
+from .helpers import FakeClock, fixed_budget, make_collections, run_plan
 from .test_scheduler import make_req
 from .test_window import IVF, joined_requests
 
@@ -22,11 +22,11 @@ def _ride(ids, units_per_rider, completes=None, ranks=None) -> RideWork:
     units = np.array([u for us in units_per_rider for u in us], dtype=np.int64)
     completes = np.zeros(len(ids), dtype=bool) if completes is None else np.asarray(completes)
     ranks = np.arange(len(ids), dtype=np.int64) if ranks is None else np.asarray(ranks, dtype=np.int64)
-    return RideWork("c", tuple(ids), ptr, units, completes, ranks)
+    return RideWork("c", tuple(ids), ptr, units, units.copy(), completes, ranks, np.arange(len(ids), dtype=np.int64))
 
 
 def joined_setup(n: int, real_runner: bool = False):
-    """A scheduler with ample budget, a runner, and ``n`` joined IVF requests that have not scanned."""
+    """A scheduler with ample budget, a runner, and ``n`` admitted IVF requests that have not scanned."""
     clock = FakeClock()
     cols = make_collections(IVF)
     sched = Scheduler(fixed_budget(10_000_000), cols, clock)
@@ -37,15 +37,14 @@ def joined_setup(n: int, real_runner: bool = False):
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(1, 40), min_size=1, max_size=90), st.integers(0, 2**31 - 1))
 def test_table_tracks_progress_like_per_request_masks(num_probes, seed):
-    """Rows grow and are reused; marking scans keeps counters equal to per-request masks."""
+    """Slots grow and are reused; applying scans keeps counters equal to per-request masks."""
     rng = np.random.default_rng(seed)
     table = ProgressTable()
     alive: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # id -> (costs, seen mask)
     for i, n in enumerate(num_probes):
         costs = rng.integers(0, 50, n)
-        first = int(rng.integers(0, n + 1))
-        table.add(f"r{i}", rng.permutation(1000)[:n], costs, first)
-        alive[f"r{i}"] = (costs, np.arange(n) < first)
+        table.add(f"r{i}", rng.permutation(1000)[:n], costs)
+        alive[f"r{i}"] = (costs, np.zeros(n, dtype=bool))
         if rng.random() < 0.3:  # someone finishes: its row is freed and reused
             gone = str(rng.choice(sorted(alive)))
             table.release(gone)
@@ -56,13 +55,13 @@ def test_table_tracks_progress_like_per_request_masks(num_probes, seed):
                  for rid in ids]
         if ids:
             ride = _ride(ids, units)
-            rows = np.array([table.row_of[rid] for rid in ids])
+            rows = np.array([table.slot_of[rid] for rid in ids])
             for rid, us in zip(ids, units):
                 alive[rid][1][us] = True
             done = np.array([alive[rid][1].all() for rid in ids])
             table.apply(rows, ride.ptr, ride.units, done, np.ones(len(ids), dtype=np.int64))
     for rid, (costs, seen) in alive.items():
-        row = table.row_of[rid]
+        row = table.slot_of[rid]
         n = costs.size
         assert table.num_done[row] == seen.sum()
         assert table.remaining[row] == costs[~seen].sum()
@@ -86,40 +85,25 @@ def test_riders_progress_through_one_table_and_leave_it_when_done():
     table = sched.tables[IVF]
     assert len(table) == 6 and all(r.num_units_done == 0 for r in reqs)
     plan = sched.schedule()
-    assert len(plan.rides) == 1 and not plan.work  # joined IVF requests ride as one CSR
-    finished = sched.update_from_output(plan, runner.run(plan))
+    assert len(plan.rides) == 1 and len(plan.new_requests) == 6  # they join and ride as one CSR
+    finished = run_plan(sched, runner, plan)
     assert {r.request_id for r, _, _ in finished} == {r.request_id for r in reqs}
-    assert len(table) == 0, "finished requests keep no row"
+    assert len(table) == 0, "finished requests keep no slot"
+    sizes = sched.collections.stats(IVF).unit_sizes
     for r in reqs:  # progress was copied out of the table when they finished
         assert r.status is RequestStatus.FINISHED_COMPLETE and r.num_units_done == r.num_units_total
-        assert r.num_iterations == 2 and r.num_vectors_scanned == int(r.unit_costs.sum())
+        assert r.num_iterations == 1 and r.num_vectors_scanned == int(sizes[r.unit_ids].sum())
 
 
-def test_runner_fails_a_rider_it_holds_no_state_for_and_scans_the_rest():
-    clock, sched, runner, reqs = joined_setup(3, real_runner=True)
-    runner._drop([reqs[1].request_id])  # the runner lost one rider's state
-    plan = sched.schedule()
-    out = runner.run(plan)
-    assert set(out.errors) == {reqs[1].request_id}
-    (ride,) = plan.rides
-    vectors = out.ride_vectors_scanned[IVF]
-    assert vectors.size == len(ride.request_ids) and vectors[ride.request_ids.index(reqs[1].request_id)] == 0
-    finished = {r.request_id: r for r, _, _ in sched.update_from_output(plan, out)}
-    assert finished[reqs[1].request_id].status is RequestStatus.FINISHED_ERROR
-    assert all(finished[r.request_id].status is RequestStatus.FINISHED_COMPLETE for r in (reqs[0], reqs[2]))
-    assert len(sched.tables[IVF]) == 0
-
-
-def test_a_rider_aborted_mid_iteration_is_freed_without_touching_the_table():
+def test_a_rider_aborted_mid_iteration_frees_its_slot_without_touching_the_table():
     clock, sched, runner, reqs = joined_setup(3)
     plan = sched.schedule()
     out = runner.run(plan)
     sched.abort(reqs[0].request_id)  # while the iteration "ran"
     sched.update_from_output(plan, out)
     assert reqs[0].status is RequestStatus.FINISHED_ABORTED and len(sched.tables[IVF]) == 0
-    assert reqs[0].request_id in sched.schedule().free
     late = make_req(clock, IVF, nprobe=8, stage=Stage.DECODE, qi=9)
-    sched.add_request(late)  # a new request gets a fresh row
+    sched.add_request(late)  # a new request gets a fresh slot
     plan = sched.schedule()
-    sched.update_from_output(plan, runner.run(plan))
-    assert late.status.finished or late.request_id in sched.tables[IVF].row_of
+    run_plan(sched, runner, plan)
+    assert late.status is RequestStatus.FINISHED_COMPLETE

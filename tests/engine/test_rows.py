@@ -11,26 +11,22 @@ from trinity.engine.rows import RunningRows
 from .helpers import assert_matches, fixed_budget, index, make_collections, queries, reference_many
 
 
-def test_rows_keep_their_state_across_growth_and_reuse_freed_rows():
+def test_rows_keep_their_state_across_growth():
     idx = index("ivf_ip")
     rows = RunningRows(idx)
     q = queries("ivf_ip")
     prepared, offsets = idx.prepare_validated(q[np.arange(150) % len(q)])
-    probes = idx.assign_prepared(prepared, np.arange(150) % 9 + 1)
-    first = rows.add([f"r{i}" for i in range(100)], prepared[:100], offsets[:100], np.arange(100) % 7 + 1, probes[:100])
-    assert rows.num_rows >= 100 and len(rows) == 100
-    second = rows.add([f"r{i}" for i in range(100, 150)], prepared[100:], offsets[100:], np.full(50, 40), probes[100:])
-    assert rows.topk.max_k == 40 and len(set(first) | set(second)) == 150
-    for i in (0, 57, 99, 120):  # what the rows hold after the batch grew twice
-        row = rows.row_of[f"r{i}"]
-        assert np.array_equal(rows.queries[row].numpy(), prepared[i].numpy())
-        assert np.array_equal(rows.probes[row, :rows.num_probes[row]], probes[i][probes[i] >= 0])
-        assert int(rows.topk.k[row]) == (i % 7 + 1 if i < 100 else 40)
-    out = rows.take_results(["r3", "r120"])  # nothing scanned yet: padded answers of each one's k
-    assert [len(out["r3"][1]), len(out["r120"][1])] == [4, 40] and (out["r3"][1] == -1).all()
-    assert len(rows) == 148 and "r3" not in rows.row_of
-    (again,) = rows.add(["again"], prepared[:1], offsets[:1], np.array([2]), probes[:1])
-    assert again in (first[3], second[20]), "a freed row is reused before the batch grows"
+    rows.add(np.arange(100), prepared[:100], offsets[:100], np.arange(100) % 7 + 1)
+    assert rows.num_rows >= 100
+    rows.add(np.arange(100, 150) * 3, prepared[100:], offsets[100:], np.full(50, 40))  # slots up to 447
+    assert rows.topk.max_k == 40 and rows.num_rows >= 448
+    for i, slot in ((0, 0), (57, 57), (99, 99), (120, 360)):  # what the rows hold after the batch grew twice
+        assert np.array_equal(rows.queries[slot].numpy(), prepared[i].numpy())
+        assert int(rows.topk.k[slot]) == (i % 7 + 1 if i < 100 else 40)
+    d, ids, ks = rows.results(np.array([3, 360]))  # nothing scanned yet: padded answers of each one's k
+    assert ks.tolist() == [4, 40] and (ids[0, :4] == -1).all() and (ids[1] == -1).all()
+    rows.add(np.array([3]), prepared[:1], offsets[:1], np.array([2]))  # a reused slot starts afresh
+    assert int(rows.topk.k[3]) == 2 and np.array_equal(rows.queries[3].numpy(), prepared[0].numpy())
 
 
 def test_a_wide_k_request_does_not_change_narrow_answers():

@@ -18,44 +18,38 @@ NAMES = ("ivf_ip", "flat_l2")
 
 
 class Recorder(TimedRunner):
-    """Counts, per request, the iterations that planned work for it and the units it scanned."""
+    """Counts, per request, the plans that gave it work and the units it scanned."""
 
     def __init__(self, collections, clock: FakeClock) -> None:
         super().__init__(collections, clock)
         self.iterations: Counter[str] = Counter()
         self.units: Counter[str] = Counter()
-        self.num_units: dict[str, int] = {}
 
-    def run(self, plan, on_early=None):
-        out = super().run(plan, on_early)
-        for w in plan.work:
-            if w.request_id in out.errors:
-                continue
-            self.iterations[w.request_id] += 1
-            self.units[w.request_id] += out.units_end.get(w.request_id, 0) if w.max_vectors is not None else len(w.units)
-            if w.request_id in out.unit_ids:
-                self.num_units[w.request_id] = len(out.unit_ids[w.request_id])
+    def run(self, plan):
+        out = super().run(plan)
         for ride in plan.rides:
             for rid, n in zip(ride.request_ids, np.diff(ride.ptr).tolist()):
-                self.iterations[rid] += 1
-                self.units[rid] += n
+                if rid not in out.errors:
+                    self.iterations[rid] += 1
+                    self.units[rid] += n
         return out
 
 
 def check_tables(engine: SearchEngine, runner: Recorder) -> None:
-    """Every progress row agrees with its request and with what the runner scanned for it."""
+    """Every slot agrees with its request and with what the runner scanned for it."""
     sched = engine.scheduler
-    held = set(runner.states)
-    assert held == sched.joined | set(sched._to_free), (held ^ (sched.joined | set(sched._to_free)))
-    for name, table in sched.tables.items():
-        for rid, row in table.row_of.items():
+    assert sched.joined <= sched.requests.keys()
+    assert sum(len(t) for t in sched.tables.values()) == len(sched.requests)
+    for table in sched.tables.values():
+        for rid, slot in table.slot_of.items():
             req = sched.requests[rid]
             n = req.num_units_total
-            seen = table.seen[row, :n]
-            assert table.num_done[row] == seen.sum() == runner.units[rid] == req.num_units_done
-            assert table.remaining[row] == table.unit_costs[row, :n][~seen].sum() == req.remaining_cost()
-            assert table.seen[row, n:].all() and (table.unit_ids[row, :n] >= 0).all()
-            assert table.num_iterations[row] + req._iterations == runner.iterations[rid] == req.num_iterations
+            seen = table.seen[slot, :n]
+            assert req.slot == slot and (table.unit_ids[slot, :n] == req.unit_ids).all()
+            assert table.num_done[slot] == seen.sum() == runner.units[rid] == req.num_units_done
+            assert table.remaining[slot] == table.unit_costs[slot, :n][~seen].sum() == req.remaining_cost()
+            assert table.seen[slot, n:].all() and (table.unit_ids[slot, :n] >= 0).all()
+            assert table.num_iterations[slot] == runner.iterations[rid] == req.num_iterations
 
 
 @settings(max_examples=30, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -65,6 +59,8 @@ def test_array_state_agrees_with_results(config, ops):
     cols = make_collections(*NAMES)
     runner = Recorder(cols, clock)
     engine = SearchEngine(config, collections=cols, runner=runner, clock=clock, start=False)
+    admitted, add = {}, engine.scheduler.add_requests
+    engine.scheduler.add_requests = lambda reqs: (admitted.update((r.request_id, r) for r in reqs), add(reqs))
     results = []
     futures = []
     for op in [*ops, *[("step", 0.005)] * 400]:
@@ -80,16 +76,15 @@ def test_array_state_agrees_with_results(config, ops):
             check_tables(engine, runner)
         if op[0] == "step" and not engine.scheduler.has_work and not engine._inbox and len(results) == len(futures):
             break
-    assert len(results) == len(futures) and not runner.states
+    assert len(results) == len(futures) and not any(len(t) for t in engine.scheduler.tables.values())
     for res in results:
         rid = res.request_id
         assert res.num_iterations == runner.iterations[rid], rid
+        total = admitted[rid].num_units_total
         if res.status is RequestStatus.FINISHED_COMPLETE:
-            assert res.fraction_scanned == 1.0
-            if rid in runner.num_units:
-                assert runner.units[rid] == runner.num_units[rid]
-        elif res.status is RequestStatus.FINISHED_PARTIAL and rid in runner.num_units:
-            assert res.fraction_scanned == runner.units[rid] / runner.num_units[rid]
+            assert res.fraction_scanned == 1.0 and runner.units[rid] == total
+        elif res.status is RequestStatus.FINISHED_PARTIAL and total:
+            assert res.fraction_scanned == runner.units[rid] / total
         elif res.status is not RequestStatus.FINISHED_PARTIAL:
             assert res.num_iterations == 0 or res.status is RequestStatus.FINISHED_ABORTED
 
@@ -138,7 +133,7 @@ def test_kernel_calls_per_iteration_do_not_grow_with_running_requests():
     for stage in ("decode", "prefill"):
         one = kernel_calls_per_iteration(private_ivf(), 1, stage)
         many = kernel_calls_per_iteration(private_ivf(), 64, stage)
-        # one coarse assignment for every newcomer, and at most two list-major scans (urgent lists first)
+        # one coarse assignment for every newcomer, and at most two list-major scans (the head first)
         assert max(one) <= 3 and max(many) <= 3, (stage, one, many)
 
 

@@ -17,22 +17,18 @@ IVF = "ivf_ip"
 
 
 def joined_requests(clock: FakeClock, sched: Scheduler, runner, n: int, nprobe: int | list[int] = 32, **kw) -> list:
-    """``n`` prefill requests that have joined (assigned) but not scanned yet."""
+    """``n`` admitted prefill requests (their probes assigned, a slot each) that have not scanned yet."""
     nprobes = nprobe if isinstance(nprobe, list) else [nprobe] * n
-    kw.setdefault("deadline_s", 10.0)  # slack: under load they join only, then ride along
+    kw.setdefault("deadline_s", 10.0)
     reqs = [make_req(clock, IVF, nprobe=nprobes[i], stage=Stage.PREFILL, qi=i, **kw) for i in range(n)]
-    for r in reqs:
-        sched.add_request(r)
-    sched._saturated = True  # under load: newcomers with slack join only
-    plan = sched.schedule()
-    assert all(w.max_vectors == 0 for w in plan.items()) and len(plan.new_requests) == n
-    sched.update_from_output(plan, runner.run(plan))
-    assert all(r.unit_ids is not None and r.num_units_done == 0 for r in reqs)
+    sched.add_requests(reqs)
+    assert all(r.unit_ids is not None and r.slot >= 0 and r.num_units_done == 0 for r in reqs)
     return reqs
 
 
-def lists_of(runner: FakeRunner, plan) -> dict[str, set[int]]:
-    return {w.request_id: {int(runner.states[w.request_id].probes[u]) for u in w.units} for w in plan.items()}
+def lists_of(reqs: list, plan) -> dict[str, set[int]]:
+    units = {r.request_id: r.unit_ids for r in reqs}
+    return {w.request_id: {int(units[w.request_id][u]) for u in w.units} for w in plan.items()}
 
 
 def test_every_rider_scans_each_claimed_list_in_the_same_iteration():
@@ -42,12 +38,11 @@ def test_every_rider_scans_each_claimed_list_in_the_same_iteration():
     runner = FakeRunner(cols, clock=clock)
     reqs = joined_requests(clock, sched, runner, 12)
     plan = sched.schedule()
-    read = set().union(*lists_of(runner, plan).values())
-    assert plan.planned_vectors <= plan.budget_vectors and not plan.forced
+    read = set().union(*lists_of(reqs, plan).values())
+    assert plan.planned_vectors <= plan.budget_vectors and not plan.forced and plan.head is None
     for r in reqs:  # ample budget: everything needed is read, and every need is served
-        probes = runner.states[r.request_id].probes
-        wanted = {int(p) for p in probes}
-        assert wanted <= read and lists_of(runner, plan)[r.request_id] == wanted
+        wanted = {int(p) for p in r.unit_ids}
+        assert wanted <= read and lists_of(reqs, plan)[r.request_id] == wanted
     out = runner.run(plan)
     # 12 requests x 32 probes over 64 lists: lists are shared, so far fewer reads than scans
     scanned = out.num_vectors_scanned
@@ -83,7 +78,9 @@ def test_window_claim_is_forced_for_the_first_item_only_for_the_claimant():
     charge = window.claim(reqs[0], budget_left=1.0, force=True)
     first = int(reqs[0].unit_ids[0])
     assert charge == sizes[first] * 1.5
-    ((_, only),) = window.work().items()
+    head, rest = window.work()
+    ((_, only),) = rest.items()
+    assert head is None
     assert only.request_id == reqs[0].request_id and only.units == (0,)
 
 
@@ -114,7 +111,8 @@ def test_overload_demotes_hopeless_requests_instead_of_missing_every_deadline():
         drive(sched, runner, clock=clock, before_schedule=lambda it: it or sched.add_request(
             make_req(clock, IVF, nprobe=32, qi=3)))
     assert sched.scan_rate
-    per_request = 32 * cols.stats(IVF).unit_cost / 5e6  # seconds of scanning each
+    sizes = cols.stats(IVF).unit_sizes.astype(float)
+    per_request = 32 * (sizes * sizes).sum() / sizes.sum() / 5e6  # seconds of scanning each (size-biased lists)
     reqs = []
     for i in range(24):  # deadline i leaves room for about i / 2 requests ahead of it
         reqs.append(make_req(clock, IVF, nprobe=32, qi=i, deadline_s=(i + 1) * per_request / 2 + 0.008))
@@ -139,18 +137,21 @@ def test_fill_prefers_lists_that_finish_requests():
     mine = few.unit_ids
     window.fill(float((sizes[mine] * (1.0 + window.demand[mine])).sum()))
     assert window.chosen[mine].all()
-    assert set(window.work().request_ids) >= {few.request_id}
+    assert set(window.work()[1].request_ids) >= {few.request_id}
 
 
-def test_tight_deadline_newcomers_scan_at_once_under_load():
+def test_tight_deadline_lookups_go_in_the_head_under_load():
+    """A cache lookup (a 20 ms window ranks with decode work) claims its lists and its answer
+    leaves in the head; a RAG search with slack only rides (the fill takes its lists)."""
     clock = FakeClock()
     cols = make_collections(IVF)
     sched = Scheduler(fixed_budget(10_000_000), cols, clock)
     sched._saturated = True
-    lookup = make_req(clock, IVF, nprobe=4, k=1, qi=1, deadline_s=0.020)  # a cache lookup: 20 ms
+    lookup = make_req(clock, IVF, nprobe=4, k=1, qi=1, deadline_s=0.020)
     rag = make_req(clock, IVF, nprobe=32, k=32, qi=2, deadline_s=0.150)
-    sched.add_request(lookup)
-    sched.add_request(rag)
+    sched.add_requests([lookup, rag])
     plan = sched.schedule()
-    kinds = {w.request_id: w.max_vectors for w in plan.items()}
-    assert kinds[lookup.request_id] > 0 and kinds[rag.request_id] == 0  # scans now / joins only
+    assert plan.head is not None and {w.request_id for w in plan.head.items()} >= {lookup.request_id}
+    (head_lookup,) = [w for w in plan.head.items() if w.request_id == lookup.request_id]
+    assert head_lookup.returns_result and len(head_lookup.units) == 4
+    assert rag.request_id not in {w.request_id for w in plan.head.items() if w.returns_result}

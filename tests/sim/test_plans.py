@@ -23,13 +23,14 @@ CLASSES = [("decode", 4, 8, 20.0), ("prefill", 8, 16, 150.0), ("prefill", 1, 4, 
 
 
 def digest(plan) -> tuple:
-    work = sorted((w.request_id, tuple(int(u) for u in w.units), w.max_vectors, w.early, w.returns_result)
-                  for w in plan.items())
-    return (tuple(r.request_id for r in plan.new_requests), tuple(work), plan.finish_partial, plan.free,
-            plan.budget_vectors)
+    parts = [(p.is_head, tuple(r.request_id for r in p.new_requests),
+              tuple(sorted((w.request_id, w.units, w.returns_result) for ride in p.rides for _, w in ride.items())),
+              tuple(e.request_id for e in p.finish_partial)) for p in plan.parts]
+    work = tuple(w for part in parts for w in part[2])
+    return tuple(parts), work, tuple(e for part in parts for e in part[3]), plan.budget_vectors
 
 
-@pytest.fixture(scope="module", params=[4000.0, 20000.0], ids=["loaded", "overloaded"])
+@pytest.fixture(scope="module", params=[4000.0, 30000.0], ids=["loaded", "overloaded"])
 def setup(request):
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(40, 16)).astype(np.float32)
@@ -37,7 +38,7 @@ def setup(request):
     ivf = IVFIndex(16, 64, metric="l2", nprobe=8)
     ivf.train(x, niter=6, seed=0)
     ivf.add(x)
-    n = 600
+    n = 1200
     times = np.cumsum(rng.exponential(1 / request.param, n))
     cls = rng.integers(0, len(CLASSES), n)
     queries = x[rng.integers(0, len(x), n)] + 0.1 * rng.normal(size=(n, 16)).astype(np.float32)
@@ -59,9 +60,10 @@ class _Modelled:
     def __init__(self, inner: SearchRunner, clock: list[float]) -> None:
         self.inner, self.clock = inner, clock
 
-    def run(self, plan, on_early=None):
-        out = self.inner.run(plan, on_early)
+    def run(self, plan):
+        out = self.inner.run(plan)
         out.duration_s = COST.seconds(out.num_vectors_scanned, out.vectors_read, plan.num_items + len(plan.new_requests))
+        out.duration_s -= COST.fixed_s * plan.is_head
         self.clock[0] += out.duration_s
         return out
 

@@ -214,9 +214,9 @@ class _TimedRunner:
         self.busy_s = 0.0
         self.calls = 0
 
-    def run(self, plan, on_early=None):
+    def run(self, plan):
         t = time.perf_counter()
-        out = self.runner.run(plan, on_early)
+        out = self.runner.run(plan)
         self.busy_s += time.perf_counter() - t
         self.calls += 1
         return out
@@ -242,7 +242,7 @@ class TrinitySystem(_System):
         sch.update_from_output = self.phases.wrap(sch.update_from_output, "update_s")
         self.engine.step = self.phases.wrap(self.engine.step, "step_s")
         # the runner's calls into the index, and taking results (its host sync)
-        inner._take = self.phases.wrap(inner._take, "take_s")
+        inner._results = self.phases.wrap(inner._results, "take_s")
         for name in ("prepare_validated", "assign_prepared", "scan"):
             setattr(ivf, name, self.phases.wrap(getattr(ivf, name), f"{name}_s"))
         self._status = {RequestStatus.FINISHED_COMPLETE: Status.COMPLETE,

@@ -26,19 +26,13 @@ class UnknownCollectionError(TrinityError, KeyError, ValueError):
 
 @dataclass(frozen=True)
 class CollectionStats:
-    """What the scheduler needs to budget work on one collection.
-
-    ``unit_cost`` is the expected vectors per unit: for IVF the *size-biased* mean list
-    size (sum s^2 / sum s) -- queries come from the data distribution, so populous lists
-    are probed more often than a plain mean suggests; for flat, vectors per chunk.
-    """
+    """What the scheduler needs to plan work on one collection: its units (IVF lists or
+    flat chunks) and their sizes."""
 
     kind: str
     num_units: int  # nlist (IVF) or chunks (flat)
     default_nprobe: int
-    unit_cost: float
-    max_unit_cost: int  # the largest list / chunk: worst case of one unit
-    unit_sizes: np.ndarray | None = None  # IVF: vectors per list (metadata, read-only)
+    unit_sizes: np.ndarray  # vectors per list / chunk (metadata, read-only)
 
 
 class Collections:
@@ -89,14 +83,19 @@ class Collections:
         if cached is not None and cached[0] == index.lists.version:
             return cached[1]
         if isinstance(index, IVFIndex):
-            sizes = index.lists.list_len.astype(np.float64)
-            cost = float((sizes * sizes).sum() / max(sizes.sum(), 1.0))
-            unit_sizes = index.lists.list_len.astype(np.int64)
-            unit_sizes.setflags(write=False)
-            stats = CollectionStats("ivf", index.nlist, index.nprobe, max(cost, 1.0), int(sizes.max(initial=0)),
-                                    unit_sizes)
+            stats = CollectionStats("ivf", index.nlist, index.nprobe, index.lists.list_len.astype(np.int64))
         else:
-            chunk = index.chunk_blocks * index.lists.block_size
-            stats = CollectionStats("flat", index.num_chunks, 0, float(chunk), chunk)
+            sizes = np.array([index.chunk_num_vectors(c) for c in range(index.num_chunks)], dtype=np.int64)
+            stats = CollectionStats("flat", index.num_chunks, 0, sizes)
+        stats.unit_sizes.setflags(write=False)
         self._stats[name] = (index.lists.version, stats)
         return stats
+
+    def assign(self, name: str, queries: np.ndarray, nprobes: np.ndarray, request_ids: list[str]) -> np.ndarray:
+        """Each query's units, ``-1`` padded: IVF probes best first (the coarse quantizer,
+        one batched call), flat every chunk.  ``request_ids`` let a simulated index assign."""
+        index = self.get(name)
+        if not isinstance(index, IVFIndex):
+            return np.broadcast_to(np.arange(index.num_chunks, dtype=np.int64), (len(queries), index.num_chunks))
+        prepared, _ = index.prepare_validated(queries)
+        return index.assign_prepared(prepared, np.minimum(nprobes, index.nlist))

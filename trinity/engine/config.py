@@ -53,10 +53,9 @@ class SchedulerConfig:
         deadline_policy: ``"partial"`` returns best-so-far at the deadline;
             ``"reject"`` also rejects at admission requests that clearly cannot finish.
         budget_ewma: smoothing of the measured scan rate.
-        urgent_share: under load, an IVF newcomer with slack only joins (is assigned) and
-            scans from the next iteration on, riding along on lists read for others; one
-            with less than this share of its deadline window left (or decode-level) scans
-            at once.
+        urgent_share: under load a request with more than this share of its deadline window
+            left rides along on units read for others instead of claiming its own (decode
+            level and requests without a deadline always claim).
         urgent_deadline_ms: a request whose deadline window (deadline - arrival) is at most
             this ranks with decode-stage work, whatever its stage: a cache lookup with a
             20 ms deadline issued before a prefill cannot wait for prefill work either.
@@ -72,11 +71,6 @@ class SchedulerConfig:
             (arrival to answer) exceeds this share of its deadline window
             (``admission.py``); ``None`` admits up to ``max_num_waiting``.
         admission_interval_ms: the window of that sojourn reading.
-        decode_cap_factor: a decode-level newcomer's first scan may cost this multiple of
-            its size-biased estimate: probed lists run larger than the mean (p99 1.9x on
-            the real 200k corpus), and a second iteration would double its latency.
-        tight_deadline_iterations: a deadline window of at most this many iterations makes
-            a request urgent on arrival (it cannot wait for company).
         max_num_waiting_considered: waiting requests a plan reads from the head of the
             queue: bounds planning under a backlog (few more could start in one iteration).
         switch_interval_ms: the interpreter's GIL switch interval while the loop runs: with
@@ -101,8 +95,6 @@ class SchedulerConfig:
     default_deadline_ms: tuple[float | None, float | None, float | None] = (None, None, None)
     admission_share: float | None = None
     admission_interval_ms: float = 50.0
-    decode_cap_factor: float = 2.0
-    tight_deadline_iterations: int = 8
     max_num_waiting_considered: int = 256
     switch_interval_ms: float = 0.5
     idle_wait_ms: float = 50.0
@@ -123,8 +115,8 @@ class SchedulerConfig:
             raise ValueError("default_deadline_ms: expected (decode, prefill, background), each > 0 or None")
         if self.admission_share is not None and not self.admission_share > 0 or self.admission_interval_ms <= 0:
             raise ValueError("admission_share and admission_interval_ms: expected > 0")
-        if self.decode_cap_factor < 1 or self.tight_deadline_iterations < 0 or self.max_num_waiting_considered < 1:
-            raise ValueError("decode_cap_factor >= 1, tight_deadline_iterations >= 0, max_num_waiting_considered >= 1")
+        if self.max_num_waiting_considered < 1:
+            raise ValueError("max_num_waiting_considered: expected >= 1")
         if self.switch_interval_ms <= 0 or self.idle_wait_ms <= 0:
             raise ValueError("switch_interval_ms and idle_wait_ms: expected > 0")
         if self.target_iteration_ms <= 0 or self.max_num_running < 1 or self.max_num_waiting < 1:

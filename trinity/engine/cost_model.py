@@ -11,11 +11,34 @@ most 1.5x the largest volume that recently ran within the target).
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 
 from trinity.engine.config import SchedulerConfig
 from trinity.engine.plan import IterationPlan, RunnerOutput
+
+
+@dataclass(frozen=True)
+class IterationSample:
+    """What one iteration (all its parts) planned and took."""
+
+    num_pairs: int  # (query, vector) pairs scanned
+    num_reads: int  # distinct vectors read
+    num_items: int  # requests with work plus newcomers
+    duration_s: float
+    planned_vectors: int
+    budget_vectors: int
+
+    @classmethod
+    def of(cls, plan: IterationPlan, out: RunnerOutput, before: IterationSample | None = None) -> IterationSample:
+        """The sample of ``plan`` run as ``out``, added to the sample of its head (``before``)."""
+        s = cls(out.num_vectors_scanned, out.vectors_read, plan.num_items + len(plan.new_requests), out.duration_s,
+                plan.planned_vectors, plan.budget_vectors)
+        if before is None:
+            return s
+        return cls(s.num_pairs + before.num_pairs, s.num_reads + before.num_reads, s.num_items + before.num_items,
+                   s.duration_s + before.duration_s, s.planned_vectors + before.planned_vectors, s.budget_vectors)
 
 class IterationCostModel:
     """Budget, scan rate and read weight, adapted from measured iteration durations."""
@@ -45,7 +68,7 @@ class IterationCostModel:
         """
         return self.config.target_iteration_ms / 1e3 * (1.0 + (self.config.saturated_stretch - 1.0) * self._load)
 
-    def observe(self, plan: IterationPlan, out: RunnerOutput, iteration: int, saturated: bool = False) -> None:
+    def observe(self, sample: IterationSample, iteration: int, saturated: bool = False) -> None:
         """Fit ``duration ~ a + b * pairs + c * reads + d * items`` over recent iterations
         and size the budget so a full iteration lasts ``target_s``.
 
@@ -56,33 +79,32 @@ class IterationCostModel:
         costs to the scan, so a smaller budget looks slower still and the budget spirals
         down; separating the terms keeps it stable at light and heavy load alike.
         """
-        if out.duration_s <= 0 or plan.is_empty:
+        if sample.duration_s <= 0:
             return
         a = self.config.budget_ewma
         self._load = (1 - a) * self._load + a * float(saturated)
         target = self.target_s
-        items = plan.num_items + len(plan.new_requests)
-        scanned = out.num_vectors_scanned
+        items, scanned = sample.num_items, sample.num_pairs
         # NOTE: clamp outliers (a JIT compile, a page-in after idling) before fitting or
         # smoothing: one slow iteration must not make every deadline look unreachable.
-        sample = min(out.duration_s, 4 * target)
-        self._samples.append((scanned, out.vectors_read, items, sample))
+        seconds = min(sample.duration_s, 4 * target)
+        self._samples.append((scanned, sample.num_reads, items, seconds))
         self._items = (1 - a) * self._items + a * items
         # NOTE: deadlines are checked against observed iteration times, not against the
         # fit's prediction: with tiny collections the fit is degenerate (a clamped budget
         # would "predict" iterations hundreds of ms long and expire every request).
-        self.iteration_s = (1 - a) * self.iteration_s + a * sample
-        self._proven.append(plan.planned_vectors * min(1.0, target / out.duration_s))
-        if plan.planned_vectors >= self._b.bound_share * plan.budget_vectors:
+        self.iteration_s = (1 - a) * self.iteration_s + a * seconds
+        self._proven.append(sample.planned_vectors * min(1.0, target / sample.duration_s))
+        if sample.planned_vectors >= self._b.bound_share * sample.budget_vectors:
             # NOTE: a budget-bound iteration shows what the budget really buys; correct the
             # fit towards the target duration (the regression extrapolates badly from the
             # short iterations of light load, and a budget it underestimates starves work).
             # An overrun is corrected at once, a shortfall slowly (and not while the slow
             # start caps the budget: short capped iterations say nothing about the fit).
-            if sample > self._b.overrun * target:
-                self._gain *= (target / sample) ** self._b.decrease_exponent
+            if seconds > self._b.overrun * target:
+                self._gain *= (target / seconds) ** self._b.decrease_exponent
             elif not self._capped:
-                self._gain *= (target / max(sample, 1e-6)) ** self._b.gain_exponent
+                self._gain *= (target / max(seconds, 1e-6)) ** self._b.gain_exponent
             self._gain = min(max(self._gain, self._b.min_gain), self._b.max_gain)
         self._set_budget()
         if len(self._samples) < 8 or iteration % self._b.refit_every:

@@ -81,7 +81,6 @@ class SearchEngine:
             self.config.admission_share, self.config.admission_interval_ms / 1e3, clock)
         self._inbox: deque[tuple[str, object]] = deque()
         self._futures: dict[str, Future] = {}
-        self._delivered: dict[str, float] = {}  # id -> when its result left early (see _deliver_early)
         self._cv = threading.Condition()
         self._closing = False
         self._stop = False
@@ -165,83 +164,64 @@ class SearchEngine:
         """Run one iteration (drain inbox, schedule, run, update); return finished results.
 
         Requests that finish without the runner (rejections, aborts, expiries before any
-        scan) are resolved before the scan runs, so they are not held for an iteration.
+        scan) are resolved before the scan runs, and a plan's head is run and resolved
+        before the rest of it, so neither waits for the rest of the iteration.
         """
         with self._cv:
             inbox, self._inbox = self._inbox, deque()
+        new = [item for kind, item in inbox if kind == "add"]
+        if new:
+            self.scheduler.add_requests(new)
         for kind, item in inbox:
-            if kind == "add":
-                self.scheduler.add_request(item)
-            else:
+            if kind == "abort":
                 self.scheduler.abort(item)
         preempted_before = self.scheduler.num_preemptions
         plan = self.scheduler.schedule()
         results = [self._resolve(f) for f in self.scheduler.pop_finished()]
-        if not plan.is_empty:
-            out = self.runner.run(plan, on_early=self._deliver_early)
-            finished = self.scheduler.update_from_output(plan, out)
-            m = self.metrics
-            m.iterations.inc()
-            m.iteration_time.observe(out.duration_s)
-            scanned = out.num_vectors_scanned
-            m.vectors_scanned.inc(scanned)
-            m.vectors_read.inc(out.vectors_read)
-            m.iteration_vectors.observe(scanned)
-            m.budget.set(self.scheduler.budget_vectors)
-            m.preemptions.inc(self.scheduler.num_preemptions - preempted_before)
-            results += [self._resolve(f) for f in finished]
+        if plan.is_empty and plan.head is None:
+            return results
+        duration_s = scanned = read = 0
+        for part in plan.parts:
+            out = self.runner.run(part)
+            results += [self._resolve(f) for f in self.scheduler.update_from_output(part, out)]
+            duration_s, scanned, read = duration_s + out.duration_s, scanned + out.num_vectors_scanned, read + out.vectors_read
+        m = self.metrics
+        m.iterations.inc()
+        m.iteration_time.observe(duration_s)
+        m.vectors_scanned.inc(scanned)
+        m.vectors_read.inc(read)
+        m.iteration_vectors.observe(scanned)
+        m.budget.set(self.scheduler.budget_vectors)
+        m.preemptions.inc(self.scheduler.num_preemptions - preempted_before)
         return results
-
-    def _deliver_early(self, results: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-        """Hand complete results to their callers while the iteration still scans.
-
-        The scheduler records them with the rest of the iteration's output; ``_resolve``
-        then keeps this delivery time (latency and deadline metrics use it) and does not
-        deliver twice.
-        """
-        now = self.clock()
-        for rid, (scores, ids) in results.items():
-            req = self.scheduler.requests.get(rid)
-            with self._cv:
-                fut = self._futures.pop(rid, None) if req is not None else None
-            if fut is None:
-                continue
-            self._delivered[rid] = now
-            if not fut.done():
-                fut.set_result(self._result_of(req, scores, ids, RequestStatus.FINISHED_COMPLETE, now,
-                                               req.num_iterations + 1))
 
     def _resolve(self, finished: Finished) -> SearchResult:
         req, scores, ids = finished
-        delivered = self._delivered.pop(req.request_id, None)
-        if delivered is not None:
-            req.finish_time = delivered
         if ids is None:
             ids = np.full(req.k, -1, dtype=np.int64)
             sentinel = self.collections.get(req.collection).metric.sentinel if req.collection in self.collections else math.nan
             scores = np.full(req.k, sentinel, dtype=np.float32)
-        result = self._result_of(req, scores, ids, req.status, req.finish_time, req.num_iterations)
+        result = self._result_of(req, scores, ids)
         self.metrics.observe_finished(req, result.deadline_missed)
         if self.admission is not None:
             answered = req.status in (RequestStatus.FINISHED_COMPLETE, RequestStatus.FINISHED_PARTIAL)
             self.admission.observe(req.stage, req.arrival_time, req.finish_time if answered else None, self.clock())
-        if delivered is None:
-            with self._cv:
-                fut = self._futures.pop(req.request_id, None)
-            if fut is not None and not fut.done():
-                fut.set_result(result)
+        with self._cv:
+            fut = self._futures.pop(req.request_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(result)
         return result
 
     @staticmethod
-    def _result_of(req: SearchRequest, scores: np.ndarray, ids: np.ndarray, status: RequestStatus,
-                   finish_time: float, num_iterations: int) -> SearchResult:
+    def _result_of(req: SearchRequest, scores: np.ndarray, ids: np.ndarray) -> SearchResult:
+        status, finish_time = req.status, req.finish_time
         missed = req.deadline is not None and finish_time > req.deadline and status in (
             RequestStatus.FINISHED_COMPLETE, RequestStatus.FINISHED_PARTIAL)
         first = req.first_scan_time if req.first_scan_time is not None else finish_time
         fraction = 1.0 if status is RequestStatus.FINISHED_COMPLETE else req.fraction_scanned
         return SearchResult(req.request_id, ids, scores, status, fraction, req.stage,
                             (first - req.arrival_time) * 1e3, (finish_time - req.arrival_time) * 1e3,
-                            num_iterations, req.num_preemptions, missed, req.message, req.code)
+                            req.num_iterations, req.num_preemptions, missed, req.message, req.code)
 
     def start(self) -> None:
         """Compile the CPU kernels, freeze the start-up heap, then start the loop thread."""

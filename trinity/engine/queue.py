@@ -18,6 +18,13 @@ from trinity.engine.request import SearchRequest
 Key = tuple[float, ...]
 
 
+def level(req: SearchRequest, urgent_deadline_s: float) -> int:
+    """The request's stage, where a deadline window of at most ``urgent_deadline_s`` counts as decode."""
+    if req.deadline is not None and req.deadline - req.arrival_time <= urgent_deadline_s:
+        return 0
+    return int(req.stage)
+
+
 def priority_key(req: SearchRequest, now: float, stage_aware: bool, aging_s: float,
                  urgent_deadline_s: float = 0.0) -> Key:
     """``(aged stage, deadline, arrival)`` -- or ``(arrival,)`` in FIFO mode; lower first.
@@ -31,10 +38,7 @@ def priority_key(req: SearchRequest, now: float, stage_aware: bool, aging_s: flo
     """
     if not stage_aware:
         return (req.arrival_time,)
-    stage = int(req.stage)
-    if req.deadline is not None and req.deadline - req.arrival_time <= urgent_deadline_s:
-        stage = 0
-    aged = max(0, stage - int((now - req.arrival_time) / aging_s))
+    aged = max(0, level(req, urgent_deadline_s) - int((now - req.arrival_time) / aging_s))
     deadline = req.deadline
     if deadline is None:
         deadline = req.arrival_time + aging_s * (int(req.stage) + 1)

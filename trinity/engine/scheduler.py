@@ -1,18 +1,22 @@
 """Stage-aware, deadline-driven continuous-batching scheduler (policy only).
 
-Each iteration :meth:`Scheduler.schedule` hands out a budget of (query, vector) scans
-(sized by :class:`~trinity.engine.cost_model.IterationCostModel` so one iteration lasts
-about ``target_iteration_ms``) in priority order -- (aged stage, deadline, arrival) when
-stage-aware, arrival when FIFO; waiting requests stay ordered across iterations
-(:mod:`trinity.engine.queue`), so a plan reads only the queue's head.  Newcomers join
-(IVF: are assigned) and scan a capped best-first prefix; joined IVF requests claim lists
-and ride along on others' claims -- their progress kept as one table per collection
-(:mod:`trinity.engine.progress`), their work planned as one CSR per collection
-(:class:`~trinity.engine.plan.RideWork`); flat requests ride a shared circular scan
-(:mod:`trinity.engine.window`).  Work not scheduled keeps its progress and (in the runner)
-its running top-k, so nothing is recomputed.  A request whose deadline falls before the
-next iteration could end is finished with its best-so-far answer (``partial``); nothing
-ever misses silently.
+The policy, in full:
+
+1. Order requests by (aged stage, deadline, arrival): decode-stage work first; a waiting
+   request rises one stage per ``aging_s`` (bounded starvation), a deadline window of at
+   most ``urgent_deadline_ms`` ranks with decode work.  FIFO mode orders by arrival.
+2. Each iteration spends a budget of (query, vector) scans sized so it lasts about
+   ``target_iteration_ms`` (:mod:`~trinity.engine.cost_model`).
+3. Requests claim their unseen units best first in that order (:mod:`~trinity.engine.window`);
+   under load only *urgent* ones claim -- decode level, no deadline, or less than
+   ``urgent_share`` of the window left -- and the rest ride along on units read for
+   others, then get the budget's fill.  Under overload requests that can no longer make
+   their deadline yield to those that can (:mod:`~trinity.engine.overload`).
+4. Claims that complete a decode-level request (by stage or deadline window, not by aging)
+   form the *head*: run first, their answers leave before the rest of the iteration scans.
+5. Work not scheduled keeps its progress and running top-k: nothing is recomputed.  A
+   request whose deadline falls before the next iteration could end is finished with its
+   best-so-far answer (``partial``); nothing ever misses silently.
 """
 
 from __future__ import annotations
@@ -20,30 +24,28 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from operator import attrgetter, itemgetter
 
 import numpy as np
 
-from trinity.engine.collections import Collections, CollectionStats, UnknownCollectionError
+from trinity.engine.collections import Collections
 from trinity.engine.config import SchedulerConfig
-from trinity.engine.cost_model import IterationCostModel
+from trinity.engine.cost_model import IterationCostModel, IterationSample
+from trinity.engine.intake import admit_batch, fail_table
 from trinity.engine.overload import demote_hopeless
-from trinity.engine.plan import IterationPlan, NewRequest, RideWork, RunnerOutput, ScanWork
+from trinity.engine.plan import Expiry, IterationPlan, NewRequest, RideWork, RunnerOutput
 from trinity.engine.progress import ProgressTable
-from trinity.engine.queue import WaitQueue
-from trinity.engine.request import RequestStatus, SearchRequest, Stage
-from trinity.engine.urgency import Urgency
-from trinity.engine.window import FlatWindows, open_list_windows
+from trinity.engine.queue import WaitQueue, level
+from trinity.engine.request import RequestStatus, SearchRequest
+from trinity.engine.window import ListWindow
 from trinity.errors import ErrorCode
-
 
 Finished = tuple[SearchRequest, "np.ndarray | None", "np.ndarray | None"]  # (request, scores, ids)
 
 
 class Scheduler:
-    """Owns request progress and policy; never touches index data."""
+    """Owns request progress and policy; never touches vectors."""
 
     def __init__(self, config: SchedulerConfig, collections: Collections,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -53,60 +55,26 @@ class Scheduler:
         self.requests: dict[str, SearchRequest] = {}  # active, in admission order
         self.joined: set[str] = set()  # the runner holds state for these
         self.waiting = WaitQueue(config.stage_aware, config.aging_s, config.urgent_deadline_ms / 1e3)  # the others
+        self.tables: dict[str, ProgressTable] = {}  # per collection (of its current generation)
         self.cost = IterationCostModel(config)
-        self.urgency = Urgency(config, self.cost)
         self.iteration = 0
         self.num_admitted = 0
         self.num_finished = 0
         self.num_preemptions = 0
-        self.flat = FlatWindows()
-        self.tables: defaultdict[str, ProgressTable] = defaultdict(ProgressTable)  # IVF progress per collection
-        self._to_free: list[str] = []
         self._saturated = False  # the last plan left wanted work for later (budget-bound)
-        self._overloaded = False  # this plan demoted requests that can no longer make their deadline
         self._finished: list[Finished] = []
+        self._head_sample: IterationSample | None = None
 
     # ------------------------------------------------------------------ admission
     def add_request(self, req: SearchRequest) -> None:
-        """Admit ``req`` (or finish it at once as rejected / empty); see ``pop_finished``."""
-        now = self.clock()
-        req.admission_seq = self.num_admitted
-        self.num_admitted += 1
-        self.requests[req.request_id] = req
-        try:
-            stats = self.collections.stats(req.collection)
-        except UnknownCollectionError as e:
-            self._finish(req, RequestStatus.FINISHED_ERROR, message=str(e), code=ErrorCode.UNKNOWN_COLLECTION)
-            return
-        req.kind, req.generation = stats.kind, self.collections.generation(req.collection)
-        if stats.kind == "ivf":
-            req.num_units_total = min(req.nprobe or stats.default_nprobe, stats.num_units)
-        else:
-            req.num_units_total = stats.num_units
-            req.seen = np.zeros(stats.num_units, dtype=bool)
-        req.est_unit_cost = stats.unit_cost
-        waiting = len(self.requests) - len(self.joined)
-        if waiting > self.config.max_num_waiting:
-            self._finish(req, RequestStatus.FINISHED_REJECTED, message="overloaded: admission queue is full",
-                         code=ErrorCode.OVERLOADED)
-        elif req.deadline is not None and req.deadline <= now:
-            self._finish(req, RequestStatus.FINISHED_REJECTED, message="deadline already passed at admission",
-                         code=ErrorCode.DEADLINE_EXCEEDED)
-        elif self._clearly_infeasible(req, now):
-            self._finish(req, RequestStatus.FINISHED_REJECTED, message="deadline infeasible at admission",
-                         code=ErrorCode.DEADLINE_EXCEEDED)
-        elif req.num_units_total == 0:
-            self._finish(req, RequestStatus.FINISHED_COMPLETE)  # empty collection
-        else:
-            self.waiting.push(req, req.admission_seq, now)
+        self.add_requests([req])
 
-    def _clearly_infeasible(self, req: SearchRequest, now: float) -> bool:
-        if self.config.deadline_policy != "reject" or req.deadline is None or not self.scan_rate:
-            return False
-        return now + self.iteration_s + req.remaining_cost() / self.scan_rate > req.deadline
+    def add_requests(self, reqs: list[SearchRequest]) -> None:
+        """Admit ``reqs`` (or finish them at once as rejected / failed / empty); see ``pop_finished``."""
+        admit_batch(self, reqs, self.clock())
 
     def abort(self, request_id: str) -> bool:
-        """Abort an active request; its runner state is freed at the next iteration."""
+        """Abort an active request; its slot is free at once."""
         req = self.requests.get(request_id)
         if req is None:
             return False
@@ -114,7 +82,7 @@ class Scheduler:
         return True
 
     def pop_finished(self) -> list[Finished]:
-        """Requests finished outside an iteration (rejections, aborts, expiries)."""
+        """Requests finished so far and not yet handed out."""
         out, self._finished = self._finished, []
         return out
 
@@ -126,223 +94,184 @@ class Scheduler:
 
     @property
     def has_work(self) -> bool:
-        return bool(self.requests or self._to_free)
+        return bool(self.requests)
+
+    def urgent(self, req: SearchRequest, now: float) -> bool:
+        """Claims now even under load (rather than riding along): FIFO mode, decode level (by
+        stage or deadline window; aging lifts priority, not urgency), no deadline (no slack to
+        spend), or less than ``urgent_share`` of its window left."""
+        if not self.config.stage_aware or self.level(req) == 0 or req.deadline is None:
+            return True
+        need = req.remaining_cost() / self.scan_rate if self.scan_rate else 0.0
+        window = req.deadline - req.arrival_time
+        return req.deadline - now <= max(self.config.urgent_share * window, 4 * self.iteration_s + 2 * need)
+
+    def level(self, req: SearchRequest) -> int:
+        return level(req, self.config.urgent_deadline_ms / 1e3)
 
     # ------------------------------------------------------------------ one iteration
     def schedule(self) -> IterationPlan:
-        """Plan the next iteration: work and list claims in priority order, then riders."""
+        """Plan the next iteration: claims in priority order, then the fill."""
         now = self.clock()
         self.iteration += 1
-        self.flat.begin()
-        free, self._to_free = tuple(self._to_free), []
-        # NOTE: admission order, not the set's (string-hash) order: plans reproducible run to run.
-        running = sorted((self.requests[rid] for rid in self.joined), key=attrgetter("admission_seq"))
-        # NOTE: a partial answer leaves with the runner's output, one iteration from now;
-        # scanning once more first would return it a second iteration later.
-        finish_partial = [r.request_id for r in running if r.deadline is not None
-                          and now + 2 * self.iteration_s >= r.deadline]
-        for req in self.waiting.expiring(now + self.iteration_s):  # resolved before this iteration runs
+        for req in self.waiting.expiring(now + self.iteration_s):
             self._finish(req, RequestStatus.FINISHED_PARTIAL, message="deadline reached before any scan")
-        closing = set(finish_partial)
         self.waiting.refresh(now)
-        keyed = [((self.waiting.key(r, now), r.admission_seq), r) for r in running if r.request_id not in closing]
-        keyed.sort(key=itemgetter(0))
-        keyed = [(key, r) for (key, _), r in heapq.merge(keyed, self.waiting.head(self.config.max_num_waiting_considered),
-                                                           key=itemgetter(0))]
-        self._overloaded = False
+        running = sorted((self.requests[rid] for rid in self.joined), key=attrgetter("admission_seq"))
+        keyed = sorted((((self.waiting.key(r, now), r.admission_seq), r) for r in running), key=itemgetter(0))
+        keyed = [(key, r) for (key, _), r in heapq.merge(
+            keyed, self.waiting.head(self.config.max_num_waiting_considered), key=itemgetter(0))]
         if self.config.stage_aware and self.scan_rate and self._saturated:
-            # pair equivalents per second at the current budget; results due 2 iterations out
-            ordered = demote_hopeless(keyed, self.budget_vectors / max(self.iteration_s, 1e-6),
-                                      now + 2 * self.iteration_s)
-            self._overloaded, keyed = ordered is not keyed, ordered
-        candidates = [r for _, r in keyed]
-        budget_left, planned = float(self.budget_vectors), 0.0
-        work: list[ScanWork] = []
-        new: list[NewRequest] = []
-        lists, failed = open_list_windows(candidates, self.collections, self.tables, self.read_weight)
-        for req, message in failed:
-            self._fail(req, message)
-        num_joined = len(self.joined) - len(closing)
-        forced = exhausted = False
-        for (aged, *_), req in keyed:
-            joined = req.request_id in self.joined
-            if budget_left <= 0:
-                exhausted = True
-                if num_joined >= self.config.max_num_running:
-                    break  # nothing left to plan: no budget, no free running slot
-                if joined or req.kind == "flat" or self.urgency.urgent(req, now, aged):
-                    continue  # NOTE: a full budget still lets newcomers join (free: they only get assigned)
-            first = not work and planned == 0
-            if req.assigned:  # joined IVF: claim lists best-first; riders join below
-                window = lists.get(req.collection)
-                if window is None or (window.cut and not first):
-                    continue  # NOTE: once the budget bound a window, lower priorities only ride
-                if self._saturated and not first and not self.urgency.urgent(req, now, aged):
-                    continue  # NOTE: under load a request with slack rides (and gets the fill)
-                charge = window.claim(req, budget_left, force=first)
-                if charge is None:
-                    continue
-                forced |= first and charge > budget_left
-                planned += charge
-                budget_left -= charge
-                continue
-            # NOTE: decode-stage and tight-deadline work (a cache lookup) may exceed
-            # max_num_running: otherwise riders holding every slot would invert priorities
-            # or run out a deadline only a few iterations long.  Aged work waits for a
-            # slot: admitting a whole aged backlog would make the running set (and every
-            # plan) as large as the backlog.
-            if (not joined and num_joined >= self.config.max_num_running and req.stage is not Stage.DECODE
-                    and not self.urgency.tight(req)):
-                continue
-            planned_item = self._plan_item(req, budget_left, first, now, aged)
-            if planned_item is None:
-                exhausted = True  # it did not fit
-                continue
-            item, cost = planned_item
-            forced |= first and cost > budget_left
-            work.append(item)
-            planned += cost
-            budget_left -= cost
-            if not joined:
-                num_joined += 1
-                new.append(NewRequest(req.request_id, req.collection, req.query, req.k, req.num_units_total))
-        rides = []
-        for window in lists.values():
-            charge = window.fill(budget_left)
-            planned += charge
-            budget_left -= charge
-            ride = window.work()
-            if ride is not None:
-                rides.append(ride)
-            exhausted |= window.cut
-        rank = {r.request_id: i for i, r in enumerate(candidates)}
-        work.sort(key=lambda w: rank[w.request_id])
-        # NOTE: a join-only newcomer holds runner state but has not started scanning.
-        scheduled = {w.request_id for w in work if w.max_vectors != 0}
-        for ride in rides:
-            scheduled.update(ride.request_ids)
-        self._mark_scheduled(candidates, scheduled, now, exhausted)
-        # NOTE: "under load" needs both a binding budget and iterations that actually run
-        # long: at light load the cost fit extrapolates from tiny iterations, and a budget
-        # it underestimates must not make requests with slack wait for company.
-        self._saturated = exhausted and self.iteration_s >= 0.5 * self.config.target_iteration_ms / 1e3
-        return IterationPlan(self.iteration, tuple(new), tuple(work), tuple(finish_partial), free,
-                             self.budget_vectors, int(math.ceil(planned)), forced, tuple(rides),
-                             tuple(rank[w.request_id] for w in work))
-
-    def _mark_scheduled(self, candidates: list[SearchRequest], scheduled: set[str], now: float,
-                        exhausted: bool) -> None:
+            keyed = demote_hopeless(keyed, self.budget_vectors / max(self.iteration_s, 1e-6), now + 2 * self.iteration_s)
+        candidates = [r for _, r in self._admissible(keyed)]
+        closing: list[SearchRequest] = []
+        windows = self._open_windows(candidates, closing)
+        budget_left, planned, forced = float(self.budget_vectors), 0.0, False
         for req in candidates:
-            if req.request_id in scheduled:
+            window = windows.get(req.collection)
+            if window is None or budget_left <= 0:
+                continue
+            first = planned == 0
+            if not first and (window.cut or self._saturated and not self.urgent(req, now)):
+                continue  # NOTE: lower priorities only ride once the budget bound, slack rides under load
+            charge = window.claim(req, budget_left, force=first, head=self.config.stage_aware and self.level(req) == 0)
+            if charge is not None:
+                forced |= first and charge > budget_left
+                planned, budget_left = planned + charge, budget_left - charge
+        exhausted, head_rides, rides = False, [], []
+        for window in windows.values():
+            charge = window.fill(budget_left)
+            planned, budget_left = planned + charge, budget_left - charge
+            exhausted |= window.cut
+            head_ride, ride = window.work()
+            head_rides += [head_ride] if head_ride is not None else []
+            rides += [ride] if ride is not None else []
+        new = self._mark_scheduled(candidates, head_rides + rides, now, exhausted)
+        # NOTE: "under load" needs a binding budget and iterations that actually run long: at
+        # light load the fit extrapolates from tiny iterations and must not make slack wait.
+        self._saturated = exhausted and self.iteration_s >= 0.5 * self.config.target_iteration_ms / 1e3
+        expiries = self._closing(candidates + closing, now + 2 * self.iteration_s)
+        budget, total = self.budget_vectors, int(math.ceil(planned))
+        assert total <= budget or forced, "budget exceeded"
+        if not head_rides or not (rides or expiries):
+            return IterationPlan(self.iteration, new, expiries, budget, total, forced, tuple(head_rides + rides))
+        head = IterationPlan(self.iteration, new, (), budget, 0, False, tuple(head_rides), is_head=True)
+        return IterationPlan(self.iteration, (), expiries, budget, total, forced, tuple(rides), head)
+
+    def _closing(self, reqs: list[SearchRequest], horizon: float) -> tuple[Expiry, ...]:
+        """Requests whose deadline falls before the next iteration could end: they leave with
+        this one -- complete, or partial with their best so far (``Expiry``)."""
+        out = {}
+        for req in reqs:
+            if req.deadline is None or req.deadline > horizon or req.is_finished or req.request_id in out:
+                continue
+            if req.request_id in self.joined:
+                out[req.request_id] = Expiry(req.request_id, req.collection, req.slot)
+            else:
+                self._finish(req, RequestStatus.FINISHED_PARTIAL, message="deadline reached before any scan")
+        return tuple(out.values())
+
+    def _admissible(self, keyed: list) -> list:
+        """The running requests and the waiting ones that may join: decode level always
+        (riders holding every slot must not invert priorities), others while a slot is free."""
+        free = self.config.max_num_running - len(self.joined)
+        out = []
+        for item in keyed:
+            req = item[1]
+            if req.request_id not in self.joined:
+                if self.level(req) > 0 and free <= 0:
+                    continue
+                free -= 1
+            out.append(item)
+        return out
+
+    def _open_windows(self, candidates: list[SearchRequest], closing: list[SearchRequest]) -> dict[str, ListWindow]:
+        """A window per collection over its candidates; requests on a collection that is gone
+        fail, and those left without units by a flat collection that shrank close."""
+        riders: dict[str, tuple[list[SearchRequest], list[int]]] = {}
+        for rank, req in enumerate(candidates):
+            group = riders.setdefault(req.collection, ([], []))
+            group[0].append(req)
+            group[1].append(rank)
+        windows = {}
+        for name, (reqs, ranks) in riders.items():
+            table = self.tables.get(name)
+            if table is None or table.generation != self.collections.generation(name):
+                if table is not None:
+                    fail_table(self, name)
+                continue
+            stats = self.collections.stats(name)
+            sizes = stats.unit_sizes
+            slots = np.fromiter((r.slot for r in reqs), dtype=np.int64, count=len(reqs))
+            if table.skip_missing(slots, sizes.size):  # a flat collection shrank under its scans
+                for r in [r for r in reqs if r.num_units_left == 0]:
+                    if r.request_id in self.joined:
+                        closing.append(r)
+                    else:
+                        self._finish(r, RequestStatus.FINISHED_PARTIAL, message="collection shrank before any scan")
+                ranks = [k for k, r in zip(ranks, reqs) if r.num_units_left]
+                reqs = [r for r in reqs if r.num_units_left]
+            if reqs:
+                windows[name] = ListWindow(name, sizes, reqs, ranks, table, self.read_weight,
+                                           share=stats.kind == "flat" or not self._saturated)
+        return windows
+
+    def _mark_scheduled(self, candidates: list[SearchRequest], rides: list[RideWork], now: float,
+                        exhausted: bool) -> tuple[NewRequest, ...]:
+        """Statuses after planning; newcomers with work join now (the runner builds their state)."""
+        scheduled = {rid for ride in rides for rid in ride.request_ids}
+        new = []
+        for req in candidates:
+            rid = req.request_id
+            if rid in scheduled:
+                if rid not in self.joined:
+                    self.joined.add(rid)
+                    self.waiting.remove(rid)
+                    new.append(NewRequest(rid, req.collection, req.query, req.k, req.slot))
                 req.status = RequestStatus.RUNNING
                 if req.first_scan_time is None:
                     req.first_scan_time = now
-            elif req.status is RequestStatus.RUNNING and req.request_id in self.joined:
+            elif req.status is RequestStatus.RUNNING:
                 # NOTE: only a request displaced by a full budget counts as preempted; one
                 # waiting for its lists to come round with other riders is just deferred.
                 req.status = RequestStatus.PREEMPTED
                 if exhausted:
                     req.num_preemptions += 1
                     self.num_preemptions += 1
-
-    def _early(self, req: SearchRequest, aged: int) -> bool:
-        """Whether a newcomer's lists go first in the scan and its result leaves early.
-
-        Its lists are scanned first, with every rider of them, and its result leaves before
-        the rest of the scan; under overload throughput comes first (no split).
-        """
-        return self.config.stage_aware and not self._overloaded and self.urgency.cannot_wait(req, aged)
-
-    def _plan_item(self, req: SearchRequest, budget_left: float, first: bool, now: float,
-                   aged: int) -> tuple[ScanWork, float] | None:
-        """Work of a flat request, or of an IVF newcomer (its probes are not known yet)."""
-        if req.kind == "flat":
-            stats = self._stats_or_fail(req)
-            return None if stats is None else self.flat.plan(req, stats, budget_left, first)
-        if (self._saturated or budget_left <= 0) and not self.urgency.scans_on_join(req, now, aged):
-            # NOTE: under load a request with slack joins only (assigned now, riding along
-            # from the next iteration); at light load it scans at once, as nothing is gained
-            # by waiting for company.
-            return ScanWork(req.request_id, req.collection, max_vectors=0), 0.0
-        per_vector = 1 + self.read_weight  # NOTE: a newcomer reads its lists alone
-        if not first and budget_left < req.est_unit_cost * per_vector:
-            return None
-        # The cap is the size-biased estimate: larger lists finish next iteration; work that
-        # cannot wait reserves decode_cap_factor x the estimate.
-        factor = self.config.decode_cap_factor if self.urgency.cannot_wait(req, aged) else 1.0
-        cap = int(min(budget_left / per_vector, math.ceil(req.remaining_cost() * factor) + 1))
-        # NOTE: the most urgent item always progresses (>= 1 probe even past its cap), so
-        # it is charged the worst case of one probe: the budget holds for the rest.
-        charge = cap * per_vector
-        if first:
-            stats = self._stats_or_fail(req)
-            if stats is None:
-                return None
-            charge = max(cap, stats.max_unit_cost) * per_vector
-        return ScanWork(req.request_id, req.collection, max_vectors=cap, returns_result=True,
-                        allow_overshoot=first, early=self._early(req, aged)), charge
-
-    def _stats_or_fail(self, req: SearchRequest) -> CollectionStats | None:
-        """The collection's stats, or ``None`` after failing ``req`` if it was dropped."""
-        try:
-            return self.collections.stats(req.collection)
-        except UnknownCollectionError as e:
-            self._fail(req, str(e))
-            return None
+        return tuple(new)
 
     def update_from_output(self, plan: IterationPlan, out: RunnerOutput) -> list[Finished]:
-        """Apply the runner's output; return every request that finished."""
-        for w in plan.work:
-            req = self.requests.get(w.request_id)
-            if req is None:  # aborted while the iteration ran; the runner frees it next time
-                self._to_free.append(w.request_id)
-                continue
-            self.joined.add(req.request_id)
-            self.waiting.remove(req.request_id)
-            if w.request_id in out.errors:
-                self._fail(req, out.errors[w.request_id])
-                continue
-            if req.kind == "ivf" and not req.assigned:  # an IVF newcomer: its probes are known now
-                req.attach(self.tables[req.collection], out.unit_ids[req.request_id],
-                           out.unit_costs[req.request_id], out.units_end[req.request_id])
-            else:
-                req.mark_seen(w.units)
-            req.count_iteration(out.vectors_scanned.get(req.request_id, 0))
-            if w.request_id in out.results:
-                assert req.num_units_done == req.num_units_total, f"{req.request_id}: result before completion"
-                self._finish(req, RequestStatus.FINISHED_COMPLETE, *out.results[w.request_id])
-            else:
-                assert req.num_units_done < req.num_units_total, f"{req.request_id}: complete without a result"
-        for ride in plan.rides:
-            self._update_ride(ride, out)
-        for rid in plan.finish_partial:
+        """Apply the runner's output for one plan (or head); return every request that finished."""
+        for rid, message in out.errors.items():
             req = self.requests.get(rid)
             if req is not None:
-                scores, ids = out.results.get(rid, (None, None))
+                self._fail(req, message)
+        for ride in plan.rides:
+            self._update_ride(ride, out)
+        for e in plan.finish_partial:
+            req = self.requests.get(e.request_id)
+            if req is not None:
+                scores, ids = out.results.get(e.request_id, (None, None))
                 self._finish(req, RequestStatus.FINISHED_PARTIAL, scores, ids, message="deadline reached")
-        self.flat.advance()
-        self.cost.observe(plan, out, self.iteration, saturated=self._saturated)
-        self._check_invariants(plan)
+        sample = IterationSample.of(plan, out, self._head_sample)
+        self._head_sample = sample if plan.is_head else None
+        if not plan.is_head:
+            self.cost.observe(sample, self.iteration, saturated=self._saturated)
+            self._check_invariants()
         return self.pop_finished()
 
     def _update_ride(self, ride: RideWork, out: RunnerOutput) -> None:
-        """Apply the scans of one collection's riders: one scatter into its progress table."""
+        """One collection's riders: one scatter into its progress table, then the finished."""
         reqs = [self.requests.get(rid) for rid in ride.request_ids]
-        vectors = out.ride_vectors_scanned[ride.collection]  # per rider of the plan's ride
-        keep = [r is not None and r.request_id not in out.errors for r in reqs]
-        if not all(keep):
-            for r, rid in zip(reqs, ride.request_ids):
-                if r is None:  # aborted while the iteration ran; the runner frees it next time
-                    self._to_free.append(rid)
-                elif rid in out.errors:
-                    self._fail(r, out.errors[rid])
-            mask = np.array(keep, dtype=bool)
-            ride, vectors, reqs = ride.subset(mask), vectors[mask], [r for r, k in zip(reqs, keep) if k]
-        rows = np.fromiter((r.progress_row for r in reqs), dtype=np.int64, count=len(reqs))
-        self.tables[ride.collection].apply(rows, ride.ptr, ride.units, ride.completes, vectors)
-        for req, done in zip(reqs, ride.completes.tolist()):
-            if done:
-                self._finish(req, RequestStatus.FINISHED_COMPLETE, *out.results[req.request_id])
+        vectors = out.vectors_scanned[ride.collection]
+        if not all(reqs):  # failed by the runner's errors just now
+            keep = np.array([r is not None for r in reqs], dtype=bool)
+            ride, vectors, reqs = ride.subset(keep), vectors[keep], [r for r in reqs if r is not None]
+            if not reqs:
+                return
+        reqs[0]._table.apply(ride.slots, ride.ptr, ride.units, ride.completes, vectors)
+        for i in np.flatnonzero(ride.completes).tolist():
+            self._finish(reqs[i], RequestStatus.FINISHED_COMPLETE, *out.results[reqs[i].request_id])
 
     # ------------------------------------------------------------------ internals
     def _fail(self, req: SearchRequest, message: str) -> None:
@@ -352,21 +281,16 @@ class Scheduler:
 
     def _finish(self, req: SearchRequest, status: RequestStatus, scores=None, ids=None, message: str = "",
                 code: ErrorCode | None = None) -> None:
-        req.status, req.code = status, code
+        req.status, req.code, req.message = status, code, message
         req.finish_time = self.clock()
-        req.message = message
         req.detach()
         del self.requests[req.request_id]
         self.waiting.remove(req.request_id)
-        if req.request_id in self.joined:
-            self.joined.discard(req.request_id)
-            if status is not RequestStatus.FINISHED_COMPLETE and status is not RequestStatus.FINISHED_PARTIAL:
-                self._to_free.append(req.request_id)
+        self.joined.discard(req.request_id)
         self.num_finished += 1
         self._finished.append((req, scores, ids))
 
-    def _check_invariants(self, plan: IterationPlan) -> None:
-        assert plan.planned_vectors <= plan.budget_vectors or plan.forced, "budget exceeded"
+    def _check_invariants(self) -> None:
         assert self.requests.keys() >= self.joined, "runner state for a finished request"
         assert len(self.waiting) + len(self.joined) == len(self.requests), "a request is neither waiting nor joined"
         assert len(self.requests) + self.num_finished == self.num_admitted, "a request was lost"

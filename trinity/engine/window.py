@@ -1,128 +1,110 @@
-"""Shared scans: which IVF lists / flat chunks one iteration reads, and who rides along.
+"""Shared scans: which units (IVF lists, flat chunks) one iteration reads, and who rides along.
 
-Per-request cursors alone share little: two requests scan the same list in the same
-iteration only when both happen to be at it, so a loaded engine reads popular lists again
-and again -- and at 200k x 384 the reads, not the arithmetic, bound the scan.  Instead,
-each iteration builds a *window* of lists per IVF collection, and every joined request
-that still needs a list in the window *rides along* and scans it in the same iteration;
-the runner's list-major kernel reads each list once for all its riders.
+Each iteration opens a *window* per collection; every candidate request that still needs a
+unit in the window rides along, and the runner reads each unit once for all its riders
+(at 200k x 384 the reads, not the arithmetic, bound the scan).  Units enter the window:
 
-Lists enter the window two ways:
+* by *claims*, in priority order: a request adds its unseen units best first, so the most
+  urgent answers stay anytime prefixes;
+* by *fill*: the budget left goes first to more riders of units already read, then to the
+  units worth most to their riders (the share of each rider's remaining units a unit
+  completes), so requests finish and leave.
 
-* *claims*, in priority order (stage, then earliest deadline): a request adds its
-  best-first unseen probes, so the most urgent answers stay anytime prefixes.  Under load
-  only urgent requests claim (decode-level, tight or nearly spent deadlines);
-* *fill*: what budget is left goes to the lists worth most to their riders (the share
-  of each rider's remaining lists a list completes), so requests finish and leave.
-
-A list costs ``size * read_weight`` pair-vector equivalents to read plus ``size`` per
-rider.  When the budget cannot take every rider of a claimed list, riders are taken in
-priority order and claiming stops there.
-
-Flat collections are one shared circular scan (:class:`FlatWindows`): each iteration
-reads a window of chunks from the collection's cursor, and every flat request rides along
-until it has seen each chunk once.
+A unit costs ``size * read_weight`` pair equivalents to read plus ``size`` per rider.
+A claim takes the claimer's units with every rider when the window *shares* -- flat
+windows (every flat request needs every chunk) and IVF windows at light load -- and with
+the riders ahead of it in priority order only otherwise: under load a later urgent claim
+is not crowded out by an earlier claim's riders, and the fill adds riders by what
+completes requests.  Once a claimer cannot take all its units, claiming stops.  The units
+of claims that complete a *head* request (whose answer cannot wait for the rest of the
+iteration) form the head sub-plan, run first with all their riders.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from trinity.engine.collections import Collections, CollectionStats, UnknownCollectionError
-from trinity.engine.plan import RideWork, ScanWork
+from trinity.engine.plan import RideWork
 from trinity.engine.progress import ProgressTable
 from trinity.engine.request import SearchRequest
 
 
 class ListWindow:
-    """The window of one IVF collection for one iteration.
+    """The window of one collection for one iteration; riders in priority order."""
 
-    Args:
-        collection: the collection's name.
-        list_sizes: vectors per list (the scheduler's metadata copy).
-        riders: joined, active requests on this collection, in priority order; their
-            progress is in ``table``.
-        ranks: each rider's place in the iteration's priority order.
-        table: the collection's :class:`~trinity.engine.progress.ProgressTable`.
-        read_weight: cost of reading one vector, in units of scanning one (query, vector)
-            pair (fitted from iteration times).
-    """
-
-    def __init__(self, collection: str, list_sizes: np.ndarray, riders: list[SearchRequest], ranks: list[int],
-                 table: ProgressTable, read_weight: float) -> None:
-        self.collection = collection
-        self.riders = riders
+    def __init__(self, collection: str, unit_sizes: np.ndarray, riders: list[SearchRequest], ranks: list[int],
+                 table: ProgressTable, read_weight: float, share: bool = True) -> None:
+        self.collection, self.riders, self.sizes, self.read_weight = collection, riders, unit_sizes, read_weight
         self.ranks = np.asarray(ranks, dtype=np.int64)
-        self.sizes = list_sizes
-        self.read_weight = read_weight
         self.index = {r.request_id: i for i, r in enumerate(riders)}
-        nlist = list_sizes.size
-        # Every pending (rider, list, position), grouped by list, riders in priority order.
-        # NOTE: one gather of the riders' table rows, not a numpy call or three per rider.
-        rows = np.fromiter((r.progress_row for r in riders), dtype=np.int64, count=len(riders))
-        rid, pos = np.nonzero(~table.seen[rows])  # rider by rider, positions ascending
-        lid = table.unit_ids[rows[rid], pos]
-        left = np.bincount(rid, minlength=len(riders))
-        self.left = left
+        self.slots = np.fromiter((r.slot for r in riders), dtype=np.int64, count=len(riders))
+        nunits = unit_sizes.size
+        rid, pos = np.nonzero(~table.seen[self.slots])  # rider by rider, positions ascending
+        lid = table.unit_ids[self.slots[rid], pos]
+        self.left = np.bincount(rid, minlength=len(riders))
         self._rider_ptr = np.zeros(len(riders) + 1, dtype=np.int64)
-        np.cumsum(left, out=self._rider_ptr[1:])
-        self._rider_lists = lid  # per rider (a CSR by _rider_ptr), best first
-        if lid.size and lid.max() >= nlist:  # a re-created collection may have fewer lists
-            keep = lid < nlist
-            lid, rid, pos = lid[keep], rid[keep], pos[keep]
-        # Pairs come rider by rider (priority order): a stable sort by list alone keeps each
-        # list's riders in priority order (a radix sort on int16 ids).
-        order = np.argsort(lid.astype(np.int16) if nlist <= np.iinfo(np.int16).max else lid, kind="stable")
-        self.pair_rider, self.pair_list, self.pair_pos = rid[order], lid[order], pos[order]
-        self.demand = np.bincount(self.pair_list, minlength=nlist)
-        self.list_ptr = np.zeros(nlist + 1, dtype=np.int64)
-        np.cumsum(self.demand, out=self.list_ptr[1:])
-        # NOTE: a list's worth to the fill is the share of their remaining work it completes
-        # for its riders (sum of 1 / lists left): lists that finish requests go first, which
-        # keeps requests' time in the running set -- and so throughput -- up.
-        per_pair = 1.0 / np.maximum(left, 1).astype(np.float64)
-        self.worth = np.bincount(self.pair_list, weights=per_pair[self.pair_rider], minlength=nlist)
-        self.take = np.zeros(self.pair_list.size, dtype=bool)
-        self.chosen = np.zeros(nlist, dtype=bool)
+        np.cumsum(self.left, out=self._rider_ptr[1:])
+        # A stable sort by unit keeps each unit's riders in priority order (radix sort on int16).
+        order = np.argsort(lid.astype(np.int16) if nunits <= np.iinfo(np.int16).max else lid, kind="stable")
+        self._rider_pairs = np.empty_like(order)  # per rider (a CSR by _rider_ptr): its pairs, best first
+        self._rider_pairs[order] = np.arange(order.size)
+        self.pair_rider, self.pair_unit, self.pair_pos = rid[order], lid[order], pos[order]
+        self.demand = np.bincount(self.pair_unit, minlength=nunits)
+        self.unit_ptr = np.zeros(nunits + 1, dtype=np.int64)
+        np.cumsum(self.demand, out=self.unit_ptr[1:])
+        per_pair = 1.0 / np.maximum(self.left, 1).astype(np.float64)
+        self.worth = np.bincount(self.pair_unit, weights=per_pair[self.pair_rider], minlength=nunits)
+        self.take = np.zeros(self.pair_unit.size, dtype=bool)
+        self.chosen = np.zeros(nunits, dtype=bool)
+        self.head = np.zeros(nunits, dtype=bool)
         self.cut = False  # a claim did not fit: the budget bound this iteration
+        self.share = share  # claims take every rider of their units (else the riders ahead only)
 
-    def claim(self, req: SearchRequest, budget_left: float, force: bool) -> float | None:
-        """Add ``req``'s unseen lists, best first, with their riders, while they fit.
+    def claim(self, req: SearchRequest, budget_left: float, force: bool, head: bool = False) -> float | None:
+        """Take ``req``'s unseen units, best first, while they fit; return the charge, or
+        ``None`` if ``req`` gets nothing this iteration.
 
-        Returns the charge, or ``None`` if ``req`` gets nothing this iteration.  With
-        ``force`` (the iteration's first item: the progress guarantee) ``req``'s next
-        list is scanned by ``req`` even past the budget.
+        A unit read for an earlier claim costs ``req`` its scan; a new one its read too, with
+        every rider when the window shares, with the riders ahead of ``req`` otherwise.
+        With ``force`` (the iteration's first claim: the progress guarantee) ``req``'s next
+        unit is scanned even past the budget.  With ``head``, a claim that completes ``req``
+        puts its units in the head sub-plan.
         """
         me = self.index[req.request_id]
-        pending = self._rider_lists[self._rider_ptr[me]:self._rider_ptr[me + 1]]
-        pending = pending[pending < self.chosen.size]
-        new = pending[~self.chosen[pending]]
-        if new.size == 0:
-            return 0.0 if pending.size else None
-        full = self.sizes[new] * (self.read_weight + self.demand[new])
-        cum = np.cumsum(full)
+        mine = self._rider_pairs[self._rider_ptr[me]:self._rider_ptr[me + 1]]
+        todo = mine[~self.take[mine]]
+        units = self.pair_unit[todo]
+        read = ~self.chosen[units]
+        riders = np.where(read, self.demand[units] if self.share else todo - self.unit_ptr[units] + 1, 1)
+        cum = np.cumsum(self.sizes[units] * (self.read_weight * read + riders))
         n = int(np.searchsorted(cum, budget_left, side="right"))
-        self._choose(new[:n])
-        charge = float(cum[n - 1]) if n else 0.0
-        if n == new.size:
-            return charge
-        self.cut = True
-        lst = int(new[n])  # the first list that does not fit with every rider: take some
-        size, lo = float(self.sizes[lst]), int(self.list_ptr[lst])
-        m = int((budget_left - charge - size * self.read_weight) // size) if size else 0
-        m = min(max(m, 0), int(self.demand[lst]))
-        if m == 0 and not (force and n == 0):
-            return charge if n else (0.0 if self.chosen[pending].any() else None)
-        self.chosen[lst] = True
-        if m:
-            self.take[lo:lo + m] = True
-        else:  # forced: this request alone
-            self.take[lo + int(np.flatnonzero(self.pair_rider[lo:self.list_ptr[lst + 1]] == me)[0])] = True
-            m = 1
-        return charge + size * (self.read_weight + m)
+        self.cut |= n < todo.size
+        if n == 0 and not (force and todo.size):
+            return 0.0 if self.take[mine].any() else None
+        fresh = read[:n]
+        if n == 0:  # forced: its next unit, this request alone
+            n, fresh, cum = 1, np.zeros(1, dtype=bool), self.sizes[units[:1]] * (self.read_weight * read[:1] + 1.0)
+        self.take[_ranges(self.unit_ptr[units[:n][fresh]], riders[:n][fresh])] = True
+        self.take[todo[:n]] = True
+        self.chosen[units[:n]] = True
+        charge = float(cum[n - 1])
+        if head and self.take[mine].all():
+            self.head[self.pair_unit[mine]] = True
+        return charge
 
     def fill(self, budget_left: float) -> float:
-        """Spend what is left on the lists worth most to their riders; return the charge."""
+        """Spend what is left: first on more riders of units already read (in priority order),
+        then on the units worth most to their riders; return the charge."""
+        pairs = np.flatnonzero(~self.take & self.chosen[self.pair_unit])
+        pairs = pairs[np.argsort(self.pair_rider[pairs], kind="stable")]
+        cum = np.cumsum(self.sizes[self.pair_unit[pairs]])
+        n = int(np.searchsorted(cum, budget_left, side="right"))
+        self.take[pairs[:n]] = True
+        charge = float(cum[n - 1]) if n else 0.0
+        self.cut |= n < pairs.size
+        return charge + self._fill_new(budget_left - charge)
+
+    def _fill_new(self, budget_left: float) -> float:
         open_ = np.flatnonzero((self.demand > 0) & ~self.chosen)
         if open_.size == 0 or budget_left <= 0:
             return 0.0
@@ -133,97 +115,39 @@ class ListWindow:
         self._choose(order[:n])
         return float(cum[n - 1]) if n else 0.0
 
-    def _choose(self, lists: np.ndarray) -> None:
-        """Read ``lists`` this iteration, for every rider that needs them."""
-        if lists.size:
+    def _choose(self, units: np.ndarray) -> None:
+        """Read ``units`` this iteration, for every rider that needs them."""
+        if units.size:
             mask = np.zeros(self.chosen.size, dtype=bool)
-            mask[lists] = True
-            self.take |= mask[self.pair_list]  # one pass, not a slice per list
-            self.chosen[lists] = True
+            mask[units] = True
+            self.take |= mask[self.pair_unit]
+            self.chosen[units] = True
 
-    def work(self) -> RideWork | None:
-        """The riders' positions taken this iteration, as one CSR (riders in priority order)."""
-        sel = np.flatnonzero(self.take)
+    def work(self) -> tuple[RideWork | None, RideWork | None]:
+        """The riders' positions taken this iteration as ``(head, rest)`` CSRs (riders in
+        priority order); a rider completes in the last part that holds its positions."""
+        in_head = self.take & self.head[self.pair_unit]
+        in_rest = self.take & ~in_head
+        num_head = np.bincount(self.pair_rider[in_head], minlength=len(self.riders))
+        num_rest = np.bincount(self.pair_rider[in_rest], minlength=len(self.riders))
+        done = num_head + num_rest == self.left
+        return (self._ride(in_head, num_head, done & (num_rest == 0)), self._ride(in_rest, num_rest, done))
+
+    def _ride(self, sel: np.ndarray, counts: np.ndarray, done: np.ndarray) -> RideWork | None:
+        sel = np.flatnonzero(sel)
         if sel.size == 0:
             return None
         riders, units = self.pair_rider[sel], self.pair_pos[sel]
         order = np.lexsort((units, riders))  # by rider, positions ascending
-        counts = np.bincount(riders, minlength=len(self.riders))
+        sel = sel[order]
         some = np.flatnonzero(counts)
         ptr = np.zeros(some.size + 1, dtype=np.int64)
         np.cumsum(counts[some], out=ptr[1:])
         return RideWork(self.collection, tuple(self.riders[i].request_id for i in some.tolist()), ptr,
-                        units[order], counts[some] == self.left[some], self.ranks[some])
+                        self.pair_pos[sel], self.pair_unit[sel], done[some], self.ranks[some], self.slots[some])
 
 
-def open_list_windows(candidates: list[SearchRequest], collections: Collections, tables: dict[str, ProgressTable],
-                      read_weight: float) -> tuple[dict[str, ListWindow], list[tuple[SearchRequest, str]]]:
-    """One :class:`ListWindow` per IVF collection with joined candidates (``candidates``
-    in priority order); the joined requests of a collection that is gone come back with
-    the reason, for the scheduler to fail."""
-    riders: dict[str, tuple[list[SearchRequest], list[int]]] = {}
-    for i, req in enumerate(candidates):
-        if req.assigned:
-            reqs, ranks = riders.setdefault(req.collection, ([], []))
-            reqs.append(req)
-            ranks.append(i)
-    windows, failed = {}, []
-    for name, (reqs, ranks) in riders.items():
-        try:
-            stats = collections.stats(name)
-        except UnknownCollectionError as e:
-            failed += [(req, str(e)) for req in reqs]
-            continue
-        if stats.unit_sizes is not None:
-            windows[name] = ListWindow(name, stats.unit_sizes, reqs, ranks, tables[name], read_weight)
-    return windows, failed
-
-
-class FlatWindows:
-    """The shared circular scan of every flat collection: a cursor per collection, and
-    the window of chunks the current iteration reads (opened by its first rider)."""
-
-    def __init__(self) -> None:
-        self.cursor: dict[str, int] = {}
-        self.windows: dict[str, tuple[int, ...]] = {}
-
-    def begin(self) -> None:
-        """A new iteration: no window is open yet."""
-        self.windows = {}
-
-    def advance(self) -> None:
-        """The iteration ran: each cursor moves past its window."""
-        for col, window in self.windows.items():
-            self.cursor[col] = window[-1] + 1
-
-    def plan(self, req: SearchRequest, stats: CollectionStats, budget_left: float,
-             first: bool) -> tuple[ScanWork, float] | None:
-        """``req``'s unseen chunks of its collection's window that fit, with their cost."""
-        seen = req.seen
-        if stats.num_units < seen.size:  # the collection shrank: those chunks no longer exist
-            req.mark_seen(np.arange(stats.num_units, seen.size))
-        window = self.windows.get(req.collection)
-        if window is None and stats.num_units:
-            n = stats.num_units
-            cursor = self.cursor.get(req.collection, 0) % n
-            # NOTE: the window opens at the first rider's next unseen chunk, so the most
-            # urgent flat request always makes progress (a preempted rider may have seen
-            # the chunks right after the shared cursor already).
-            unseen = np.flatnonzero(~seen[:n])
-            if unseen.size:
-                after = unseen[unseen >= cursor]
-                cursor = int(after[0]) if after.size else int(unseen[0])
-            width = int(min(max(1, budget_left // stats.unit_cost), n))
-            window = tuple((cursor + i) % n for i in range(width))
-            self.windows[req.collection] = window
-        chunks = tuple(c for c in window or () if c < seen.size and not seen[c])
-        fits = int(budget_left // stats.unit_cost) if stats.unit_cost else len(chunks)
-        if len(chunks) > fits:
-            if not first and fits == 0:
-                return None
-            chunks = chunks[: max(fits, 1)]
-        left = int(seen.size - seen.sum())
-        if not chunks and left:
-            return None  # waits for the shared cursor to come round to its unseen chunks
-        cost = int(len(chunks) * stats.unit_cost)
-        return ScanWork(req.request_id, req.collection, units=chunks, returns_result=len(chunks) == left), cost
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The concatenation of ``arange(s, s + c)`` for each ``(s, c)``."""
+    offsets = np.repeat(starts - (np.cumsum(counts) - counts), counts)
+    return np.arange(int(counts.sum())) + offsets

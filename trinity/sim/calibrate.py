@@ -68,8 +68,8 @@ def measure(cfg: CalibrateConfig, idx, x: np.ndarray) -> np.ndarray:
     last: list = []
 
     class Recording:
-        def run(self, plan, on_early=None):
-            out = inner.run(plan, on_early)
+        def run(self, plan):
+            out = inner.run(plan)
             last.append((out.num_vectors_scanned, out.vectors_read, plan.num_items + len(plan.new_requests)))
             return out
 
@@ -87,8 +87,9 @@ def measure(cfg: CalibrateConfig, idx, x: np.ndarray) -> np.ndarray:
                 t = time.perf_counter()
                 engine.step()
                 t = time.perf_counter() - t
-                if last:
-                    rows.append((*last.pop(), t))
+                if last:  # NOTE: an iteration with a head ran two plans: one row for both
+                    rows.append((*np.sum(last, axis=0), t))
+                    last.clear()
                 pending = engine.scheduler.has_work
     engine.shutdown(drain=False)
     return np.asarray(rows, dtype=np.float64)

@@ -14,7 +14,6 @@ from types import SimpleNamespace
 import numpy as np
 
 from trinity.engine import CollectionStats, Collections, IterationPlan, RunnerOutput, UnknownCollectionError
-from trinity.engine.plan import prefix_end
 from trinity.sim.profiles import SearchCost
 
 COLLECTION = "corpus"
@@ -49,11 +48,16 @@ class ShellIndex:
 
 
 class SimCollections(Collections):
-    """:class:`~trinity.engine.Collections` that also serves :class:`ShellIndex` es.
+    """:class:`~trinity.engine.Collections` that also serves :class:`ShellIndex` es, whose
+    probes come from ``assign`` (by request id) instead of a coarse quantizer.
 
     NOTE: the engine's registry accepts only real indexes; the simulator registers shells
     through this subclass instead of changing the engine.
     """
+
+    def __init__(self, assign: Assign | None = None) -> None:
+        super().__init__()
+        self._assign = assign
 
     def add(self, name: str, index) -> None:
         if not isinstance(index, ShellIndex):
@@ -68,16 +72,22 @@ class SimCollections(Collections):
             return super().stats(name)
         cached = self._stats.get(name)
         if cached is None:
-            sizes = index.list_len.astype(np.float64)
-            unit_sizes = index.list_len.copy()
-            unit_sizes.setflags(write=False)
-            if index.kind == "flat":
-                stats = CollectionStats("flat", index.nlist, 0, float(sizes.max()), int(sizes.max()))
-            else:
-                stats = CollectionStats("ivf", index.nlist, index.nprobe, max(float((sizes * sizes).sum() / sizes.sum()),
-                                        1.0), int(sizes.max()), unit_sizes)
-            cached = self._stats[name] = (0, stats)
+            sizes = index.list_len.copy()
+            sizes.setflags(write=False)
+            cached = self._stats[name] = (0, CollectionStats(index.kind, index.nlist, index.nprobe, sizes))
         return cached[1]
+
+    def assign(self, name: str, queries: np.ndarray, nprobes: np.ndarray, request_ids: list[str]) -> np.ndarray:
+        index = self.get(name)
+        if not isinstance(index, ShellIndex):
+            return super().assign(name, queries, nprobes, request_ids)
+        if index.kind == "flat":
+            return np.broadcast_to(np.arange(index.nlist, dtype=np.int64), (len(request_ids), index.nlist))
+        out = np.full((len(request_ids), int(nprobes.max())), -1, dtype=np.int64)
+        for row, (rid, n) in enumerate(zip(request_ids, nprobes.tolist())):
+            lists = np.asarray(self._assign(rid, n), dtype=np.int64)
+            out[row, :lists.size] = lists
+        return out
 
 
 def size_biased_assign(list_len: np.ndarray, seed: int) -> Assign:
@@ -106,111 +116,53 @@ class CostRunner:
     LLM engine); ``device_s`` accumulates that device time.
     """
 
-    def __init__(self, collections: Collections, cost: SearchCost, clock: list[float], assign: Assign,
+    def __init__(self, collections: Collections, cost: SearchCost, clock: list[float],
                  stretch: Callable[[], float] = lambda: 1.0) -> None:
-        self.collections, self.cost, self.clock, self.assign, self.stretch = collections, cost, clock, assign, stretch
-        self.probes: dict[str, tuple[np.ndarray, int]] = {}  # request id -> (probed lists, k)
+        self.collections, self.cost, self.clock, self.stretch = collections, cost, clock, stretch
+        self.ks: dict[str, int] = {}  # request id -> k, from joining to its result
         self.num_iterations, self.busy_s, self.device_s = 0, 0.0, 0.0
         self._empty: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def reset(self) -> None:
-        self.probes.clear()
+        self.ks.clear()
 
     def _result(self, rid: str) -> tuple[np.ndarray, np.ndarray]:
-        k = self.probes.pop(rid)[1]
+        k = self.ks.pop(rid, 1)
         if k not in self._empty:
             self._empty[k] = (np.zeros(k, dtype=np.float32), np.full(k, -1, dtype=np.int64))
         return self._empty[k]
 
-    def run(self, plan: IterationPlan, on_early=None) -> RunnerOutput:
+    def run(self, plan: IterationPlan) -> RunnerOutput:
         out = RunnerOutput()
-        for rid in plan.free:
-            self.probes.pop(rid, None)
-        list_len = self._join(plan, out)
-        read: list[np.ndarray] = []
-        early_lists: list[np.ndarray] = []
-        early_pairs, done = 0, []
-        for w in plan.work:
-            if w.request_id not in self.probes:
-                out.errors[w.request_id] = "runner holds no state for this request"
-                continue
-            lists = self.probes[w.request_id][0]
-            if w.max_vectors is None:
-                lists = lists[list(w.units)]
-                if w.returns_result:
-                    done.append(w.request_id)
-            else:
-                end = prefix_end(list_len[lists], w.max_vectors, w.allow_overshoot)
-                out.units_end[w.request_id] = end
-                lists = lists[:end]
-                if w.returns_result and end == len(self.probes[w.request_id][0]):
-                    done.append(w.request_id)
-                    if w.early:
-                        early_lists.append(lists)
-                        early_pairs += int(list_len[lists].sum())
-            out.vectors_scanned[w.request_id] = int(list_len[lists].sum())
-            read.append(lists)
-        for ride in plan.rides:
-            lists = np.concatenate([self.probes[rid][0] for rid in ride.request_ids])
-            offsets = np.repeat(np.cumsum([0] + [len(self.probes[r][0]) for r in ride.request_ids[:-1]]),
-                                np.diff(ride.ptr))
-            scanned = lists[offsets + ride.units]
-            out.ride_vectors_scanned[ride.collection] = np.add.reduceat(
-                np.r_[list_len[scanned], 0], ride.ptr[:-1]) * (np.diff(ride.ptr) > 0)
-            read.append(scanned)
-            done += [rid for rid, last in zip(ride.request_ids, ride.completes.tolist()) if last]
-        if read:
-            distinct = np.zeros(list_len.size, dtype=bool)
-            distinct[np.concatenate(read)] = True
-            out.vectors_read = int(list_len[distinct].sum())
-        self._advance(plan, out, done, early_lists, early_pairs, on_early)
-        for rid in plan.finish_partial:
-            if rid in self.probes:
-                out.results[rid] = self._result(rid)
-        return out
-
-    def _join(self, plan: IterationPlan, out: RunnerOutput) -> np.ndarray:
-        list_len = None
         for r in plan.new_requests:
+            if r.collection in self.collections:
+                self.ks[r.request_id] = r.k
+            else:
+                out.errors[r.request_id] = f"unknown collection {r.collection!r}"
+        for ride in plan.rides:
             try:
-                index = self.collections.get(r.collection)
+                list_len = self.collections.get(ride.collection).list_len
             except UnknownCollectionError as e:
-                out.errors[r.request_id] = str(e)
+                out.errors.update((rid, str(e)) for rid in ride.request_ids)
+                out.vectors_scanned[ride.collection] = np.zeros(len(ride.request_ids), dtype=np.int64)
                 continue
-            list_len = index.list_len
-            if index.kind == "flat":  # NOTE: units are chunk ids; nothing to assign
-                self.probes[r.request_id] = (np.arange(index.nlist), r.k)
-                continue
-            lists = np.asarray(self.assign(r.request_id, r.num_probes), dtype=np.int64)
-            self.probes[r.request_id] = (lists, r.k)
-            out.unit_ids[r.request_id] = lists
-            out.unit_costs[r.request_id] = list_len[lists]
-        return list_len if list_len is not None else self.collections.get(COLLECTION).list_len
-
-    def _advance(self, plan: IterationPlan, out: RunnerOutput, done: list[str], early_lists: list[np.ndarray],
-                 early_pairs: int, on_early) -> None:
+            counts = np.diff(ride.ptr)
+            out.vectors_scanned[ride.collection] = np.bincount(
+                np.repeat(np.arange(counts.size), counts), weights=list_len[ride.unit_ids],
+                minlength=counts.size).astype(np.int64)
+            read = np.zeros(list_len.size, dtype=bool)
+            read[ride.unit_ids] = True
+            out.vectors_read += int(list_len[read].sum())
+            for i in np.flatnonzero(ride.completes).tolist():
+                out.results[ride.request_ids[i]] = self._result(ride.request_ids[i])
+        for e in plan.finish_partial:
+            out.results[e.request_id] = self._result(e.request_id)
         c, stretch = self.cost, self.stretch()
-        items = plan.num_items + len(plan.new_requests)
         device = c.device_seconds(out.num_vectors_scanned, out.vectors_read)
-        out.duration_s = c.seconds(out.num_vectors_scanned, out.vectors_read, items)
-        if stretch != 1.0:
-            out.duration_s += device * (stretch - 1.0)
-        start = self.clock[0]
-        if on_early is not None and early_lists and len(early_lists) < items:
-            lists = np.unique(np.concatenate(early_lists))
-            reads = int(self.collections.get(COLLECTION).list_len[lists].sum())
-            self.clock[0] = start + c.fixed_s + items * c.per_item_s + c.device_seconds(early_pairs, reads) * stretch
-            early = {rid: self._result(rid) for rid in done if rid in self.probes and plan_is_early(plan, rid)}
-            out.results.update(early)
-            on_early(early)
-        for rid in done:
-            if rid not in out.results:
-                out.results[rid] = self._result(rid)
-        self.clock[0] = start + out.duration_s
-        self.num_iterations += 1
+        out.duration_s = c.seconds(out.num_vectors_scanned, out.vectors_read, plan.num_items + len(plan.new_requests))
+        out.duration_s += device * (stretch - 1.0) - c.fixed_s * plan.is_head  # the iteration's fixed cost, once
+        self.clock[0] += out.duration_s
+        self.num_iterations += not plan.is_head
         self.busy_s += out.duration_s
         self.device_s += device * stretch
-
-
-def plan_is_early(plan: IterationPlan, rid: str) -> bool:
-    return any(w.request_id == rid and w.early for w in plan.work)
+        return out

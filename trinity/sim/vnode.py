@@ -46,9 +46,9 @@ class VectorNode:
                  index: ShellIndex, assign: Assign, share: GpuShare | None = None) -> None:
         self.env, self.name, self.share = env, name, share
         self.clock, self.in_step = [0.0], False
-        collections = SimCollections()
+        collections = SimCollections(assign)
         collections.add(COLLECTION, index)
-        self.runner = CostRunner(collections, cost, self.clock, assign, share.stretch if share else lambda: 1.0)
+        self.runner = CostRunner(collections, cost, self.clock, share.stretch if share else lambda: 1.0)
         self.engine = SearchEngine(config, collections=collections, runner=self.runner, clock=self.now, start=False)
         self.query = np.zeros(index.dim, dtype=np.float32)
         self.in_flight, self.num_searches = 0, 0
