@@ -68,7 +68,8 @@ class IterationCostModel:
         """
         return self.config.target_iteration_ms / 1e3 * (1.0 + (self.config.saturated_stretch - 1.0) * self._load)
 
-    def observe(self, sample: IterationSample, iteration: int, saturated: bool = False) -> None:
+    def observe(self, sample: IterationSample, iteration: int, saturated: bool = False,
+                step_s: float | None = None) -> None:
         """Fit ``duration ~ a + b * pairs + c * reads + d * items`` over recent iterations
         and size the budget so a full iteration lasts ``target_s``.
 
@@ -90,10 +91,11 @@ class IterationCostModel:
         seconds = min(sample.duration_s, 4 * target)
         self._samples.append((scanned, sample.num_reads, items, seconds))
         self._items = (1 - a) * self._items + a * items
-        # NOTE: deadlines are checked against observed iteration times, not against the
-        # fit's prediction: with tiny collections the fit is degenerate (a clamped budget
-        # would "predict" iterations hundreds of ms long and expire every request).
-        self.iteration_s = (1 - a) * self.iteration_s + a * seconds
+        # NOTE: deadlines are checked against observed iteration times -- the whole step,
+        # planning included (``step_s``) -- not against the fit's prediction: with tiny
+        # collections the fit is degenerate (a clamped budget would "predict" iterations
+        # hundreds of ms long and expire every request).
+        self.iteration_s = (1 - a) * self.iteration_s + a * min(max(step_s or 0.0, seconds), 4 * target)
         self._proven.append(sample.planned_vectors * min(1.0, target / sample.duration_s))
         if sample.planned_vectors >= self._b.bound_share * sample.budget_vectors:
             # NOTE: a budget-bound iteration shows what the budget really buys; correct the

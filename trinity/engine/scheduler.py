@@ -64,6 +64,7 @@ class Scheduler:
         self._saturated = False  # the last plan left wanted work for later (budget-bound)
         self._finished: list[Finished] = []
         self._head_sample: IterationSample | None = None
+        self._started = 0.0  # when the current iteration's planning began
 
     # ------------------------------------------------------------------ admission
     def add_request(self, req: SearchRequest) -> None:
@@ -112,7 +113,7 @@ class Scheduler:
     # ------------------------------------------------------------------ one iteration
     def schedule(self) -> IterationPlan:
         """Plan the next iteration: claims in priority order, then the fill."""
-        now = self.clock()
+        now = self._started = self.clock()
         self.iteration += 1
         for req in self.waiting.expiring(now + self.iteration_s):
             self._finish(req, RequestStatus.FINISHED_PARTIAL, message="deadline reached before any scan")
@@ -256,7 +257,7 @@ class Scheduler:
         sample = IterationSample.of(plan, out, self._head_sample)
         self._head_sample = sample if plan.is_head else None
         if not plan.is_head:
-            self.cost.observe(sample, self.iteration, saturated=self._saturated)
+            self.cost.observe(sample, self.iteration, saturated=self._saturated, step_s=self.clock() - self._started)
             self._check_invariants()
         return self.pop_finished()
 
