@@ -608,3 +608,20 @@ def test_decode_results_leave_before_the_rest_of_the_scan():
             assert_matches("ivf_ip", res.scores, res.ids, ref)
             assert finished[f.request_id].total_ms == res.total_ms
     assert engine.scheduler.num_finished == 5
+
+
+def test_a_flat_collection_that_shrinks_under_a_scan_finishes_it():
+    """Deletes move vectors out of the last chunks while a flat scan is under way: the scan
+    skips the chunks that no longer exist and finishes (no stall, no error)."""
+    x = dataset("flat_l2")
+    flat = FlatIndex(x.shape[1], metric="l2", block_size=64, chunk_blocks=4)  # 256 vectors per chunk
+    flat.add(x)
+    engine = SearchEngine(fixed_budget(512), start=False)  # two chunks per iteration
+    engine.add_collection("f", flat)
+    fut = engine.submit("f", x[0], 5, stage="prefill")
+    engine.step()
+    flat.remove(np.arange(len(x) // 2, len(x)))  # half the chunks disappear
+    step_until_idle(engine)
+    res = fut.result(timeout=0)
+    assert res.status in (RequestStatus.FINISHED_COMPLETE, RequestStatus.FINISHED_PARTIAL) and res.ids[0] == 0
+    assert not slots_held(engine.scheduler)
