@@ -36,7 +36,13 @@ class CollectionStats:
 
 
 class Collections:
-    """Thread-safe registry of indexes served by one engine."""
+    """Thread-safe registry of indexes served by one engine.
+
+    A subclass may serve other index types (the simulator's index shells) through
+    ``index_types``, :meth:`describe` and :meth:`assign`.
+    """
+
+    index_types: tuple[type, ...] = (FlatIndex, IVFIndex)
 
     def __init__(self) -> None:
         self._indexes: dict[str, BaseIndex] = {}
@@ -45,7 +51,7 @@ class Collections:
         self._lock = threading.Lock()
 
     def add(self, name: str, index: BaseIndex) -> None:
-        if not isinstance(index, (FlatIndex, IVFIndex)):
+        if not isinstance(index, self.index_types):
             raise ValueError(f"collection {name!r}: unsupported index type {type(index).__name__}")
         with self._lock:
             if name in self._indexes:
@@ -82,14 +88,17 @@ class Collections:
         cached = self._stats.get(name)
         if cached is not None and cached[0] == index.lists.version:
             return cached[1]
-        if isinstance(index, IVFIndex):
-            stats = CollectionStats("ivf", index.nlist, index.nprobe, index.lists.list_len.astype(np.int64))
-        else:
-            sizes = np.array([index.chunk_num_vectors(c) for c in range(index.num_chunks)], dtype=np.int64)
-            stats = CollectionStats("flat", index.num_chunks, 0, sizes)
+        stats = self.describe(index)
         stats.unit_sizes.setflags(write=False)
         self._stats[name] = (index.lists.version, stats)
         return stats
+
+    def describe(self, index) -> CollectionStats:
+        """``index``'s units and their sizes (cached by :meth:`stats` until the index changes)."""
+        if isinstance(index, IVFIndex):
+            return CollectionStats("ivf", index.nlist, index.nprobe, index.lists.list_len.astype(np.int64))
+        sizes = np.array([index.chunk_num_vectors(c) for c in range(index.num_chunks)], dtype=np.int64)
+        return CollectionStats("flat", index.num_chunks, 0, sizes)
 
     def assign(self, name: str, queries: np.ndarray, nprobes: np.ndarray, request_ids: list[str]) -> np.ndarray:
         """Each query's units, ``-1`` padded: IVF probes best first (the coarse quantizer,

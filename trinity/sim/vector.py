@@ -49,33 +49,18 @@ class ShellIndex:
 
 class SimCollections(Collections):
     """:class:`~trinity.engine.Collections` that also serves :class:`ShellIndex` es, whose
-    probes come from ``assign`` (by request id) instead of a coarse quantizer.
+    probes come from ``assign`` (by request id) instead of a coarse quantizer."""
 
-    NOTE: the engine's registry accepts only real indexes; the simulator registers shells
-    through this subclass instead of changing the engine.
-    """
+    index_types = (*Collections.index_types, ShellIndex)
 
     def __init__(self, assign: Assign | None = None) -> None:
         super().__init__()
         self._assign = assign
 
-    def add(self, name: str, index) -> None:
+    def describe(self, index) -> CollectionStats:
         if not isinstance(index, ShellIndex):
-            return super().add(name, index)
-        with self._lock:
-            self._indexes[name] = index
-            self._generation[name] = self._generation.get(name, 0) + 1
-
-    def stats(self, name: str) -> CollectionStats:
-        index = self.get(name)
-        if not isinstance(index, ShellIndex):
-            return super().stats(name)
-        cached = self._stats.get(name)
-        if cached is None:
-            sizes = index.list_len.copy()
-            sizes.setflags(write=False)
-            cached = self._stats[name] = (0, CollectionStats(index.kind, index.nlist, index.nprobe, sizes))
-        return cached[1]
+            return super().describe(index)
+        return CollectionStats(index.kind, index.nlist, index.nprobe, index.list_len.copy())
 
     def assign(self, name: str, queries: np.ndarray, nprobes: np.ndarray, request_ids: list[str]) -> np.ndarray:
         index = self.get(name)
