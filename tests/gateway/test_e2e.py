@@ -117,6 +117,10 @@ def test_decode_time_retrieval_continues_on_the_same_decode_instance(e2e: E2E) -
     assert info["legs"] == {"prefill": 1, "decode": 1, "continuation": 2}
     assert len(info["decode_retrievals"]) == 2 and "decode_retrieval" in info["timings_ms"]  # the stall
     assert all(d["ms"] > 0 and d["passage_ids"] for d in info["decode_retrievals"]), info
+    parts = ("embed_ms", "cache_ms", "search_ms", "network_ms")
+    for r in (info["retrieval"], *info["decode_retrievals"]):  # one definition: first step to passages = the parts
+        assert r["ms"] >= sum(r[p] for p in parts) - 0.01 and r["embed_ms"] > 0 and r["search_ms"] > 0, r
+    assert info["retrieval"]["cache_ms"] == 0 and all(d["cache_ms"] == 0 for d in info["decode_retrievals"])
     legs = _seen(e2e.decode, rid)
     assert len(legs) == 3 and "kv_transfer_params" in legs[0]["body"]
     for prev, nxt in zip(legs, legs[1:]):

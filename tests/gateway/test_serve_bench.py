@@ -48,6 +48,23 @@ def test_metrics_follow_vllm_definitions() -> None:
     assert res["errors"] == ["", "", "boom"] and res["output_lens"] == [5, 5, 0] and res["ttfts"][0] == 0.1
 
 
+def test_retrieval_latency_has_one_definition_for_both_stages() -> None:
+    prefill = {"ms": 20.0, "embed_ms": 10.0, "cache_ms": 4.0, "search_ms": 2.0, "network_ms": 3.0}
+    decode = {"ms": 13.0, "embed_ms": 8.0, "cache_ms": 0.0, "search_ms": 2.0, "network_ms": 2.5, "stall_ms": 0.1}
+    o = Outcome("rag_decode", True, prompt_len=10, output_tokens=5, ttft=0.1, latency=0.5, itl=[0.1] * 4)
+    o.trinity = {"timings_ms": {"embed": 10.0, "cache_lookup": 4.0, "retrieval": 5.0}, "retrieval": prefill,
+                 "decode_retrievals": [decode, {"error": "timeout", "ms": 90.0, "stall_ms": 100.0}]}
+    hit = Outcome("repeat", True, prompt_len=10, output_tokens=5, ttft=0.01, latency=0.1, itl=[0.02] * 4)
+    hit.trinity = {"timings_ms": {"embed": 9.0, "cache_lookup": 3.0}, "cache": "hit", "retrieval": None}
+    res = compute_metrics([o, hit], 1.0, {})
+    # the prefill figure includes its embedding and cache lookups, as the decode one includes its embedding;
+    # a failed retrieval and an answer-cache hit (no retrieval) are not retrievals
+    assert res["median_retrieval_prefill_ms"] == 20.0 and res["median_retrieval_decode_ms"] == 13.0
+    assert res["median_retrieval_prefill_embed_ms"] == 10.0 and res["median_retrieval_prefill_cache_ms"] == 4.0
+    assert res["median_retrieval_decode_cache_ms"] == 0.0 and res["p99_retrieval_decode_network_ms"] == 2.5
+    assert res["median_decode_stall_ms"] == pytest.approx(50.05)
+
+
 def test_short_run_against_the_gateway(e2e: E2E, tmp_path: Path) -> None:
     out = tmp_path / "serve.json"
     res = bench_serve(["tpot:500"], base_url=e2e.gateway, num_prompts=12, rate=20.0, output_len=8,

@@ -15,6 +15,7 @@ from trinity.gateway.backends.instances import InstancePool
 from trinity.gateway.backends.vllm_pd import PREFILL_KV_TRANSFER_PARAMS, prefill_body
 from trinity.gateway.cli import build_config
 from trinity.gateway.config import GatewayConfig, UpstreamConfig
+from trinity.gateway.decode import answer_tail, combined_query
 from trinity.gateway.options import resolve_options
 from trinity.gateway.request import ClientRequest, augment, continuation_body
 from trinity.gateway.retrieval import EmbedBatcher, Passage
@@ -159,25 +160,60 @@ def test_embed_batcher_coalesces_concurrent_requests() -> None:
     assert sum(calls) == 8 and len(calls) < 8
 
 
-def test_embed_batcher_encodes_decode_stage_texts_first_and_apart() -> None:
+def test_embed_batcher_decode_texts_never_wait_behind_a_prefill_batch() -> None:
+    log: list[tuple[str, str, list[str]]] = []
+
     class Slow:
-        batches: list[list[str]] = []
+        def __init__(self, name: str) -> None:
+            self.name = name
 
         def encode(self, texts: list[str]) -> np.ndarray:
-            self.batches.append(list(texts))
-            time.sleep(0.02)
+            log.append(("start", self.name, list(texts)))
+            time.sleep(0.1)
+            log.append(("end", self.name, list(texts)))
             return np.zeros((len(texts), 1), dtype=np.float32)
 
-    async def go() -> list[list[str]]:
-        slow = Slow()
-        batcher = EmbedBatcher(slow)
-        first = asyncio.ensure_future(batcher.embed("busy", "prefill"))  # holds the encoder
-        await asyncio.sleep(0.005)
+    async def go() -> None:
+        batcher = EmbedBatcher(Slow("prefill-lane"), decode_embedder=Slow("decode-lane"))
+        first = asyncio.ensure_future(batcher.embed("busy", "prefill"))  # holds the prefill lane
+        await asyncio.sleep(0.02)
         waiting = [batcher.embed(f"p{i}", "prefill") for i in range(3)] + [batcher.embed("d", "decode")]
         await asyncio.gather(first, *waiting)
         await batcher.aclose()
-        return slow.batches
 
-    batches = asyncio.run(go())
-    assert batches[0] == ["busy"] and batches[1] == ["d"]  # the decode text jumps the prefill queue, alone
-    assert sorted(batches[2]) == ["p0", "p1", "p2"]
+    asyncio.run(go())
+    assert log.index(("start", "decode-lane", ["d"])) < log.index(("end", "prefill-lane", ["busy"]))
+    starts = [(lane, sorted(texts)) for ev, lane, texts in log if ev == "start"]
+    assert starts == [("prefill-lane", ["busy"]), ("decode-lane", ["d"]), ("prefill-lane", ["p0", "p1", "p2"])]
+
+
+def test_embed_batcher_lanes_sharing_one_model_take_turns() -> None:
+    """A local model's tokenizer raises "Already borrowed" when two threads use it at once
+    (huggingface/tokenizers#537): the decode and prefill lanes of one model never overlap."""
+    busy, overlaps = [0], []
+
+    class Shared:
+        def encode(self, texts: list[str]) -> np.ndarray:
+            busy[0] += 1
+            overlaps.append(busy[0] > 1)
+            time.sleep(0.02)
+            busy[0] -= 1
+            return np.zeros((len(texts), 1), dtype=np.float32)
+
+    async def go() -> None:
+        batcher = EmbedBatcher(Shared())
+        await asyncio.gather(*(batcher.embed(f"t{i}", "decode" if i % 2 else "prefill") for i in range(12)))
+        await batcher.aclose()
+
+    asyncio.run(go())
+    assert overlaps and not any(overlaps)
+
+
+def test_decode_query_embeds_a_bounded_answer_tail() -> None:
+    assert answer_tail([" the", " vector", " pool"] * 20, 4) == "pool the vector pool"  # the last 4 tokens
+    assert answer_tail([" a"] * 10 + [" " + "x" * 50], 4) == "x" * 32  # at most 8 characters a token
+    assert answer_tail([" a", " b"], 16) == "a b"
+    cfg = GatewayConfig(backend={"prefill_urls": ["http://p"], "decode_urls": ["http://d"]})
+    assert cfg.retrieval.decode_tail_tokens == 16 and not cfg.retrieval.embed_decode_lane
+    assert combined_query([1.0, 0.0], [0.0, 1.0], cfg.retrieval.decode_tail_weight) == pytest.approx(
+        [1 / 5 ** 0.5, 2 / 5 ** 0.5])  # the tail weighs twice the query (whose passages are in the prompt)

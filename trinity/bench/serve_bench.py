@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 from trinity.bench import serve_load
 from trinity.bench.report import default_out_path, machine_info, write_json
 from trinity.bench.serve_config import CLASSES, Outcome, ServeBenchConfig, parse_goodput, parse_mix
-from trinity.bench.serve_metrics import compute_metrics, parse_percentiles, percentile_key
+from trinity.bench.serve_metrics import RETRIEVAL_PARTS, compute_metrics, parse_percentiles, percentile_key
 
 __all__ = ["CLASSES", "Outcome", "ServeBenchConfig", "compute_metrics", "format_report", "parse_goodput", "parse_mix",
            "run_serve_bench"]
@@ -70,14 +70,15 @@ def format_report(res: dict[str, Any], cfg: ServeBenchConfig) -> str:
         for p in cfg.metric_percentiles:
             row(f"P{percentile_key(p)} {name} (ms):", res[f"p{percentile_key(p)}_{key}_ms"])
     head("Trinity: retrieval and caches")
-    for key, name in (("retrieval_prefill", "prefill-stage retrieval"), ("retrieval_decode", "decode-stage retrieval")):
+    rows.append("Retrieval (ms): embedding the query to passages")
+    rows.append(f"{'':<12}{'total':>7}" + "".join(f"{p:>8}" for p in RETRIEVAL_PARTS))
+    for stage in ("prefill", "decode"):
         for stat in ("median", "p99"):
-            row(f"{stat.capitalize() if stat != 'p99' else 'P99'} {name} (ms):", res[f"{stat}_{key}_ms"])
-        stage = key.split("_")[1]
-        parts = ("embed", "cache", "search", "network") if stage == "prefill" else ("embed", "search", "network")
-        rows.append(f"{'  median parts (ms):':<40}" + " ".join(
-            f"{part} {res[f'median_{key}_{part}_ms']:.1f}" for part in parts))
-    row("Median decode-retrieval stall (ms):", res["median_decode_stall_ms"])
+            rows.append(f"{stage if stat == 'median' else '':<8}{'p50' if stat == 'median' else stat:<4}"
+                        f"{res[f'{stat}_retrieval_{stage}_ms']:>7.2f}"
+                        + "".join(f"{res[f'{stat}_retrieval_{stage}_{p}_ms']:>8.2f}" for p in RETRIEVAL_PARTS))
+    row("Decode-retrieval stall p50 / p99 (ms):", f"{res['median_decode_stall_ms']:.2f} / "
+        f"{res['p99_decode_stall_ms']:.2f}", "")
     row("Prefill-stage retrievals:", res["trinity_prefill_retrievals"], "d")
     row("Decode-stage retrievals:", res["trinity_decode_retrievals"], "d")
     row("Continuation legs:", res["trinity_continuation_legs"], "d")

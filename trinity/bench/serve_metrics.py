@@ -14,7 +14,7 @@ from typing import Any
 
 from trinity.bench.serve_config import CLASSES, Outcome
 
-__all__ = ["METRICS", "compute_metrics", "parse_percentiles", "percentile_key", "retrieval_parts"]
+__all__ = ["METRICS", "RETRIEVAL_PARTS", "compute_metrics", "parse_percentiles", "percentile_key", "retrievals"]
 
 METRICS = ("ttft", "tpot", "itl", "e2el")
 
@@ -67,36 +67,25 @@ def _peaks(ok: list[Outcome], t0: float) -> tuple[float, int]:
     return float(max(tokens.values(), default=0)), max(active.values(), default=0)
 
 
-def retrieval_parts(trinity: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
-    """Per stage, the ms spent in each part (embed, cache, search, network) of the retrievals."""
-    pre: dict[str, list[float]] = {"embed": [], "cache": [], "search": [], "network": []}
-    dec: dict[str, list[float]] = {"embed": [], "search": [], "network": []}
-    for t in trinity:
-        tm, r = t.get("timings_ms", {}), t.get("retrieval") or {}
-        if "embed" in tm:
-            pre["embed"].append(tm["embed"])
-        if "cache_lookup" in tm:
-            pre["cache"].append(tm["cache_lookup"])
-        if "search_ms" in r:
-            pre["search"].append(r["search_ms"])
-            pre["network"].append(r["network_ms"])
-        for d in t.get("decode_retrievals", []):
-            for part in dec:
-                if f"{part}_ms" in d:
-                    dec[part].append(d[f"{part}_ms"])
+RETRIEVAL_PARTS = ("embed", "cache", "search", "network")
+
+
+def retrievals(trinity: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Per stage, the retrievals that returned passages, each with ``ms`` (from its first step,
+    embedding the query, to the passages in hand) and its parts ``{embed,cache,search,network}_ms``."""
+    pre = [r for t in trinity if isinstance(r := t.get("retrieval"), dict) and "ms" in r]
+    dec = [d for t in trinity for d in t.get("decode_retrievals", []) if "ms" in d and "error" not in d]
     return {"prefill": pre, "decode": dec}
 
 
 def _trinity(outcomes: list[Outcome], ok: list[Outcome], res: dict[str, Any]) -> None:
     tr = [o.trinity for o in ok if o.trinity]
-    _stats("retrieval_prefill", [t["timings_ms"]["retrieval"] for t in tr if "retrieval" in t["timings_ms"]],
-           (99,), res)
-    _stats("retrieval_decode", [d["ms"] for t in tr for d in t.get("decode_retrievals", []) if "ms" in d], (99,), res)
+    for stage, rs in retrievals(tr).items():
+        _stats(f"retrieval_{stage}", [r["ms"] for r in rs], (99,), res)
+        for part in RETRIEVAL_PARTS:
+            _stats(f"retrieval_{stage}_{part}", [float(r.get(f"{part}_ms", 0.0)) for r in rs], (99,), res)
     _stats("decode_stall", [d["stall_ms"] for t in tr for d in t.get("decode_retrievals", []) if "stall_ms" in d],
            (99,), res)
-    for stage, parts in retrieval_parts(tr).items():
-        for part, values in parts.items():
-            _stats(f"retrieval_{stage}_{part}", values, (99,), res)
     lookups = [t for t in tr if t.get("cache") in ("hit", "miss")]
     res["trinity_cache_hit_rate"] = sum(t["cache"] == "hit" for t in lookups) / len(lookups) if lookups else None
     res["trinity_cache_hits"] = sum(t.get("cache") == "hit" for t in tr)

@@ -104,8 +104,11 @@ class RetrievalConfig(Section):
                                                  "in TPOT SLOs.")
     decode_query: Literal["combined", "text"] = Field(
         "combined", description="Decode-stage query vector: combined = the request's query vector plus an "
-                                "embedding of the answer's last 200 characters only (half the text to embed); "
-                                "text = embed query and answer tail together.")
+                                "embedding of the answer tail only; text = embed query and answer tail together.")
+    decode_tail_tokens: int = Field(16, ge=1, description="Answer tail a decode-stage query embeds: its last this "
+                                                          "many streamed tokens (at most 8 characters each).")
+    decode_tail_weight: float = Field(2.0, gt=0, description="combined: weight of the tail's vector against the "
+                                                             "query's (the query's passages are in the prompt).")
     decode_prefetch_tokens: int = Field(4, description="Start each decode-stage retrieval this many tokens before "
                                                        "its leg ends.")
     min_deadline_ms: float = Field(5.0, description="Floor of any retrieval deadline (below it: skip, degrade).")
@@ -117,6 +120,9 @@ class RetrievalConfig(Section):
     embed_model: str | None = Field(None, description="Model name sent to the embedding server (default: its "
                                                       "first /v1/models entry).")
     embed_threads: int = Field(1, description="torch threads of the local embedder (see docs/gateway.md).")
+    embed_decode_lane: bool = Field(False, description="local: a second MiniLM instance (~90 MB) for decode-stage "
+                                                       "texts, so they never wait for a prefill batch being encoded "
+                                                       "(for gateways with spare cores; see docs/gateway.md).")
 
 
 class CacheConfig(Section):

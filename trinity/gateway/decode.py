@@ -31,7 +31,19 @@ from trinity.gateway.request import continuation_body
 from trinity.gateway.retrieval import Passage, search_parts
 from trinity.gateway.trace import Prepared, Trace
 
-__all__ = ["DecodeLoop"]
+__all__ = ["DecodeLoop", "answer_tail", "combined_query"]
+
+
+def answer_tail(parts: list[str], num_tokens: int) -> str:
+    """The answer's last ``num_tokens`` streamed tokens (one per event; at most 8 characters each)."""
+    return "".join(parts[-num_tokens:])[-8 * num_tokens:].strip()
+
+
+def combined_query(query: list[float], tail: list[float], tail_weight: float) -> list[float]:
+    """``query + tail_weight * tail``, normalised: the decode-stage query vector."""
+    s = [a + tail_weight * b for a, b in zip(query, tail)]
+    norm = math.sqrt(sum(x * x for x in s)) or 1.0
+    return [x / norm for x in s]
 
 
 @dataclass(frozen=True)
@@ -152,7 +164,7 @@ class DecodeLoop:
                     trace.first_token_at = time.perf_counter()
                 if self.prefetch is None and len(self.parts) - leg_start >= plan.prefetch_at:
                     after = trace.completion_tokens + len(self.parts) - leg_start
-                    self.prefetch = asyncio.create_task(self._search("".join(self.parts), after, plan.budget_ms))
+                    self.prefetch = asyncio.create_task(self._search(self._tail(), after, plan.budget_ms))
                 yield ev
         trace.add("decode", (time.perf_counter() - t0) * 1e3)
         if trace.first_token_at is None:
@@ -178,46 +190,48 @@ class DecodeLoop:
     async def _retrieval(self, leg_start: int) -> list[Passage]:
         if self.prefetch is None:  # NOTE: the leg ended before the prefetch point
             budget = self.prep.opts.tpot_ms * self.rcfg.decode_share
-            self.prefetch = asyncio.create_task(self._search("".join(self.parts), self.trace.completion_tokens, budget))
+            self.prefetch = asyncio.create_task(self._search(self._tail(), self.trace.completion_tokens, budget))
         passages = await self._await(self.prefetch)
         self.prefetch = None
         return passages
 
-    async def _search(self, generated: str, after_tokens: int, budget_ms: float) -> tuple[list[Passage], dict]:
-        """One stage=decode search on the query + latest output, within ``budget_ms``."""
+    def _tail(self) -> str:
+        return answer_tail(self.parts, self.rcfg.decode_tail_tokens)
+
+    async def _search(self, tail: str, after_tokens: int, budget_ms: float) -> tuple[list[Passage], dict]:
+        """One stage=decode search on the query + the answer's tail, within ``budget_ms``.
+
+        No cache lookup: the answer is still being written and the query's passages are in the prompt."""
         opts, retriever = self.prep.opts, self.pipe.retriever
         t0 = time.perf_counter()
-        # NOTE: short on purpose: this embedding sits inside a TPOT-derived budget (docs/gateway.md).
-        text = f"{self.prep.request.query[:200]} {generated[-200:]}"
+        text = f"{self.prep.request.query[:200]} {tail}"
         info: dict[str, Any] = {"after_tokens": after_tokens, "deadline_ms": round(budget_ms, 3)}
         try:
-            vec = await self._query_vector(text, generated[-200:], budget_ms)
-            info["embed_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
+            vec = await self._query_vector(text, tail, budget_ms)
+            embed_ms = (time.perf_counter() - t0) * 1e3
             passages, res = await retriever.search("decode", opts.collection or "", self.rcfg.decode_k, opts.nprobe,
-                                                   text, vec, budget_ms - (time.perf_counter() - t0) * 1e3)
+                                                   text, vec, budget_ms - embed_ms)
             search_ms, network_ms = search_parts(res)
-            info.update(passage_ids=[p.id for p in passages], partial=res.partial, search_ms=round(search_ms, 3),
-                        network_ms=round(network_ms, 3))
+            info.update(passage_ids=[p.id for p in passages], partial=res.partial, **retriever.observe(
+                "decode", (time.perf_counter() - t0) * 1e3, embed=embed_ms, search=search_ms, network=network_ms))
         except PoolError as exc:
             # NOTE: the stream has started, so decode-stage failures always degrade (no 503).
             self.pipe.pool_failure(opts, self.trace, "decode_retrieval", exc, hard=False)
             passages = []
-            info["error"] = exc.kind
-        info["ms"] = round((time.perf_counter() - t0) * 1e3, 3)
+            info.update(error=exc.kind, ms=round((time.perf_counter() - t0) * 1e3, 3))
         return passages, info
 
     async def _query_vector(self, text: str, tail: str, budget_ms: float) -> list[float] | None:
         """The decode-stage query: by default the request's (already computed) query vector plus the
-        answer tail's embedding, normalised, so only the tail is embedded inside the TPOT budget."""
+        answer tail's embedding times ``decode_tail_weight``, normalised, so only the short tail is
+        embedded (docs/gateway.md)."""
         q = self.prep.vector
         if self.rcfg.decode_query == "text" or q is None:
             return await self.pipe.retriever.embed(text, budget_ms, "decode")
         t = await self.pipe.retriever.embed(tail, budget_ms, "decode")
         if t is None:
             return None
-        s = [a + b for a, b in zip(q, t)]
-        norm = math.sqrt(sum(x * x for x in s)) or 1.0
-        return [x / norm for x in s]
+        return combined_query(q, t, self.rcfg.decode_tail_weight)
 
     async def _await(self, task: asyncio.Task) -> list[Passage]:
         """Wait for a (prefetched) decode-stage retrieval at most one stall allowance."""

@@ -24,10 +24,15 @@ class GatewayMetrics:
         self.active = Gauge("trinity_gateway_requests_active", "Requests being served", registry=r)
         self.phase = Histogram("trinity_gateway_phase_seconds", "Per-request time spent in each phase", ["phase"],
                                buckets=_LAT, registry=r)
+        self.retrieval = Histogram(
+            "trinity_gateway_retrieval_seconds", "One retrieval that returned passages, by stage (prefill, decode): "
+            "from its first step (embedding the query) to the passages in hand = embed + cache + search + network",
+            ["stage"], buckets=_LAT, registry=r)
         self.retrieval_part = Histogram(
-            "trinity_gateway_retrieval_part_seconds", "Retrieval time by stage (prefill, decode) and part: embed "
-            "(gateway or embedding server), cache (semantic-cache lookups), search (the pool's queue + scan), "
-            "network (HTTP, JSON and routing between gateway and pool)", ["stage", "part"], buckets=_LAT, registry=r)
+            "trinity_gateway_retrieval_part_seconds", "The parts of trinity_gateway_retrieval_seconds: embed "
+            "(gateway or embedding server), cache (semantic-cache lookups on the way; none at decode), search "
+            "(the pool's queue + scan), network (HTTP, JSON and routing between gateway and pool)",
+            ["stage", "part"], buckets=_LAT, registry=r)
         self.ttft = Histogram("trinity_gateway_ttft_seconds", "Arrival to first token sent", buckets=_LAT, registry=r)
         self.itl = Histogram("trinity_gateway_itl_seconds", "Gap between tokens sent", buckets=_LAT, registry=r)
         self.tpot = Histogram("trinity_gateway_tpot_seconds", "(e2e - ttft) / (tokens - 1) per request",

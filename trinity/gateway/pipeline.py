@@ -74,6 +74,7 @@ class Pipeline:
         prep = Prepared(req, opts, req.upstream_body())
         if not (opts.answer_cache or opts.prompt_cache or opts.collection):
             return prep
+        t0 = time.perf_counter()
         if not await self._embed(prep, trace, left):
             return prep
         if opts.answer_cache and req.cacheable and await self._answer_hit(prep, trace, left):
@@ -86,7 +87,10 @@ class Pipeline:
         prep.passages = passages
         if trace.retrieval is None:
             trace.retrieval = {"collection": opts.collection, "k": opts.k, "from_prompt_cache": True}
-        trace.retrieval["passage_ids"] = [p.id for p in passages]
+        tm, r = trace.timings_ms, trace.retrieval
+        trace.retrieval.update(self.retriever.observe(
+            "prefill", (time.perf_counter() - t0) * 1e3, embed=tm.get("embed", 0.0), cache=tm.get("cache_lookup", 0.0),
+            search=r.get("search_ms", 0.0), network=r.get("network_ms", 0.0)), passage_ids=[p.id for p in passages])
         prep.body = augment(req, passages)
         return prep
 
@@ -138,7 +142,7 @@ class Pipeline:
         search_ms, network_ms = search_parts(res)
         trace.retrieval = {"collection": opts.collection, "k": opts.k, "partial": res.partial,
                            "fraction_scanned": res.fraction_scanned, "pool_timings_ms": res.timings_ms,
-                           "search_ms": round(search_ms, 3), "network_ms": round(network_ms, 3)}
+                           "search_ms": search_ms, "network_ms": network_ms}
         if opts.prompt_cache and not res.partial:
             self.retriever.insert("prompt", opts, req.query, prep.vector, {
                 "collection": opts.collection, "k": opts.k,

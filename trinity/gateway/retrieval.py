@@ -19,9 +19,11 @@ from trinity.gateway.config import GatewayConfig
 from trinity.gateway.metrics import GatewayMetrics
 from trinity.gateway.options import RequestOptions
 
-__all__ = ["EmbedBatcher", "Passage", "Retriever", "passage_text", "search_parts"]
+__all__ = ["PARTS", "EmbedBatcher", "Passage", "Retriever", "passage_text", "search_parts"]
 
 log = logging.getLogger(__name__)
+
+PARTS = ("embed", "cache", "search", "network")
 
 
 @dataclass(frozen=True)
@@ -46,49 +48,61 @@ def search_parts(res: SearchResult) -> tuple[float, float]:
 
 
 class EmbedBatcher:
-    """Micro-batches concurrent embedding requests into one ``encode`` call in a thread.
+    """Micro-batches concurrent embedding requests into one ``encode`` call per lane, in a thread.
 
-    Stage-aware like the pool: a decode-stage text is encoded before any waiting prefill-stage
-    one, and a batch holds one stage only, so it never waits for longer prompts. Batches stay
-    small to bound head-of-line blocking (on CPU batching saves little: docs/gateway.md);
-    waiters whose deadline passed are dropped before their batch is encoded.
+    Two lanes, as the pool orders searches: decode-stage texts have their own queue and worker, so
+    they never wait for queued prefill texts, and with ``decode_embedder`` (a model of their own)
+    not for the prefill batch being encoded either; prefill and background texts share the other
+    lane, prefill first. A batch holds one stage
+    only and stays small to bound head-of-line blocking (on CPU batching saves little:
+    docs/gateway.md); waiters whose deadline passed are dropped before their batch is encoded.
     """
 
     RANK = {"decode": 0, "prefill": 1, "background": 2}
 
-    def __init__(self, embedder: Any, max_batch: int = 8) -> None:
+    def __init__(self, embedder: Any, max_batch: int = 8, decode_embedder: Any = None) -> None:
         self.embedder, self.max_batch = embedder, max_batch
-        self._queue: asyncio.PriorityQueue[tuple[int, int, str, asyncio.Future]] = asyncio.PriorityQueue()
+        self._embedders = {"decode": decode_embedder or embedder, "prefill": embedder}
+        # NOTE: a local model is one encode at a time: its Rust tokenizer raises "Already borrowed" when
+        # two threads use it at once (huggingface/tokenizers#537), so lanes sharing it take turns.
+        self._locks = {id(e): asyncio.Lock() for e in self._embedders.values()}
+        self._queues: dict[str, asyncio.PriorityQueue[tuple[int, int, str, asyncio.Future]]] = {
+            lane: asyncio.PriorityQueue() for lane in self._embedders}
         self._seq = itertools.count()
-        self._task: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
 
     async def embed(self, text: str, stage: str = "prefill") -> list[float]:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="embed-batcher")
-        fut: asyncio.Future = asyncio.get_running_loop().create_future()
-        await self._queue.put((self.RANK.get(stage, 1), next(self._seq), text, fut))
+        loop = asyncio.get_running_loop()
+        if not self._tasks:
+            self._tasks = [loop.create_task(self._run(lane), name=f"embed-{lane}") for lane in self._embedders]
+        rank = self.RANK.get(stage, 1)
+        fut: asyncio.Future = loop.create_future()
+        await self._queues["decode" if rank == 0 else "prefill"].put((rank, next(self._seq), text, fut))
         return await fut
 
-    def _next_batch(self, first: tuple[int, int, str, asyncio.Future]) -> list[tuple[str, asyncio.Future]]:
+    def _next_batch(self, queue: asyncio.PriorityQueue, first: tuple[int, int, str, asyncio.Future]
+                    ) -> list[tuple[str, asyncio.Future]]:
         batch, rest = [first], []
-        while not self._queue.empty() and len(batch) < self.max_batch:
-            item = self._queue.get_nowait()
+        while not queue.empty() and len(batch) < self.max_batch:
+            item = queue.get_nowait()
             (batch if item[0] == first[0] else rest).append(item)
         for item in rest:
-            self._queue.put_nowait(item)
+            queue.put_nowait(item)
         return [(t, f) for _, _, t, f in batch if not f.done()]  # callers past their deadline are gone
 
-    async def _run(self) -> None:
+    async def _run(self, lane: str) -> None:
+        queue, embedder = self._queues[lane], self._embedders[lane]
         while True:
-            live = self._next_batch(await self._queue.get())
+            live = self._next_batch(queue, await queue.get())
             if not live:
                 continue
             try:
                 texts = [t for t, _ in live]
-                if hasattr(self.embedder, "aencode"):  # an embedding server (trinity.gateway.embed)
-                    vecs = await self.embedder.aencode(texts)
+                if hasattr(embedder, "aencode"):  # an embedding server (trinity.gateway.embed)
+                    vecs = await embedder.aencode(texts)
                 else:
-                    vecs = await asyncio.to_thread(self.embedder.encode, texts)
+                    async with self._locks[id(embedder)]:
+                        vecs = await asyncio.to_thread(embedder.encode, texts)
                 for (_, fut), vec in zip(live, vecs):
                     if not fut.done():
                         fut.set_result(vec if isinstance(vec, list) else vec.tolist())
@@ -98,19 +112,21 @@ class EmbedBatcher:
                         fut.set_exception(exc)
 
     async def aclose(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if hasattr(self.embedder, "aclose"):
-            await self.embedder.aclose()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for emb in {id(e): e for e in self._embedders.values()}.values():
+            if hasattr(emb, "aclose"):
+                await emb.aclose()
 
 
 class Retriever:
     """Embedding + caches + search against one pool, with metrics."""
 
-    def __init__(self, cfg: GatewayConfig, pool: PoolClient, metrics: GatewayMetrics, embedder: Any = None) -> None:
+    def __init__(self, cfg: GatewayConfig, pool: PoolClient, metrics: GatewayMetrics, embedder: Any = None,
+                 decode_embedder: Any = None) -> None:
         self.cfg, self.pool, self.metrics = cfg, pool, metrics
-        self.batcher = EmbedBatcher(embedder) if embedder is not None else None
+        self.batcher = EmbedBatcher(embedder, decode_embedder=decode_embedder) if embedder is not None else None
         self._background: set[asyncio.Task] = set()
 
     async def embed(self, text: str, budget_ms: float, stage: str = "prefill") -> list[float] | None:
@@ -125,7 +141,6 @@ class Retriever:
             raise PoolError("timeout", f"embedding took over {budget_ms:.1f} ms") from None
         finally:
             self.metrics.phase.labels("embed").observe(time.perf_counter() - t0)
-            self.metrics.retrieval_part.labels(stage, "embed").observe(time.perf_counter() - t0)
 
     async def lookup(self, cache_kind: str, opts: RequestOptions, text: str, vec: list[float] | None,
                      budget_ms: float) -> tuple[str, Any]:
@@ -145,7 +160,6 @@ class Retriever:
             return "error", None
         finally:
             self.metrics.phase.labels("cache_lookup").observe(time.perf_counter() - t0)
-            self.metrics.retrieval_part.labels("prefill", "cache").observe(time.perf_counter() - t0)
         self.metrics.cache_lookups.labels(name, "hit" if res.hit else "miss").inc()
         return ("hit", res.value) if res.hit else ("miss", None)
 
@@ -184,11 +198,17 @@ class Retriever:
         finally:
             self.metrics.phase.labels(f"retrieval_{stage}").observe(time.perf_counter() - t0)
         self.metrics.retrievals.labels(stage, "partial" if res.partial else "ok").inc()
-        search_ms, network_ms = search_parts(res)
-        self.metrics.retrieval_part.labels(stage, "search").observe(search_ms / 1e3)
-        self.metrics.retrieval_part.labels(stage, "network").observe(network_ms / 1e3)
         limit = self.cfg.retrieval.max_passage_chars
         return [Passage(h.id, h.score, passage_text(h.payload, limit)) for h in res.hits], res
+
+    def observe(self, stage: str, total_ms: float, **parts_ms: float) -> dict[str, float]:
+        """Record one retrieval that returned passages: its total (first step to passages in hand)
+        and its parts (a part that did not run is 0); returns them for the ``trinity`` object."""
+        out = {f"{p}_ms": round(parts_ms.get(p, 0.0), 3) for p in PARTS}
+        for p in PARTS:
+            self.metrics.retrieval_part.labels(stage, p).observe(out[f"{p}_ms"] / 1e3)
+        self.metrics.retrieval.labels(stage).observe(total_ms / 1e3)
+        return {**out, "ms": round(total_ms, 3)}
 
     async def ensure_caches(self, retry_s: float = 1.0) -> None:
         """Create the configured caches if missing, retrying until the pool answers.

@@ -49,8 +49,11 @@ class GatewayState:
     @classmethod
     async def start(cls, cfg: GatewayConfig, metrics: GatewayMetrics, embedder: Any = None) -> GatewayState:
         """Connect to the pool and the backends; ``embedder`` overrides the local model."""
+        decode_embedder = None
         if embedder is None and cfg.retrieval.embed == "local":
             embedder = await _local_embedder(cfg)
+            if embedder is not None and cfg.retrieval.embed_decode_lane:
+                decode_embedder = await _local_embedder(cfg)
         elif embedder is None and cfg.retrieval.embed == "openai":
             from trinity.gateway.embed import OpenAIEmbedder
 
@@ -59,7 +62,7 @@ class GatewayState:
                                       os.environ.get("TRINITY_EMBED_API_KEY"))
         pool = PoolClient(cfg.pool_url, cfg.pool_api_key)
         backend = make_backend(cfg, metrics)
-        retriever = Retriever(cfg, pool, metrics, embedder)
+        retriever = Retriever(cfg, pool, metrics, embedder, decode_embedder)
         pipeline = Pipeline(cfg, backend, retriever, metrics)
         ensure = asyncio.create_task(retriever.ensure_caches())
         return cls(cfg, metrics, pool, backend, retriever, pipeline, asyncio.Semaphore(cfg.max_concurrency), ensure)
