@@ -104,15 +104,3 @@ def test_one_request_through_the_cluster_matches_a_hand_computed_timeline():
     assert rec.ttft_s == pytest.approx(ttft, rel=1e-9)
     assert rec.e2e_s == pytest.approx(ttft + kv + decode, rel=1e-9)
     assert rec.tpot_s == pytest.approx((kv + decode) / 19, rel=1e-9)
-
-
-def test_the_demo_stack_model_loses_nothing_and_keeps_the_demo_mix():
-    from trinity.sim.validate import DemoModel, demo_config
-
-    cfg = demo_config(4.0, 120, DemoModel(host_ms_per_token=0.4, cpu_ms_per_request=52.0), "search-cpu-demo",
-                      stretch=1.5)
-    res = simulate(cfg)
-    assert res.summary["n_unfinished"] == 0
-    assert 0.15 < res.summary["n_cache_hit"] / len(res.records) < 0.35  # the "repeat" class
-    stages = {s for r in res.records for s, _, _ in r.searches}
-    assert stages == {"prefill", "decode"}

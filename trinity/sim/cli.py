@@ -92,19 +92,37 @@ def study(quick: Annotated[bool, typer.Option(help="smaller grid (minutes, not t
 
 
 @sim_app.command("validate")
-def validate(measured: Annotated[list[Path], typer.Argument(help="trinity demo / bench serve JSON files to compare")],
-             calibration: Annotated[Path, typer.Option(help="the run the gateway costs are fitted on")],
-             search: Annotated[str, typer.Option(help="CPU search profile of the pool")] = "search-cpu-calibrated",
-             seeds: Annotated[int, typer.Option(min=1, help="simulated runs pooled per rate")] = 5,
-             cpu_ms_per_request: Annotated[float, typer.Option(help="measured CPU time of the stack per request "
-                                                                     "(0: no host-CPU model)")] = 0.0,
-             scale_load: Annotated[bool, typer.Option(help="stretch host work by each run's load average over the "
-                                                           "calibration run's")] = True,
+def validate(measured: Annotated[list[Path], typer.Argument(help="`trinity sim measure` JSON files to compare")],
+             calibration: Annotated[Path, typer.Option(help="the measured run the host's CPU costs are read off")],
+             search: Annotated[str, typer.Option(help="CPU search profile of the pool")] = "search-cpu-demo",
+             seeds: Annotated[int, typer.Option(min=1, help="simulated replays pooled per measured run")] = 3,
+             background: Annotated[str, typer.Option(help="other processes' CPU: trace (each run's measured "
+                                                          "runnable threads, rescaled to the CPU they used) | raw "
+                                                          "(not rescaled) | mean | none")] = "trace",
              out: Out = None) -> None:
-    """Simulate the `make demo` stack and report the error of p50/p99 TTFT and mean TPOT per measured run."""
+    """Simulate the `make demo` stack and report the error of p50/p99 TTFT and mean TPOT per rate."""
     from trinity.sim.commands import cmd_validate
 
-    cmd_validate(measured, calibration, search, seeds, out, cpu_ms_per_request, scale_load)
+    if background not in ("trace", "raw", "mean", "none"):
+        raise typer.BadParameter("--background: trace | raw | mean | none")
+    cmd_validate(measured, calibration, search, seeds, out, background)
+
+
+@sim_app.command("measure")
+def measure(rates: Annotated[str, typer.Option(help="comma-separated rates (req/s)")] = "2,4,8",
+            repeats: Annotated[int, typer.Option(min=1, help="runs per rate, interleaved across rates")] = 3,
+            duration: Annotated[float, typer.Option(help="seconds of arrivals per run (requests = rate x this, "
+                                                         "at least --min-requests)")] = 80.0,
+            min_requests: Annotated[int, typer.Option(help="fewest requests per run")] = 400,
+            out_dir: Annotated[Path, typer.Option(help="one JSON per run")] = Path("benchmarks/results/sim-validation"),
+            lock: Annotated[str, typer.Option(help="flock file held during each run ('' = none)")] =
+                "/tmp/trinity-measure.lock") -> None:
+    """Measured runs of the demo stack (fresh stack per run) with per-request traces and host CPU samples."""
+    from trinity.sim.measure import measure_plan
+
+    rs = [float(r) for r in rates.split(",")]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    measure_plan(rs, repeats, {r: max(min_requests, round(r * duration)) for r in rs}, out_dir, lock or None)
 
 
 def calibrate(

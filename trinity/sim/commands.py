@@ -81,23 +81,25 @@ def cmd_plan(cfg: SimConfig, max_instances: int) -> None:
 
 
 def cmd_validate(measured: list[Path], calibration: Path, search: str, seeds: int, out: Path | None,
-                 cpu_ms_per_request: float = 0.0, scale_load: bool = True) -> dict:
-    from dataclasses import asdict as as_dict
-
+                 background: str = "trace") -> dict:
     from trinity.bench.report import print_table
-    from trinity.sim.validate import fit_demo_model, validate
+    from trinity.sim.validate import fit_costs, load_runs, measured_metrics, simulate_run, validate
 
     console = make_console()
-    model, fitted = fit_demo_model(calibration, search, seeds, cpu_ms_per_request, scale_load)
-    console.print(f"gateway costs fitted on {calibration}: {model} (TTFT error there {fitted['max_ttft_error']:.1%})")
-    rows = validate(measured, model, search, seeds)
-    print_table("Simulated vs measured demo stack", rows, [
-        ("rate", "req/s", "g"), ("metric", "metric"), ("measured", "measured", ".2f"),
-        ("simulated", "simulated", ".2f"), ("error", "error", "+.1%"), ("load", "load avg", ".2f"), ("stretch", "host x", ".2f")],
-        console)
-    payload = {"command": "sim validate", "calibration": str(calibration), "model": as_dict(model), "fit": fitted,
-               "search_profile": search, "seeds": seeds, "rows": rows, "machine": machine_info()}
+    cal = load_runs([calibration])[0]
+    costs = fit_costs(cal)
+    shown = {k: v for k, v in asdict(costs).items() if not isinstance(v, tuple)}
+    console.print(f"host costs from {calibration} (ms): {shown}; {len(costs.embed_ms)} embedding samples")
+    res = validate(measured, costs, search, seeds, background)
+    print_table("Simulated vs measured demo stack (medians over repeats)", res["rows"], [
+        ("rate", "req/s", "g"), ("metric", "metric"), ("repeats", "runs", "d"), ("measured", "measured", ".2f"),
+        ("measured_min", "min", ".2f"), ("measured_max", "max", ".2f"), ("spread", "spread", ".0%"),
+        ("simulated", "simulated", ".2f"), ("error", "error", "+.1%")], console)
+    payload = {"command": "sim validate", "calibration": str(calibration), "background": background,
+               "costs": {**shown, "num_embed_samples": len(costs.embed_ms)}, "search_profile": search, "seeds": seeds,
+               "calibration_check": {"measured": measured_metrics(cal),
+                                     "simulated": simulate_run(cal, costs, search, seeds, background)},
+               **res, "machine": machine_info()}
     path = write_json(out or default_out_path("sim-validate"), payload)
     console.print(f"wrote {path}")
     return payload
-

@@ -1,150 +1,181 @@
 """``trinity sim validate``: simulate the ``make demo`` stack and compare with measured runs.
 
-The demo stack (``trinity demo``): one emulated prefill and one emulated decode engine
-(the emulator's default latency model = the ``llama-3-8b-h100`` profile), the real pool on
-this machine's CPU (a flat collection of the corpus; the ``search-cpu-calibrated`` profile)
-and the gateway (local MiniLM embedding, answer cache on).  The workload is the demo's:
-``rag:0.45, rag_decode:0.2, repeat:0.25, plain:0.1``, 48 output tokens, decode-time
-retrieval every 16 tokens, k 4.  Measured runs are ``trinity bench serve`` JSON files (what
-``trinity demo --out`` writes); metrics follow its definitions (TPOT over every request with
-more than one token, cached answers included).
+Measured runs come from ``trinity sim measure`` (:mod:`trinity.sim.measure`): each keeps its
+requests (class, arrival, trace) and the host's CPU (per process; runnable threads of other
+processes, sampled at ~20 Hz).  The simulation replays each run's arrivals and request
+classes through :class:`~trinity.sim.demo.DemoCluster`, with the CPU costs of
+:func:`fit_costs` -- read off ONE calibration run -- and, as an input of the environment,
+the run's own background (other processes' runnable threads over time; ``background="none"``
+drops it).  Metrics follow ``trinity bench serve``: p50 and p99 TTFT over all requests, mean
+TPOT over those with more than one token (cached answers included).
 """
 
 from __future__ import annotations
 
 import json
-import random
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from trinity.sim.cluster import simulate
 from trinity.sim.config import ClusterConfig, LengthDist, RetrievalMix, SimConfig, SloConfig, WorkloadConfig
+from trinity.sim.demo import HostCosts, simulate_demo
+from trinity.sim.workload import Workload
+
+METRICS = ("p50_ttft_ms", "p99_ttft_ms", "mean_tpot_ms")
+PROCS = ("driver", "gateway", "pool", "prefill-0", "decode-0")
 
 
-@dataclass(frozen=True)
-class DemoModel:
-    """The gateway-side costs the simulator cannot derive from engine profiles (measured once,
-    at the calibration rate, from the demo's own trace breakdown)."""
-
-    embed_ms: float = 21.5
-    decode_embed_ms: float = 36.0
-    hop_ms: float = 3.0
-    overhead_cv: float = 0.6
-    host_cores: int = 2
-    host_ms_per_token: float = 0.0
-    cpu_ms_per_request: float = 0.0  # measured: the stack's CPU time per request
-    use_load: bool = False  # charge other processes (load average) to the host cores as FCFS jobs
-    calibration_load: float = 0.0  # 1-minute load average of the calibration run (0: no load scaling)
-    query_tokens: int = 13
-    passage_tokens: int = 34
-    corpus_vectors: int = 4000
+def run_workload(d: dict[str, Any]) -> Workload:
+    """The measured run's requests as a simulator workload (arrivals, classes, cache hits)."""
+    rows = sorted((r for r in d["requests"] if r["ok"]), key=lambda r: r["start"])
+    col = lambda f, t=bool: np.asarray([f(r) for r in rows], dtype=t)  # noqa: E731
+    return Workload(col(lambda r: r["start"], float), col(lambda r: max(r["prompt_tokens"], 1), np.int64),
+                    col(lambda r: max(r["output_tokens"], 1), np.int64), col(lambda r: "retrieval" in r["timings_ms"]),
+                    col(lambda r: "embed" in r["timings_ms"]), col(lambda r: r["cache"] == "hit"),
+                    col(lambda r: bool(r["decode_retrievals"])))
 
 
-def background_share(d: dict[str, Any], model: DemoModel) -> float:
-    """Share of the host's cores other processes kept busy during a measured run: its 1-minute
-    load average after the run, less the stack's own CPU demand (rate x CPU per request)."""
-    load = float((d.get("loadavg_after") or d["machine"]["loadavg"])[0])
-    own = d["request_rate"] * model.cpu_ms_per_request / 1e3
-    return float(min(max(load - own, 0.0) / model.host_cores, 0.9)) if model.cpu_ms_per_request and model.use_load else 0.0
+def background_steps(d: dict[str, Any], rescale: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Runnable threads of other processes over the run: host runnable less the stack's (~20 Hz),
+    rescaled in each 1 s window to the cores other processes (and the hypervisor) actually used
+    then: kernel threads woken by the stack's traffic (rcu, kworkers, softirq) show as runnable
+    but use almost no CPU.  The rescaled count in turn misses the demand of threads that waited
+    for a core (``rescale=False``: the raw count, an upper bound)."""
+    s, t0 = np.asarray(d["runnable"]["samples"], dtype=float), d["runnable"]["t0"]
+    t, other = s[:, 0] - t0, np.maximum(s[:, 1] - s[:, 2], 0.0)
+    if not rescale:
+        return t, other
+    cpu = d["cpu_samples"]
+    for a, b in zip(cpu, cpu[1:]):
+        used = (b["host"] - a["host"] + b["steal"] - a["steal"] - sum(b[p] - a[p] for p in PROCS)) / (b["t"] - a["t"])
+        sel = (t >= a["t"] - t0) & (t < b["t"] - t0)
+        raw = other[sel].mean() if sel.any() else 0.0
+        other[sel] = other[sel] * (max(used, 0.0) / raw) if raw > 0 else max(used, 0.0)
+    return t, other
 
 
-def load_of(d: dict[str, Any]) -> float:
-    return float((d.get("loadavg_after") or d["machine"]["loadavg"])[0])
+def _in_flight(d: dict[str, Any], edges: np.ndarray) -> np.ndarray:
+    busy = np.zeros(edges.size - 1, dtype=bool)
+    for r in d["requests"]:
+        lo, hi = np.searchsorted(edges, [r["start"], r["start"] + r["latency"] + 0.05])
+        busy[max(lo - 1, 0):hi] = True
+    return busy
 
 
-def demo_config(rate: float, num_prompts: int, model: DemoModel, search: str = "search-cpu-calibrated",
-                seed: int = 0, background: float = 0.0, stretch: float = 1.0) -> SimConfig:
-    repeat, rag, rag_decode = 0.25, 0.45, 0.2
-    fresh = 1.0 - repeat
-    decode = rag_decode / fresh
-    mix = RetrievalMix(rag_share=(rag / fresh) / (1 - decode), cache_share=1.0, cache_hit_rate=repeat,
-                       decode_share=decode, decode_every=16, k=4, nprobe=1, cache_nprobe=1, decode_nprobe=1,
-                       passage_tokens=model.passage_tokens, prefetch_tokens=4, rag_deadline_ms=300.0,
-                       cache_deadline_ms=300.0, decode_deadline_ms=500.0)
-    wl = WorkloadConfig(rate=rate, duration_s=num_prompts / rate, prompt=LengthDist("fixed", model.query_tokens),
-                        output=LengthDist("fixed", 48), retrieval=mix)
-    cl = ClusterConfig(num_prefill=1, num_decode=1, num_vector=1, placement="cpu", policy="stage",
-                       cpu_search=search, cpu_cores=0, corpus_vectors=model.corpus_vectors, index="flat",
-                       target_iteration_ms=4.0, embed_ms=model.embed_ms, decode_embed_ms=model.decode_embed_ms,
-                       hop_ms=model.hop_ms, overhead_cv=model.overhead_cv, host_cores=model.host_cores,
-                       host_ms_per_token=model.host_ms_per_token, host_background=background, host_stretch=stretch)
+def idle_rates(d: dict[str, Any]) -> dict[str, float]:
+    """CPU per second of each stack process in the 1 s windows with no request in flight."""
+    s, t0 = d["cpu_samples"], d["runnable"]["t0"]
+    edges = np.asarray([x["t"] - t0 for x in s])
+    quiet = ~_in_flight(d, edges)
+    dt = np.diff(edges)[quiet]
+    return {p: float(np.diff([x[p] for x in s])[quiet].sum() / max(dt.sum(), 1e-9)) for p in PROCS}
+
+
+def fit_costs(d: dict[str, Any], cores: int = 2) -> HostCosts:
+    """Per-operation CPU of each process from one calibration run: each process's CPU above its
+    idle rate, over the operations it served.  Embedding: the trace's samples (1 torch thread).
+    A pool call's gateway share is the cache lookup's wall time less the pool's CPU per call;
+    an emulator leg costs the same on both engines (same server code); the client parses a
+    streamed token like the gateway relays one."""
+    rows = [r for r in d["requests"] if r["ok"]]
+    idle, cpu, wall = idle_rates(d), d["cpu"], d["cpu"]["wall"]
+    net = {p: max(cpu[p] - idle[p] * wall, 0.0) for p in PROCS}
+    embeds = [r["timings_ms"]["embed"] for r in rows if "embed" in r["timings_ms"]]
+    dembeds = [x["embed_ms"] for r in rows for x in r["decode_retrievals"] if x.get("embed_ms")]
+    hits = sum(r["cache"] == "hit" for r in rows)
+    searches = sum("retrieval" in r["timings_ms"] for r in rows)
+    dsearch = sum(len(r["decode_retrievals"]) for r in rows)
+    prefills = sum("prefill" in r["timings_ms"] for r in rows)
+    lookups, inserts = len(embeds), prefills
+    pool_call = net["pool"] / max(lookups + searches + dsearch + inserts, 1)
+    lookup_ms = float(np.median([r["timings_ms"]["cache_lookup"] for r in rows if "cache_lookup" in r["timings_ms"]]))
+    gw_call = max(lookup_ms / 1e3 - pool_call, 0.0)
+    legs = prefills + prefills + dsearch
+    tokens = sum(r["output_tokens"] for r in rows)
+    decode_tokens = sum(r["output_tokens"] for r in rows if r["cache"] != "hit")
+    calls = lookups + searches + dsearch + inserts + legs
+    gw_rest = net["gateway"] - (sum(embeds) + sum(dembeds)) / 1e3 - gw_call * calls
+    gw_token = max(gw_rest, 0.0) / max(tokens, 1)
+    leg = net["prefill-0"] / max(prefills, 1)
+    dec_token = max(net["decode-0"] - leg * (prefills + dsearch), 0.0) / max(decode_tokens, 1)
+    client = max(net["driver"] - gw_token * tokens, 0.0) / max(len(rows), 1)
+    r = float(np.mean([x["prompt_tokens"] for x in rows if "retrieval" in x["timings_ms"]] or [0.0]))
+    q = float(np.mean([x["prompt_tokens"] for x in rows if "retrieval" not in x["timings_ms"] and x["cache"] != "hit"]
+                      or [r]))
+    ms = lambda s: round(s * 1e3, 4)  # noqa: E731
+    return HostCosts(cores=cores, embed_ms=tuple(embeds), decode_embed_ms=tuple(dembeds or embeds),
+                     client_request_ms=ms(client), client_token_ms=ms(gw_token), gateway_request_ms=0.0,
+                     gateway_call_ms=ms(gw_call), gateway_token_ms=ms(gw_token), pool_call_ms=ms(pool_call),
+                     prefill_leg_ms=ms(leg), decode_leg_ms=ms(leg), decode_token_ms=ms(dec_token),
+                     passage_tokens=max(int(round((r - q) / 4)), 1))
+
+
+def demo_config(costs: HostCosts, search: str = "search-cpu-demo", seed: int = 0, corpus: int = 4000) -> SimConfig:
+    mix = RetrievalMix(rag_share=0.5, cache_share=1.0, decode_share=0.2, decode_every=16, k=4, nprobe=1,
+                       cache_nprobe=1, decode_nprobe=1, passage_tokens=costs.passage_tokens, prefetch_tokens=4,
+                       rag_deadline_ms=300.0, cache_deadline_ms=300.0, decode_deadline_ms=500.0)
+    wl = WorkloadConfig(rate=1.0, duration_s=1.0, prompt=LengthDist("fixed", 16), output=LengthDist("fixed", 48),
+                        retrieval=mix)
+    cl = ClusterConfig(num_prefill=1, num_decode=1, num_vector=1, placement="cpu", policy="stage", cpu_search=search,
+                       cpu_cores=0, corpus_vectors=corpus, index="flat", target_iteration_ms=4.0, hop_ms=1.0)
     return SimConfig(wl, cl, SloConfig(1000.0, 100.0), seed=seed)
+
+
+def metrics(ttft_ms: list[float], tpot_ms: list[float]) -> dict[str, float]:
+    return {"p50_ttft_ms": float(np.median(ttft_ms)), "p99_ttft_ms": float(np.percentile(ttft_ms, 99)),
+            "mean_tpot_ms": float(np.mean(tpot_ms))}
 
 
 def measured_metrics(d: dict[str, Any]) -> dict[str, float]:
     return {"p50_ttft_ms": d["median_ttft_ms"], "p99_ttft_ms": d["p99_ttft_ms"], "mean_tpot_ms": d["mean_tpot_ms"]}
 
 
-def simulated_metrics(cfg: SimConfig, seeds: int = 5) -> dict[str, float]:
-    """The serve bench's definitions over ``seeds`` simulated runs (pooled requests)."""
+def simulate_run(d: dict[str, Any], costs: HostCosts, search: str = "search-cpu-demo", seeds: int = 3,
+                 background: str = "trace") -> dict[str, float]:
+    """The run replayed ``seeds`` times (pooled); ``background``: trace | raw | mean | none."""
+    w, steps = run_workload(d), background_steps(d, rescale=background != "raw")
+    if background == "mean":
+        costs = replace(costs, background=float(steps[1].mean()))
     ttft, tpot = [], []
     for seed in range(seeds):
-        res = simulate(SimConfig(cfg.workload, cfg.cluster, cfg.slo, seed=cfg.seed + seed))
-        for r in res.records:
-            ttft.append(r.ttft_s * 1e3)
-            if r.output_tokens > 1:
-                tpot.append(r.tpot_s * 1e3)
-    return {"p50_ttft_ms": float(np.median(ttft)), "p99_ttft_ms": float(np.percentile(ttft, 99)),
-            "mean_tpot_ms": float(np.mean(tpot))}
+        replay = steps if background in ("trace", "raw") else None
+        res = simulate_demo(demo_config(costs, search, seed), w, costs, replay)
+        ttft += [r.ttft_s * 1e3 for r in res.records]
+        tpot += [r.tpot_s * 1e3 for r in res.records if r.output_tokens > 1]
+    return metrics(ttft, tpot)
 
 
-def measured_breakdown(d: dict[str, Any]) -> dict[str, float]:
-    """The calibration inputs read off a measured run: median embed time, and prompt tokens by class."""
-    rng = random.Random(0)
-    names, weights = zip(*d["mix"].items())
-    classes = rng.choices(names, weights, k=d["num_prompts"])  # NOTE: as trinity.bench.serve_load draws them
-    lens: dict[str, list[int]] = {}
-    for c, n in zip(classes, d["input_lens"]):
-        lens.setdefault(c, []).append(n)
-    query = float(np.mean(lens.get("plain", [13])))
-    rag = float(np.mean(lens.get("rag", [query + 4 * 34])))
-    embed, decode_embed = d.get("mean_retrieval_prefill_embed_ms", 21.5), d.get("mean_retrieval_decode_embed_ms", 36.0)
-    return {"embed_ms": embed, "decode_embed_ms": decode_embed, "query_tokens": query, "passage_tokens": (rag - query) / 4,
-            "embed_cv": d.get("std_retrieval_prefill_embed_ms", 0.0) / max(embed, 1e-9)}
+def load_runs(paths: list[Path]) -> list[dict[str, Any]]:
+    runs = []
+    for p in paths:
+        d = json.loads(Path(p).read_text())
+        if "requests" not in d:
+            raise ValueError(f"{p}: no per-request trace (measure it with `trinity sim measure`)")
+        runs.append({**d, "file": str(p)})
+    return runs
 
 
-def validate(paths: list[Path], model: DemoModel, search: str = "search-cpu-calibrated",
-             seeds: int = 5) -> list[dict[str, Any]]:
+def validate(paths: list[Path], costs: HostCosts, search: str = "search-cpu-demo", seeds: int = 3,
+             background: str = "trace") -> dict[str, Any]:
+    """Per run and per rate (medians over the repeats, with the measured spread)."""
+    runs = []
+    for d in load_runs(paths):
+        meas, sim = measured_metrics(d), simulate_run(d, costs, search, seeds, background)
+        other = float(background_steps(d)[1].mean())
+        runs.append({"rate": float(d["request_rate"]), "file": d["file"], "num_requests": len(d["requests"]),
+                     "background_threads": other, "measured": meas, "simulated": sim})
     rows = []
-    for path in paths:
-        d = json.loads(Path(path).read_text())
-        meas = measured_metrics(d)
-        bg = background_share(d, model)
-        # NOTE: processor sharing: host work (fitted under the calibration run's load) slows with the load average
-        stretch = load_of(d) / model.calibration_load if model.calibration_load else 1.0
-        sim = simulated_metrics(demo_config(d["request_rate"], d["num_prompts"], model, search, background=bg,
-                                            stretch=stretch), seeds)
-        for key in meas:
-            rows.append({"rate": d["request_rate"], "metric": key, "measured": meas[key], "simulated": sim[key],
-                         "error": (sim[key] - meas[key]) / meas[key], "background": bg, "load": load_of(d),
-                         "stretch": stretch, "file": str(path)})
-    return rows
-
-
-def fit_demo_model(path: Path, search: str = "search-cpu-calibrated", seeds: int = 5,
-                   cpu_ms_per_request: float = 0.0, scale_load: bool = True) -> tuple[DemoModel, dict]:
-    """Gateway costs from one calibration run: embedding and prompt sizes read off its trace;
-    the HTTP leg time and the spread of these costs fitted to its p50 / p99 TTFT (grid)."""
-    d = json.loads(Path(path).read_text())
-    b = measured_breakdown(d)
-    meas = measured_metrics(d)
-    # NOTE: the stack's CPU per request beyond the embeddings is charged to the streamed tokens
-    embeds = b["embed_ms"] + 0.2 * (48 // 16 - 1) * b["decode_embed_ms"]
-    per_token = max(cpu_ms_per_request - embeds, 0.0) / 48
-    best: tuple[float, DemoModel, dict] | None = None
-    for hop in (0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0):
-        for cv in (0.3, 0.5, 0.7, 0.9, 1.1, 1.4):
-            m = DemoModel(embed_ms=b["embed_ms"], decode_embed_ms=b["decode_embed_ms"], hop_ms=hop, overhead_cv=cv,
-                          query_tokens=int(round(b["query_tokens"])), passage_tokens=int(round(b["passage_tokens"])),
-                          host_ms_per_token=per_token, cpu_ms_per_request=cpu_ms_per_request,
-                          calibration_load=load_of(d) if scale_load else 0.0)
-            sim = simulated_metrics(demo_config(d["request_rate"], d["num_prompts"], m, search,
-                                                background=background_share(d, m)), seeds)
-            err = max(abs(sim[k] - meas[k]) / meas[k] for k in ("p50_ttft_ms", "p99_ttft_ms"))
-            if best is None or err < best[0]:
-                best = (err, m, sim)
-    assert best is not None
-    return best[1], {"measured": meas, "simulated": best[2], "max_ttft_error": best[0], "breakdown": b}
+    for rate in sorted({r["rate"] for r in runs}):
+        group = [r for r in runs if r["rate"] == rate]
+        for m in METRICS:
+            meas = np.asarray([r["measured"][m] for r in group])
+            sim = np.asarray([r["simulated"][m] for r in group])
+            mm, sm = float(np.median(meas)), float(np.median(sim))
+            rows.append({"rate": rate, "metric": m, "repeats": len(group), "measured": mm,
+                         "measured_min": float(meas.min()),
+                         "measured_max": float(meas.max()), "spread": float((meas.max() - meas.min()) / mm),
+                         "simulated": sm, "error": sm / mm - 1.0,
+                         "run_errors": [float(s / x - 1.0) for s, x in zip(sim, meas)]})
+    return {"runs": runs, "rows": rows}
