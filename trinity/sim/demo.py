@@ -85,15 +85,7 @@ class EmuDecode(DecodeNode):
                 s.extra_prefill = 0
                 s.generated += 1
                 self.on_emit(s)
-                if s.generated >= s.max_tokens:
-                    self.running.remove(s)
-                    self.in_flight -= 1
-                    s.done.succeed(env.now)
-                elif s.on_token is not None:
-                    stall = s.on_token(s)
-                    if stall is not None:
-                        self.running.remove(s)
-                        stall.callbacks.append(lambda _, s=s: self.resume(s))
+                self._after_token(s)
 
 
 class DemoCluster(Cluster):

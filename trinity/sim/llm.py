@@ -149,13 +149,17 @@ class DecodeNode(_Node):
                 s.extra_prefill = 0
                 s.generated += 1
                 s.token_times.append(env.now)
-                if s.generated >= s.max_tokens:
-                    self.running.remove(s)
-                    self.in_flight -= 1
-                    s.done.succeed(env.now)
-                elif s.on_token is not None:
-                    stall = s.on_token(s)
-                    if stall is not None:
-                        s.stalled = True
-                        self.running.remove(s)
-                        stall.callbacks.append(lambda _, s=s: self.resume(s))
+                self._after_token(s)
+
+    def _after_token(self, s: Seq) -> None:
+        """``s`` emitted a token: it finishes, stalls on a decode-time retrieval, or runs on."""
+        if s.generated >= s.max_tokens:
+            self.running.remove(s)
+            self.in_flight -= 1
+            s.done.succeed(self.env.now)
+        elif s.on_token is not None:
+            stall = s.on_token(s)
+            if stall is not None:
+                s.stalled = True
+                self.running.remove(s)
+                stall.callbacks.append(lambda _, s=s: self.resume(s))
