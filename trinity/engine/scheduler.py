@@ -32,7 +32,7 @@ import numpy as np
 from trinity.engine.collections import Collections
 from trinity.engine.config import SchedulerConfig
 from trinity.engine.cost_model import IterationCostModel, IterationSample
-from trinity.engine.intake import admit_batch, fail_table
+from trinity.engine.intake import Intake
 from trinity.engine.overload import demote_hopeless
 from trinity.engine.plan import Expiry, IterationPlan, NewRequest, RideWork, RunnerOutput
 from trinity.engine.progress import ProgressTable
@@ -44,7 +44,7 @@ from trinity.errors import ErrorCode
 Finished = tuple[SearchRequest, "np.ndarray | None", "np.ndarray | None"]  # (request, scores, ids)
 
 
-class Scheduler:
+class Scheduler(Intake):
     """Owns request progress and policy; never touches vectors."""
 
     def __init__(self, config: SchedulerConfig, collections: Collections,
@@ -69,10 +69,6 @@ class Scheduler:
     # ------------------------------------------------------------------ admission
     def add_request(self, req: SearchRequest) -> None:
         self.add_requests([req])
-
-    def add_requests(self, reqs: list[SearchRequest]) -> None:
-        """Admit ``reqs`` (or finish them at once as rejected / failed / empty); see ``pop_finished``."""
-        admit_batch(self, reqs, self.clock())
 
     def abort(self, request_id: str) -> bool:
         """Abort an active request; its slot is free at once."""
@@ -123,7 +119,8 @@ class Scheduler:
         keyed = [(key, r) for (key, _), r in heapq.merge(
             keyed, self.waiting.head(self.config.max_num_waiting_considered), key=itemgetter(0))]
         if self.config.stage_aware and self.scan_rate and self._saturated:
-            keyed = demote_hopeless(keyed, self.budget_vectors / max(self.iteration_s, 1e-6), now + 2 * self.iteration_s)
+            rate = self.budget_vectors / max(self.iteration_s, 1e-6)
+            keyed = demote_hopeless(keyed, rate, now + 2 * self.iteration_s)
         candidates = [r for _, r in self._admissible(keyed)]
         closing: list[SearchRequest] = []
         windows = self._open_windows(candidates, closing)
@@ -199,7 +196,7 @@ class Scheduler:
             table = self.tables.get(name)
             if table is None or table.generation != self.collections.generation(name):
                 if table is not None:
-                    fail_table(self, name)
+                    self._fail_table(name)
                 continue
             stats = self.collections.stats(name)
             sizes = stats.unit_sizes
