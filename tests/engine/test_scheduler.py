@@ -619,4 +619,7 @@ def test_aging_lifts_priority_not_urgency(clock):
     clock.advance(0.09)
     now = clock()
     assert sched.waiting.key(slack, now)[0] == 0, "aged to the top"
-    assert not sched.urgent(slack, now) and sched.urgent(decode, now) and sched.urgent(late, now)
+    sched._saturated = True
+    reqs = [slack, decode, late]
+    window = sched._open_window(reqs, [])
+    assert sched._claims(reqs, window.groups, now).eligible.tolist() == [False, True, True]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from trinity.engine import RequestStatus, Scheduler, SearchRunner, Stage
-from trinity.engine.window import ListWindow
+from trinity.engine.window import Claims, Riders, Window
 
 from .fake_runner import FakeRunner
 from .helpers import FakeClock, drive, fixed_budget, make_collections
@@ -66,21 +66,28 @@ def test_a_binding_budget_takes_riders_in_priority_order():
     assert top.request_id == order[0] and top.units == tuple(range(len(top.units)))
 
 
-def test_window_claim_is_forced_for_the_first_item_only_for_the_claimant():
+def window_of(sched: Scheduler, reqs: list, read_weight: float) -> Window:
+    """One window over ``reqs`` (in this priority order) of the IVF collection."""
+    cols, n = sched.collections, len(reqs)
+    riders = Riders(IVF, cols.stats(IVF).unit_sizes, sched.tables[IVF], tuple(r.request_id for r in reqs),
+                    np.array([r.slot for r in reqs]), np.arange(n), share=True)
+    return Window([riders], read_weight)
+
+
+def test_only_the_first_claim_is_forced_past_the_budget_and_alone():
     clock = FakeClock()
     cols = make_collections(IVF)
-    runner = FakeRunner(cols, clock=clock)
     sched = Scheduler(fixed_budget(10_000_000), cols, clock)
-    reqs = joined_requests(clock, sched, runner, 4, nprobe=64)
+    reqs = joined_requests(clock, sched, FakeRunner(cols, clock=clock), 4, nprobe=64)
     sizes = cols.stats(IVF).unit_sizes
-    window = ListWindow(IVF, sizes, reqs, list(range(len(reqs))), sched.tables[IVF], read_weight=0.5)
-    assert window.claim(reqs[1], budget_left=1.0, force=False) is None
-    charge = window.claim(reqs[0], budget_left=1.0, force=True)
+    window = window_of(sched, reqs, read_weight=0.5)
+    ones = np.ones(4, dtype=bool)
+    charge, forced = window.plan(Claims(np.zeros(4, dtype=np.int64), ones, ~ones), budget=1.0)
     first = int(reqs[0].unit_ids[0])
-    assert charge == sizes[first] * 1.5
-    head, rest = window.work()
+    assert forced and charge == sizes[first] * 1.5
+    heads, (rest,) = window.work()
     ((_, only),) = rest.items()
-    assert head is None
+    assert not heads
     assert only.request_id == reqs[0].request_id and only.units == (0,)
 
 
@@ -128,16 +135,16 @@ def test_fill_prefers_lists_that_finish_requests():
     clock = FakeClock()
     cols = make_collections(IVF)
     sched = Scheduler(fixed_budget(10_000_000), cols, clock)
-    runner = FakeRunner(cols, clock=clock)
-    few, many = joined_requests(clock, sched, runner, 2, nprobe=[2, 64])
+    few, many = joined_requests(clock, sched, FakeRunner(cols, clock=clock), 2, nprobe=[2, 64])
     sizes = cols.stats(IVF).unit_sizes
-    window = ListWindow(IVF, sizes, [few, many], [0, 1], sched.tables[IVF], read_weight=1.0)
-    # a budget for exactly few's two lists (with their riders): the fill takes those
-    # (worth 1/2 each to `few`) before any list only `many` needs (worth 1/64)
+    window = window_of(sched, [few, many], read_weight=1.0)
+    # a budget for exactly few's two lists (with both riders): with no claims the fill takes
+    # those (worth 1/2 each to `few`) before any list only `many` needs (worth 1/64)
     mine = few.unit_ids
-    window.fill(float((sizes[mine] * (1.0 + window.demand[mine])).sum()))
-    assert window.chosen[mine].all()
-    assert set(window.work()[1].request_ids) >= {few.request_id}
+    none = np.zeros(2, dtype=bool)
+    window.plan(Claims(np.full(2, -1), none, none), budget=float((sizes[mine] * 3.0).sum()))
+    assert window.chosen[mine].all() and window.chosen.sum() == 2
+    assert set(window.work()[1][0].request_ids) >= {few.request_id}
 
 
 def test_tight_deadline_lookups_go_in_the_head_under_load():

@@ -38,7 +38,7 @@ from trinity.engine.plan import Expiry, IterationPlan, NewRequest, RideWork, Run
 from trinity.engine.progress import ProgressTable
 from trinity.engine.queue import WaitQueue, level
 from trinity.engine.request import RequestStatus, SearchRequest
-from trinity.engine.window import ListWindow
+from trinity.engine.window import Claims, Riders, Window
 from trinity.errors import ErrorCode
 
 Finished = tuple[SearchRequest, "np.ndarray | None", "np.ndarray | None"]  # (request, scores, ids)
@@ -93,16 +93,6 @@ class Scheduler(Intake):
     def has_work(self) -> bool:
         return bool(self.requests)
 
-    def urgent(self, req: SearchRequest, now: float) -> bool:
-        """Claims now even under load (rather than riding along): FIFO mode, decode level (by
-        stage or deadline window; aging lifts priority, not urgency), no deadline (no slack to
-        spend), or less than ``urgent_share`` of its window left."""
-        if not self.config.stage_aware or self.level(req) == 0 or req.deadline is None:
-            return True
-        need = req.remaining_cost() / self.scan_rate if self.scan_rate else 0.0
-        window = req.deadline - req.arrival_time
-        return req.deadline - now <= max(self.config.urgent_share * window, 4 * self.iteration_s + 2 * need)
-
     def level(self, req: SearchRequest) -> int:
         return level(req, self.config.urgent_deadline_ms / 1e3)
 
@@ -123,27 +113,10 @@ class Scheduler(Intake):
             keyed = demote_hopeless(keyed, rate, now + 2 * self.iteration_s)
         candidates = [r for _, r in self._admissible(keyed)]
         closing: list[SearchRequest] = []
-        windows = self._open_windows(candidates, closing)
-        budget_left, planned, forced = float(self.budget_vectors), 0.0, False
-        for req in candidates:
-            window = windows.get(req.collection)
-            if window is None or budget_left <= 0:
-                continue
-            first = planned == 0
-            if not first and (window.cut or self._saturated and not self.urgent(req, now)):
-                continue  # NOTE: lower priorities only ride once the budget bound, slack rides under load
-            charge = window.claim(req, budget_left, force=first, head=self.config.stage_aware and self.level(req) == 0)
-            if charge is not None:
-                forced |= first and charge > budget_left
-                planned, budget_left = planned + charge, budget_left - charge
-        exhausted, head_rides, rides = False, [], []
-        for window in windows.values():
-            charge = window.fill(budget_left)
-            planned, budget_left = planned + charge, budget_left - charge
-            exhausted |= window.cut
-            head_ride, ride = window.work()
-            head_rides += [head_ride] if head_ride is not None else []
-            rides += [ride] if ride is not None else []
+        window = self._open_window(candidates, closing)
+        planned, forced = window.plan(self._claims(candidates, window.groups, now), self.budget_vectors)
+        head_rides, rides = window.work()
+        exhausted = window.exhausted
         new = self._mark_scheduled(candidates, head_rides + rides, now, exhausted)
         # NOTE: "under load" needs a binding budget and iterations that actually run long: at
         # light load the fit extrapolates from tiny iterations and must not make slack wait.
@@ -183,15 +156,15 @@ class Scheduler(Intake):
             out.append(item)
         return out
 
-    def _open_windows(self, candidates: list[SearchRequest], closing: list[SearchRequest]) -> dict[str, ListWindow]:
-        """A window per collection over its candidates; requests on a collection that is gone
+    def _open_window(self, candidates: list[SearchRequest], closing: list[SearchRequest]) -> Window:
+        """The iteration's window over its candidates; requests on a collection that is gone
         fail, and those left without units by a flat collection that shrank close."""
         riders: dict[str, tuple[list[SearchRequest], list[int]]] = {}
         for rank, req in enumerate(candidates):
             group = riders.setdefault(req.collection, ([], []))
             group[0].append(req)
             group[1].append(rank)
-        windows = {}
+        groups = []
         for name, (reqs, ranks) in riders.items():
             table = self.tables.get(name)
             if table is None or table.generation != self.collections.generation(name):
@@ -199,9 +172,8 @@ class Scheduler(Intake):
                     self._fail_table(name)
                 continue
             stats = self.collections.stats(name)
-            sizes = stats.unit_sizes
             slots = np.fromiter((r.slot for r in reqs), dtype=np.int64, count=len(reqs))
-            if table.skip_missing(slots, sizes.size):  # a flat collection shrank under its scans
+            if table.skip_missing(slots, stats.unit_sizes.size):  # a flat collection shrank under its scans
                 for r in [r for r in reqs if r.num_units_left == 0]:
                     if r.request_id in self.joined:
                         closing.append(r)
@@ -209,10 +181,32 @@ class Scheduler(Intake):
                         self._finish(r, RequestStatus.FINISHED_PARTIAL, message="collection shrank before any scan")
                 ranks = [k for k, r in zip(ranks, reqs) if r.num_units_left]
                 reqs = [r for r in reqs if r.num_units_left]
+                slots = np.fromiter((r.slot for r in reqs), dtype=np.int64, count=len(reqs))
             if reqs:
-                windows[name] = ListWindow(name, sizes, reqs, ranks, table, self.read_weight,
-                                           share=stats.kind == "flat" or not self._saturated)
-        return windows
+                groups.append(Riders(name, stats.unit_sizes, table, tuple(r.request_id for r in reqs), slots,
+                                     np.asarray(ranks, dtype=np.int64), stats.kind == "flat" or not self._saturated))
+        return Window(groups, self.read_weight)
+
+    def _claims(self, candidates: list[SearchRequest], groups: list[Riders], now: float) -> Claims:
+        """How each candidate may claim.  *Urgent* ones claim even under load (rather than
+        riding along): FIFO mode, decode level (by stage or deadline window; aging lifts
+        priority, not urgency), no deadline (no slack to spend), or less than ``urgent_share``
+        of the window left (at least 4 iterations plus twice its remaining scan)."""
+        n, cfg = len(candidates), self.config
+        window = np.full(n, -1, dtype=np.int64)
+        remaining = np.zeros(n)
+        for i, g in enumerate(groups):
+            window[g.ranks] = i
+            remaining[g.ranks] = g.table.remaining[g.slots]
+        deadline = np.fromiter((math.inf if r.deadline is None else r.deadline for r in candidates), float, n)
+        span = deadline - np.fromiter((r.arrival_time for r in candidates), float, n)
+        top = (span <= cfg.urgent_deadline_ms / 1e3) | (np.fromiter((r.stage for r in candidates), np.int64, n) == 0)
+        if not cfg.stage_aware:
+            return Claims(window, np.ones(n, dtype=bool), np.zeros(n, dtype=bool))
+        need = remaining / self.scan_rate if self.scan_rate else 0.0
+        urgent = top | np.isinf(deadline) | (deadline - now <= np.maximum(cfg.urgent_share * span,
+                                                                          4 * self.iteration_s + 2 * need))
+        return Claims(window, urgent | (not self._saturated), top)
 
     def _mark_scheduled(self, candidates: list[SearchRequest], rides: list[RideWork], now: float,
                         exhausted: bool) -> tuple[NewRequest, ...]:

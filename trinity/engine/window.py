@@ -1,8 +1,9 @@
 """Shared scans: which units (IVF lists, flat chunks) one iteration reads, and who rides along.
 
-Each iteration opens a *window* per collection; every candidate request that still needs a
-unit in the window rides along, and the runner reads each unit once for all its riders
-(at 200k x 384 the reads, not the arithmetic, bound the scan).  Units enter the window:
+Each iteration opens one window over the units of every collection with candidates; every
+candidate that still needs a unit in the window rides along, and the runner reads each unit
+once for all its riders (at 200k x 384 the reads, not the arithmetic, bound the scan).
+Units enter the window:
 
 * by *claims*, in priority order: a request adds its unseen units best first, so the most
   urgent answers stay anytime prefixes;
@@ -11,143 +12,219 @@ unit in the window rides along, and the runner reads each unit once for all its 
   completes), so requests finish and leave.
 
 A unit costs ``size * read_weight`` pair equivalents to read plus ``size`` per rider.
-A claim takes the claimer's units with every rider when the window *shares* -- flat
-windows (every flat request needs every chunk) and IVF windows at light load -- and with
-the riders ahead of it in priority order only otherwise: under load a later urgent claim
-is not crowded out by an earlier claim's riders, and the fill adds riders by what
-completes requests.  Once a claimer cannot take all its units, claiming stops.  The units
-of claims that complete a *head* request (whose answer cannot wait for the rest of the
-iteration) form the head sub-plan, run first with all their riders.
+A claim takes the claimer's units with every rider when its collection *shares* -- flat
+collections (every flat request needs every chunk) and IVF at light load -- and with the
+riders ahead of it in priority order only otherwise: under load a later urgent claim is not
+crowded out by an earlier claim's riders, and the fill adds riders by what completes
+requests.  Once a claimer cannot take all its units, claiming in its collection stops.  The
+units of claims that complete a *head* request (whose answer cannot wait for the rest of
+the iteration) form the head sub-plan, run first with all their riders.
+
+The pairs (rider, unit) are gathered from the progress tables with a few array calls per
+collection; claims and fill are one compiled call, whatever the number of requests.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numba
 import numpy as np
 
 from trinity.engine.plan import RideWork
 from trinity.engine.progress import ProgressTable
-from trinity.engine.request import SearchRequest
 
 
-class ListWindow:
-    """The window of one collection for one iteration; riders in priority order."""
+@dataclass(frozen=True, eq=False)
+class Riders:
+    """One collection's candidates for an iteration, in priority order."""
 
-    def __init__(self, collection: str, unit_sizes: np.ndarray, riders: list[SearchRequest], ranks: list[int],
-                 table: ProgressTable, read_weight: float, share: bool = True) -> None:
-        self.collection, self.riders, self.sizes, self.read_weight = collection, riders, unit_sizes, read_weight
-        self.ranks = np.asarray(ranks, dtype=np.int64)
-        self.index = {r.request_id: i for i, r in enumerate(riders)}
-        self.slots = np.fromiter((r.slot for r in riders), dtype=np.int64, count=len(riders))
-        nunits = unit_sizes.size
-        rid, pos = np.nonzero(~table.seen[self.slots])  # rider by rider, positions ascending
-        lid = table.unit_ids[self.slots[rid], pos]
-        self.left = np.bincount(rid, minlength=len(riders))
-        self._rider_ptr = np.zeros(len(riders) + 1, dtype=np.int64)
-        np.cumsum(self.left, out=self._rider_ptr[1:])
-        # A stable sort by unit keeps each unit's riders in priority order (radix sort on int16).
-        order = np.argsort(lid.astype(np.int16) if nunits <= np.iinfo(np.int16).max else lid, kind="stable")
-        self._rider_pairs = np.empty_like(order)  # per rider (a CSR by _rider_ptr): its pairs, best first
-        self._rider_pairs[order] = np.arange(order.size)
-        self.pair_rider, self.pair_unit, self.pair_pos = rid[order], lid[order], pos[order]
-        self.demand = np.bincount(self.pair_unit, minlength=nunits)
-        self.unit_ptr = np.zeros(nunits + 1, dtype=np.int64)
-        np.cumsum(self.demand, out=self.unit_ptr[1:])
-        per_pair = 1.0 / np.maximum(self.left, 1).astype(np.float64)
-        self.worth = np.bincount(self.pair_unit, weights=per_pair[self.pair_rider], minlength=nunits)
+    collection: str
+    unit_sizes: np.ndarray  # int64 vectors per unit of the collection
+    table: ProgressTable
+    request_ids: tuple[str, ...]
+    slots: np.ndarray  # int64 per rider
+    ranks: np.ndarray  # int64 per rider: its place in the iteration's priority order
+    share: bool  # claims take every rider of their units (else the riders ahead only)
+
+
+@dataclass(frozen=True)
+class Claims:
+    """Per rank of the iteration's priority order: how it may claim (ranks without riders: -1)."""
+
+    window: np.ndarray  # int64 index of its Riders group, -1 for none
+    eligible: np.ndarray  # bool: may claim after the first claim (urgent, or not under load)
+    head: np.ndarray  # bool: a claim that completes it goes in the head
+
+
+class Window:
+    """The units one iteration reads, over the riders of every collection."""
+
+    def __init__(self, groups: list[Riders], read_weight: float) -> None:
+        self.groups, self.read_weight = groups, read_weight
+        parts, offset = [], 0
+        for g in groups:
+            rid, pos = np.nonzero(~g.table.seen[g.slots])  # rider by rider, positions ascending
+            parts.append((rid, pos, g.table.unit_ids[g.slots[rid], pos], offset))
+            offset += g.unit_sizes.size
+        self.parts = parts
+        self.bounds = np.cumsum([0] + [p[0].size for p in parts])
+        self.pair_rank = np.concatenate([g.ranks[rid] for g, (rid, *_) in zip(groups, parts)] or [np.zeros(0, int)])
+        self.pair_unit = np.concatenate([lid + off for _, _, lid, off in parts] or [np.zeros(0, int)])
+        self.sizes = np.concatenate([g.unit_sizes for g in groups] or [np.zeros(0, int)]).astype(np.int64)
+        self.unit_window = np.repeat(np.arange(len(groups)), [g.unit_sizes.size for g in groups])
         self.take = np.zeros(self.pair_unit.size, dtype=bool)
-        self.chosen = np.zeros(nunits, dtype=bool)
-        self.head = np.zeros(nunits, dtype=bool)
-        self.cut = False  # a claim did not fit: the budget bound this iteration
-        self.share = share  # claims take every rider of their units (else the riders ahead only)
+        self.chosen = np.zeros(self.sizes.size, dtype=bool)
+        self.head = np.zeros(self.sizes.size, dtype=bool)
+        self.cut = np.zeros(len(groups), dtype=bool)
 
-    def claim(self, req: SearchRequest, budget_left: float, force: bool, head: bool = False) -> float | None:
-        """Take ``req``'s unseen units, best first, while they fit; return the charge, or
-        ``None`` if ``req`` gets nothing this iteration.
+    def plan(self, claims: Claims, budget: float) -> tuple[float, bool]:
+        """Claims in priority order, then the fill; return ``(charge, forced)``: forced when
+        the iteration's first claim went past the budget (the progress guarantee)."""
+        share = np.array([g.share for g in self.groups], dtype=bool)
+        planned, forced = _plan(self.pair_rank, self.pair_unit, self.sizes, self.unit_window, share, claims.window,
+                                claims.eligible, claims.head, float(budget), float(self.read_weight),
+                                self.take, self.chosen, self.head, self.cut)
+        return planned, forced
 
-        A unit read for an earlier claim costs ``req`` its scan; a new one its read too, with
-        every rider when the window shares, with the riders ahead of ``req`` otherwise.
-        With ``force`` (the iteration's first claim: the progress guarantee) ``req``'s next
-        unit is scanned even past the budget.  With ``head``, a claim that completes ``req``
-        puts its units in the head sub-plan.
-        """
-        me = self.index[req.request_id]
-        mine = self._rider_pairs[self._rider_ptr[me]:self._rider_ptr[me + 1]]
-        todo = mine[~self.take[mine]]
-        units = self.pair_unit[todo]
-        read = ~self.chosen[units]
-        riders = np.where(read, self.demand[units] if self.share else todo - self.unit_ptr[units] + 1, 1)
-        cum = np.cumsum(self.sizes[units] * (self.read_weight * read + riders))
-        n = int(np.searchsorted(cum, budget_left, side="right"))
-        self.cut |= n < todo.size
-        if n == 0 and not (force and todo.size):
-            return 0.0 if self.take[mine].any() else None
-        fresh = read[:n]
+    @property
+    def exhausted(self) -> bool:
+        """A claim or fill did not fit: the budget bound this iteration."""
+        return bool(self.cut.any())
+
+    def work(self) -> tuple[list[RideWork], list[RideWork]]:
+        """Each collection's positions taken as ``(head, rest)`` CSRs (riders in priority
+        order); a rider completes in the last part that holds its positions."""
+        heads, rests = [], []
+        for g, (rid, pos, lid, _), lo, hi in zip(self.groups, self.parts, self.bounds[:-1], self.bounds[1:]):
+            take = self.take[lo:hi]
+            in_head = take & self.head[self.pair_unit[lo:hi]]
+            in_rest = take & ~in_head
+            n = len(g.request_ids)
+            num_head = np.bincount(rid[in_head], minlength=n)
+            num_rest = np.bincount(rid[in_rest], minlength=n)
+            done = num_head + num_rest == np.bincount(rid, minlength=n)
+            for out, sel, counts, completes in ((heads, in_head, num_head, done & (num_rest == 0)),
+                                                (rests, in_rest, num_rest, done)):
+                some = np.flatnonzero(counts)
+                if some.size:
+                    ptr = np.zeros(some.size + 1, dtype=np.int64)
+                    np.cumsum(counts[some], out=ptr[1:])
+                    out.append(RideWork(g.collection, tuple(g.request_ids[i] for i in some.tolist()), ptr, pos[sel],
+                                        lid[sel], completes[some], g.ranks[some], g.slots[some]))
+        return heads, rests
+
+
+@numba.njit(cache=True, nogil=True)
+def _plan(pair_rank, pair_unit, sizes, unit_window, share, rank_window, eligible, heads, budget, read_weight,
+          take, chosen, head, cut):
+    num_ranks, num_units, num_pairs = rank_window.size, sizes.size, pair_unit.size
+    left = np.zeros(num_ranks, np.int64)
+    start = np.zeros(num_ranks, np.int64)
+    demand = np.zeros(num_units, np.int64)
+    for p in range(num_pairs - 1, -1, -1):  # a rank's pairs are contiguous, positions ascending
+        left[pair_rank[p]] += 1
+        start[pair_rank[p]] = p
+        demand[pair_unit[p]] += 1
+    unit_ptr = np.zeros(num_units + 1, np.int64)
+    unit_ptr[1:] = np.cumsum(demand)
+    by_unit = np.empty(num_pairs, np.int64)  # per unit, its riders in priority order
+    rank_in_unit = np.empty(num_pairs, np.int64)
+    cursor = unit_ptr[:-1].copy()
+    for p in range(num_pairs):
+        u = pair_unit[p]
+        by_unit[cursor[u]] = p
+        rank_in_unit[p] = cursor[u] - unit_ptr[u]
+        cursor[u] += 1
+    worth = np.zeros(num_units)
+    rank_ptr = np.zeros(num_ranks + 1, np.int64)
+    rank_ptr[1:] = np.cumsum(left)
+    by_rank = np.empty(num_pairs, np.int64)  # per rank, its pairs by unit
+    cursor = rank_ptr[:-1].copy()
+    for i in range(num_pairs):
+        p = by_unit[i]
+        r = pair_rank[p]
+        worth[pair_unit[p]] += 1.0 / max(left[r], 1)
+        by_rank[cursor[r]] = p
+        cursor[r] += 1
+
+    todo = np.empty(num_pairs, np.int64)
+    planned, budget_left, forced = 0.0, budget, False
+    for r in range(num_ranks):
+        w = rank_window[r]
+        if w < 0 or budget_left <= 0:
+            continue
+        first = planned == 0
+        if not first and (cut[w] or not eligible[r]):
+            continue
+        s, e = start[r], start[r] + left[r]
+        num_todo = 0
+        for p in range(s, e):
+            if not take[p]:
+                todo[num_todo] = p
+                num_todo += 1
+        cum, n, charge = 0.0, 0, 0.0
+        for i in range(num_todo):
+            p, u = todo[i], pair_unit[todo[i]]
+            riders = 1 if chosen[u] else (demand[u] if share[w] else rank_in_unit[p] + 1)
+            cum += sizes[u] * (read_weight * (not chosen[u]) + riders)
+            if cum > budget_left:
+                break
+            n, charge = n + 1, cum
+        cut[w] |= n < num_todo
+        if n == 0 and not (first and num_todo):
+            continue
         if n == 0:  # forced: its next unit, this request alone
-            n, fresh, cum = 1, np.zeros(1, dtype=bool), self.sizes[units[:1]] * (self.read_weight * read[:1] + 1.0)
-        self.take[_ranges(self.unit_ptr[units[:n][fresh]], riders[:n][fresh])] = True
-        self.take[todo[:n]] = True
-        self.chosen[units[:n]] = True
-        charge = float(cum[n - 1])
-        if head and self.take[mine].all():
-            self.head[self.pair_unit[mine]] = True
-        return charge
+            u = pair_unit[todo[0]]
+            charge = sizes[u] * (read_weight * (not chosen[u]) + 1.0)
+            take[todo[0]], chosen[u] = True, True
+        for i in range(n):
+            p, u = todo[i], pair_unit[todo[i]]
+            if not chosen[u]:
+                for j in range(unit_ptr[u], unit_ptr[u] + (demand[u] if share[w] else rank_in_unit[p] + 1)):
+                    take[by_unit[j]] = True
+                chosen[u] = True
+            take[p] = True
+        if heads[r] and take[s:e].all():
+            for p in range(s, e):
+                head[pair_unit[p]] = True
+        forced |= first and charge > budget_left
+        planned, budget_left = planned + charge, budget_left - charge
 
-    def fill(self, budget_left: float) -> float:
-        """Spend what is left: first on more riders of units already read (in priority order),
-        then on the units worth most to their riders; return the charge."""
-        pairs = np.flatnonzero(~self.take & self.chosen[self.pair_unit])
-        pairs = pairs[np.argsort(self.pair_rider[pairs], kind="stable")]
-        cum = np.cumsum(self.sizes[self.pair_unit[pairs]])
-        n = int(np.searchsorted(cum, budget_left, side="right"))
-        self.take[pairs[:n]] = True
-        charge = float(cum[n - 1]) if n else 0.0
-        self.cut |= n < pairs.size
-        return charge + self._fill_new(budget_left - charge)
-
-    def _fill_new(self, budget_left: float) -> float:
-        open_ = np.flatnonzero((self.demand > 0) & ~self.chosen)
-        if open_.size == 0 or budget_left <= 0:
-            return 0.0
-        order = open_[np.argsort(-self.worth[open_], kind="stable")]
-        cum = np.cumsum(self.sizes[order] * (self.read_weight + self.demand[order]))
-        n = int(np.searchsorted(cum, budget_left, side="right"))
-        self.cut |= n < order.size
-        self._choose(order[:n])
-        return float(cum[n - 1]) if n else 0.0
-
-    def _choose(self, units: np.ndarray) -> None:
-        """Read ``units`` this iteration, for every rider that needs them."""
-        if units.size:
-            mask = np.zeros(self.chosen.size, dtype=bool)
-            mask[units] = True
-            self.take |= mask[self.pair_unit]
-            self.chosen[units] = True
-
-    def work(self) -> tuple[RideWork | None, RideWork | None]:
-        """The riders' positions taken this iteration as ``(head, rest)`` CSRs (riders in
-        priority order); a rider completes in the last part that holds its positions."""
-        in_head = self.take & self.head[self.pair_unit]
-        in_rest = self.take & ~in_head
-        num_head = np.bincount(self.pair_rider[in_head], minlength=len(self.riders))
-        num_rest = np.bincount(self.pair_rider[in_rest], minlength=len(self.riders))
-        done = num_head + num_rest == self.left
-        return (self._ride(in_head, num_head, done & (num_rest == 0)), self._ride(in_rest, num_rest, done))
-
-    def _ride(self, sel: np.ndarray, counts: np.ndarray, done: np.ndarray) -> RideWork | None:
-        sel = np.flatnonzero(sel)
-        if sel.size == 0:
-            return None
-        riders, units = self.pair_rider[sel], self.pair_pos[sel]
-        order = np.lexsort((units, riders))  # by rider, positions ascending
-        sel = sel[order]
-        some = np.flatnonzero(counts)
-        ptr = np.zeros(some.size + 1, dtype=np.int64)
-        np.cumsum(counts[some], out=ptr[1:])
-        return RideWork(self.collection, tuple(self.riders[i].request_id for i in some.tolist()), ptr,
-                        self.pair_pos[sel], self.pair_unit[sel], done[some], self.ranks[some], self.slots[some])
+    for w in range(share.size):
+        cum, stopped = 0.0, False
+        for r in range(num_ranks):
+            if rank_window[r] != w:
+                continue
+            for j in range(rank_ptr[r], rank_ptr[r + 1]):
+                p = by_rank[j]
+                if take[p] or not chosen[pair_unit[p]] or stopped:
+                    continue
+                if cum + sizes[pair_unit[p]] > budget_left:
+                    stopped = cut[w] = True
+                else:
+                    take[p], cum = True, cum + sizes[pair_unit[p]]
+        charge = cum + _fill_new(w, budget_left - cum, sizes, unit_window, demand, worth, unit_ptr, by_unit,
+                                 read_weight, take, chosen, cut)
+        planned, budget_left = planned + charge, budget_left - charge
+    return planned, forced
 
 
-def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """The concatenation of ``arange(s, s + c)`` for each ``(s, c)``."""
-    offsets = np.repeat(starts - (np.cumsum(counts) - counts), counts)
-    return np.arange(int(counts.sum())) + offsets
+@numba.njit(cache=True, nogil=True)
+def _fill_new(w, budget_left, sizes, unit_window, demand, worth, unit_ptr, by_unit, read_weight, take, chosen, cut):
+    """Read the units worth most to their riders while they fit; return the charge."""
+    open_ = np.flatnonzero((unit_window == w) & (demand > 0) & ~chosen)
+    if open_.size == 0 or budget_left <= 0:
+        return 0.0
+    order = open_[np.argsort(-worth[open_], kind="mergesort")]
+    cum, charge = 0.0, 0.0
+    for u in order:
+        cum += sizes[u] * (read_weight + demand[u])
+        if cum > budget_left:
+            cut[w] = True
+            break
+        charge = cum
+        chosen[u] = True
+        for j in range(unit_ptr[u], unit_ptr[u + 1]):
+            take[by_unit[j]] = True
+    return charge
