@@ -89,6 +89,8 @@ def summarize_run(rec: RunRecord, system: str, refs: dict[str, np.ndarray] | Non
         row["partial_recall"] = float(np.mean(recall_partial)) if recall_partial else math.nan
     if before is not None and after is not None:
         d = {k: after[k] - before.get(k, 0.0) for k in after}
+        if "longest_step_ms" in after:
+            row["max_step_ms"] = after["longest_step_ms"]
         if "batches" in d:
             row["mean_batch"] = d["batched_requests"] / d["batches"] if d["batches"] else math.nan
             row["busy_pct"] = 100.0 * d["busy_s"] / span
@@ -137,7 +139,7 @@ def merge_repeats(rows: Sequence[dict[str, Any]], cfg: EngineBenchConfig) -> lis
                 continue
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 vals = [float(r[key]) for r in runs if isinstance(r.get(key), (int, float))]
-                row[key] = float(np.median(vals)) if vals else math.nan
+                row[key] = float((max if key == "max_step_ms" else np.median)(vals)) if vals else math.nan
         key = f"{decode.name}_p99_ms"
         row[f"{key}_min"], row[f"{key}_max"] = min(r[key] for r in runs), max(r[key] for r in runs)
         _set_verdict_flags(row, cfg.classes, cfg.miss_target)
@@ -196,6 +198,29 @@ def summarize(rows: Sequence[dict[str, Any]], cfg: EngineBenchConfig) -> dict[st
                 t["sustained_ratio_lower_bound"] = bound
                 t["meets_throughput_target"] = True if bound >= 1.5 else None
     out["rates_capped"] = bool(sustained and max(sustained.values()) >= max(rates))
+    mine = sorted((r for r in rows if r["system"] == "trinity"), key=lambda r: r["rate"])
+    if mine:
+        out.setdefault("trinity", {}).update(_stability(mine, sustained.get("trinity", 0.0), decode, cfg))
+    return out
+
+
+def _stability(rows: list[dict[str, Any]], sustained: float, decode: RequestClass,
+               cfg: EngineBenchConfig) -> dict[str, Any]:
+    """Overload falls on prefill/background work (decode at 2x the sustained rate), no
+    stalls (the longest iteration), no collapse (misses non-decreasing in the rate)."""
+    out: dict[str, Any] = {"miss_pct_by_rate": {r["rate"]: r["miss_pct"] for r in rows}}
+    misses = [r["miss_pct"] for r in rows]
+    out["miss_non_decreasing"] = all(b >= a for a, b in zip(misses, misses[1:]))
+    steps = [r["max_step_ms"] for r in rows if math.isfinite(r.get("max_step_ms", math.nan))]
+    if steps:
+        out["max_step_ms"] = max(steps)
+        out["max_step_over_target"] = max(steps) / cfg.target_iteration_ms
+    over = [r for r in rows if sustained and r["rate"] >= 2 * sustained]
+    if over:
+        r = over[0]
+        out["overload"] = {"rate": r["rate"], "times_sustained": r["rate"] / sustained,
+                           "decode_p99_ms": r[f"{decode.name}_p99_ms"], "decode_miss_pct": r[f"{decode.name}_miss_pct"],
+                           "miss_pct": r["miss_pct"]}
     return out
 
 
@@ -216,6 +241,13 @@ def target_verdicts(summary: dict[str, Any], cfg: EngineBenchConfig) -> list[dic
         verdict("Trinity miss % at static's crossing rate", None if below else t.get("miss_pct_at_crossing"),
                 "<=", 100 * cfg.miss_target),
         verdict("Trinity/static sustained rate", sustained, ">=", 1.5),
+        verdict("Trinity decode p99 (ms) at 2x its sustained rate", t.get("overload", {}).get("decode_p99_ms"), "<=",
+                next((c.deadline_ms for c in cfg.classes if c.stage == "decode"), cfg.classes[0].deadline_ms)),
+        verdict("Trinity decode miss % at 2x its sustained rate", t.get("overload", {}).get("decode_miss_pct"), "<=",
+                100 * cfg.miss_target),
+        verdict("Trinity longest iteration / target iteration", t.get("max_step_over_target"), "<=", 3.0),
+        verdict("Trinity misses non-decreasing in the rate (1 = yes)", float(t["miss_non_decreasing"])
+                if "miss_non_decreasing" in t else None, ">=", 1.0),
     ]
 
 
@@ -276,6 +308,15 @@ def _summary_lines(summary: dict[str, Any], cfg: EngineBenchConfig) -> list[str]
     if summary.get("rates_capped"):
         line += " (a system passed the highest tested rate: its sustained rate is a lower bound)"
     lines.append(line)
+    o = t.get("overload")
+    lines.append(f"(3) at {o['rate']:g} req/s ({o['times_sustained']:.1f}x Trinity's sustained rate) Trinity's {dn} p99 "
+                 f"is {o['decode_p99_ms']:.1f} ms, {dn} misses {o['decode_miss_pct']:.2f}%, all misses "
+                 f"{o['miss_pct']:.2f}%" if o else f"(3) no tested rate reaches 2x Trinity's sustained rate")
+    if "max_step_ms" in t:
+        lines.append(f"(4) Trinity's longest iteration: {t['max_step_ms']:.1f} ms = {t['max_step_over_target']:.1f}x the "
+                     f"target (<= 3x); misses by rate: " + ", ".join(
+                         f"{r:g}: {m:.2f}%" for r, m in t["miss_pct_by_rate"].items())
+                     + (" (non-decreasing)" if t["miss_non_decreasing"] else " (NOT non-decreasing)"))
     return lines
 
 

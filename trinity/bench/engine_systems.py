@@ -289,6 +289,7 @@ class TrinitySystem(_System):
                 "runner_busy_s": self.runner.busy_s, "budget_vectors": sch.budget_vectors,
                 "vectors_scanned": reg.get_sample_value("trinity_engine_vectors_scanned_total") or 0.0,
                 "vectors_read": reg.get_sample_value("trinity_engine_vectors_read_total") or 0.0,
+                "longest_step_ms": 1e3 * self.phases.longest.pop("step_s", 0.0),  # since the last call
                 **self.phases.seconds}
 
     def close(self):

@@ -158,6 +158,7 @@ class PhaseTimer:
 
     def __init__(self) -> None:
         self.seconds: Counter[str] = Counter()
+        self.longest: Counter[str] = Counter()  # the longest single call per phase (pop to restart)
 
     def wrap(self, fn: Callable, phase: str) -> Callable:
         self.seconds[phase] += 0.0
@@ -167,7 +168,10 @@ class PhaseTimer:
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.seconds[phase] += time.perf_counter() - t
+                t = time.perf_counter() - t
+                self.seconds[phase] += t
+                if t > self.longest[phase]:
+                    self.longest[phase] = t
 
         return timed
 

@@ -27,6 +27,7 @@ from trinity.engine.metrics import EngineMetrics
 from trinity.engine.request import RequestStatus, SearchRequest, SearchResult, Stage
 from trinity.engine.runner import SearchRunner
 from trinity.engine.scheduler import Finished, Scheduler
+from trinity.engine.window import compile_window
 from trinity.errors import ErrorCode, InvalidInput, TrinityError
 from trinity.index.base import BaseIndex
 from trinity.index.inputs import check_k
@@ -227,6 +228,7 @@ class SearchEngine:
         """Compile the CPU kernels, freeze the start-up heap, then start the loop thread."""
         if self._thread is None:
             warmup()
+            compile_window()
             freeze_heap()
             sys.setswitchinterval(self.config.switch_interval_ms / 1e3)
             self._thread = threading.Thread(target=self._loop, name="trinity-engine", daemon=True)

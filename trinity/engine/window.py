@@ -228,3 +228,10 @@ def _fill_new(w, budget_left, sizes, unit_window, demand, worth, unit_ptr, by_un
         for j in range(unit_ptr[u], unit_ptr[u + 1]):
             take[by_unit[j]] = True
     return charge
+
+
+def compile_window() -> None:
+    """Compile the planner ahead of the first iteration (as :func:`trinity.index.warmup.warmup`)."""
+    one = np.zeros(1, np.int64)
+    _plan(one, one, np.ones(1, np.int64), one, np.ones(1, bool), one, np.ones(1, bool), np.ones(1, bool), 1.0, 1.0,
+          np.zeros(1, bool), np.zeros(1, bool), np.zeros(1, bool), np.zeros(1, bool))
