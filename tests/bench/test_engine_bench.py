@@ -215,6 +215,28 @@ def test_summary_leaves_undecided_what_the_grid_cannot_decide():
     assert summary["trinity"]["meets_throughput_target"] is True  # > 1.5x whatever static's rate below 1,000
 
 
+def test_summary_checks_overload_stalls_and_collapse():
+    cfg = EngineBenchConfig(data="synthetic", rates=(1000.0, 2000.0, 4000.0), systems=("static", "trinity"))
+    static = [_row(r, "static", 25.0, miss=5.0) for r in cfg.rates]
+    for row in static:
+        row["sustained"] = False
+    trinity = [{**_row(1000.0, "trinity", 5.0), "max_step_ms": 6.0},
+               {**_row(2000.0, "trinity", 8.0, miss=0.5), "max_step_ms": 9.0},
+               {**_row(4000.0, "trinity", 15.0, miss=0.2), "max_step_ms": 14.0, "sustained": False}]
+    trinity[2]["decode_miss_pct"] = 0.1
+    t = summarize(static + trinity, cfg)["trinity"]
+    # sustained 2,000: the overload reading is at 4,000 (2x), where decode holds its deadline
+    assert t["overload"] == {"rate": 4000.0, "times_sustained": 2.0, "decode_p99_ms": 15.0,
+                             "decode_miss_pct": 0.1, "miss_pct": 0.2}
+    assert t["max_step_ms"] == 14.0 and t["max_step_over_target"] == 14.0 / cfg.target_iteration_ms
+    assert not t["miss_non_decreasing"]  # 0.5% at 2,000 then 0.2% at 4,000
+    lines = _summary_lines(summarize(static + trinity, cfg), cfg)
+    assert any(line.startswith("(3) at 4000 req/s (2.0x") for line in lines)
+    assert any("NOT non-decreasing" in line for line in lines)
+    (merged,) = merge_repeats([{**trinity[0], "repeat": 0}, {**trinity[0], "max_step_ms": 30.0, "repeat": 1}], cfg)
+    assert merged["max_step_ms"] == 30.0  # the longest over the repeats, not their median
+
+
 def test_engine_bench_repeats_write_medians_and_raw_runs(tmp_path):
     out = tmp_path / "engine.json"
     cfg = EngineBenchConfig(data="synthetic", num_vectors=4000, nlist=32, num_queries=64, rates=(100.0,),
