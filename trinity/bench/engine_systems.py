@@ -240,7 +240,7 @@ class TrinitySystem(_System):
         sch, inner = self.engine.scheduler, self.runner.runner
         sch.schedule = self.phases.wrap(sch.schedule, "schedule_s")
         sch.update_from_output = self.phases.wrap(sch.update_from_output, "update_s")
-        self.engine.step = self.phases.wrap(self.engine.step, "step_s")
+        self.engine._iterate = self.phases.wrap(self.engine._iterate, "step_s")
         # the runner's calls into the index, and taking results (its host sync)
         inner._results = self.phases.wrap(inner._results, "take_s")
         for name in ("prepare_validated", "assign_prepared", "scan"):

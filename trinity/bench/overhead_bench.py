@@ -10,7 +10,9 @@ clock that advances by a *modelled* iteration duration (``fixed + pairs / scan r
 reads / read rate + per item``) instead of the measured one.  Every plan is therefore a
 pure function of the code and the seed: two versions that plan alike print the same plan
 digest, and the host milliseconds per iteration -- schedule, runner host code, update,
-the rest of the step -- compare like for like, kernels timed apart.
+the rest of the step -- compare like for like, kernels timed apart.  Resolving the finished
+requests (futures, metrics) is timed apart too (``resolve``): the engine's resolver thread
+does it off the loop thread.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def replay(ivf, queries: np.ndarray, cfg: EngineBenchConfig, rate: float, model:
     ivf.scan, ivf.assign_prepared = timer.wrap(ivf.scan, "kernel"), timer.wrap(ivf.assign_prepared, "assign")
     stream = poisson_schedule(rate, cfg.duration_s, cfg.classes, len(queries), seed=seed)
     status: Counter[str] = Counter()
-    steps, step_s, max_step_s, i = 0, 0.0, 0.0, 0
+    steps, step_s, max_step_s, resolve_s, i = 0, 0.0, 0.0, 0.0, 0
     freeze_heap()  # NOTE: as SearchEngine.start() does
     try:
         with GcPauses() as pauses:
@@ -103,11 +105,13 @@ def replay(ivf, queries: np.ndarray, cfg: EngineBenchConfig, rate: float, model:
                 if i == first and not sched.has_work:
                     clock[0] = float(stream.times[i])  # idle: jump to the next arrival
                     continue
+                finished: list = []
                 t = time.perf_counter()
-                results = engine.step()
-                t = time.perf_counter() - t
-                step_s, max_step_s, steps = step_s + t, max(max_step_s, t), steps + 1
-                status.update(r.status.value for r in results)
+                engine._iterate(finished.extend)  # NOTE: the loop thread's part; results resolve apart
+                t1 = time.perf_counter()
+                status.update(engine._resolve(f).status.value for f in finished)
+                resolve_s += time.perf_counter() - t1
+                step_s, max_step_s, steps = step_s + t1 - t, max(max_step_s, t1 - t), steps + 1
     finally:
         del ivf.scan, ivf.assign_prepared
         engine.shutdown(drain=False)
@@ -120,7 +124,7 @@ def replay(ivf, queries: np.ndarray, cfg: EngineBenchConfig, rate: float, model:
             "runner_host_ms": (sec["runner"] - sec["kernel"]) * per, "update_ms": sec["update"] * per,
             "other_ms": (step_s - sec["schedule"] - sec["runner"] - sec["update"] - sec["assign"]) * per,
             "kernel_ms": (sec["kernel"] + sec["assign"]) * per, "host_share": host / max(step_s, 1e-12),
-            "max_step_ms": max_step_s * 1e3, "gc_max_ms": pauses.max_s * 1e3, "gc_full": pauses.count[2],
+            "resolve_ms": resolve_s * per, "max_step_ms": max_step_s * 1e3, "gc_max_ms": pauses.max_s * 1e3, "gc_full": pauses.count[2],
             "digest": runner.digest.hexdigest()[:16]}
 
 
@@ -138,7 +142,7 @@ def run_overhead_bench(cfg: EngineBenchConfig, model: ClockModel = ClockModel(),
         runs = [replay(ivf, data.queries, cfg, rate, model, cfg.seed) for _ in range(cfg.repeats)]
         row = dict(runs[0])
         for key in ("host_ms", "schedule_ms", "runner_host_ms", "update_ms", "other_ms", "kernel_ms", "host_share",
-                    "max_step_ms", "gc_max_ms"):
+                    "resolve_ms", "max_step_ms", "gc_max_ms"):
             row[key] = float(np.median([r[key] for r in runs]))
         row["deterministic"] = len({r["digest"] for r in runs}) == 1
         rows.append(row)
@@ -148,7 +152,8 @@ def run_overhead_bench(cfg: EngineBenchConfig, model: ClockModel = ClockModel(),
         ("rate", "rate", "g"), ("iterations", "iters"), ("requests", "reqs"), ("n_complete", "done"),
         ("n_partial", "partial"), ("host_ms", "host ms", ".3f"), ("schedule_ms", "sched", ".3f"),
         ("runner_host_ms", "runner", ".3f"), ("update_ms", "update", ".3f"), ("other_ms", "rest", ".3f"),
-        ("kernel_ms", "kernels ms", ".3f"), ("host_share", "host", ".0%"), ("max_step_ms", "max step", ".2f"),
+        ("kernel_ms", "kernels ms", ".3f"), ("host_share", "host", ".0%"), ("resolve_ms", "resolve", ".3f"),
+        ("max_step_ms", "max step", ".2f"),
         ("gc_max_ms", "gc max", ".2f"), ("digest", "plan digest"),
         ("deterministic", "same")], console)
     payload = {"bench": "overhead", "config": cfg.to_dict(), "clock_model": asdict(model), "index": index_info,

@@ -14,7 +14,9 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
+from queue import SimpleQueue
 
 import numpy as np
 import torch
@@ -86,6 +88,8 @@ class SearchEngine:
         self._closing = False
         self._stop = False
         self._thread: threading.Thread | None = None
+        self._outbox: SimpleQueue[list[Finished] | None] = SimpleQueue()  # finished, for the resolver thread
+        self._resolver: threading.Thread | None = None
         if start:
             self.start()
 
@@ -162,11 +166,17 @@ class SearchEngine:
 
     # ------------------------------------------------------------------ the loop
     def step(self) -> list[SearchResult]:
-        """Run one iteration (drain inbox, schedule, run, update); return finished results.
+        """Run one iteration (drain inbox, schedule, run, update); return finished results."""
+        results: list[SearchResult] = []
+        self._iterate(lambda finished: results.extend(self._resolve(f) for f in finished))
+        return results
+
+    def _iterate(self, deliver: Callable[[list[Finished]], None]) -> None:
+        """One iteration; every batch of finished requests goes to ``deliver`` as soon as it is known.
 
         Requests that finish without the runner (rejections, aborts, expiries before any
-        scan) are resolved before the scan runs, and a plan's head is run and resolved
-        before the rest of it, so neither waits for the rest of the iteration.
+        scan) leave before the scan runs, and a plan's head is run and updated before the
+        rest of it, so neither waits for the rest of the iteration.
         """
         with self._cv:
             inbox, self._inbox = self._inbox, deque()
@@ -178,13 +188,13 @@ class SearchEngine:
                 self.scheduler.abort(item)
         preempted_before = self.scheduler.num_preemptions
         plan = self.scheduler.schedule()
-        results = [self._resolve(f) for f in self.scheduler.pop_finished()]
+        deliver(self.scheduler.pop_finished())
         if plan.is_empty and plan.head is None:
-            return results
+            return
         duration_s = scanned = read = 0
         for part in plan.parts:
             out = self.runner.run(part)
-            results += [self._resolve(f) for f in self.scheduler.update_from_output(part, out)]
+            deliver(self.scheduler.update_from_output(part, out))
             duration_s, scanned, read = duration_s + out.duration_s, scanned + out.num_vectors_scanned, read + out.vectors_read
         m = self.metrics
         m.iterations.inc()
@@ -194,7 +204,6 @@ class SearchEngine:
         m.iteration_vectors.observe(scanned)
         m.budget.set(self.scheduler.budget_vectors)
         m.preemptions.inc(self.scheduler.num_preemptions - preempted_before)
-        return results
 
     def _resolve(self, finished: Finished) -> SearchResult:
         req, scores, ids = finished
@@ -231,6 +240,8 @@ class SearchEngine:
             compile_window()
             freeze_heap()
             sys.setswitchinterval(self.config.switch_interval_ms / 1e3)
+            self._resolver = threading.Thread(target=self._resolve_loop, name="trinity-resolver", daemon=True)
+            self._resolver.start()
             self._thread = threading.Thread(target=self._loop, name="trinity-engine", daemon=True)
             self._thread.start()
 
@@ -243,12 +254,23 @@ class SearchEngine:
                     self._cv.wait(self.config.idle_wait_ms / 1e3)
                     continue
             try:
-                self.step()
+                self._iterate(self._outbox.put)
             except Exception as exc:  # noqa: BLE001 - the loop must survive and say why
                 # NOTE: a bug in one iteration must not kill the loop thread and leave every
                 # future hanging: fail what is in flight, loudly, and keep serving.
                 _log.exception("engine iteration failed; failing %d in-flight requests", len(self._futures))
                 self._fail_all(f"engine iteration failed: {type(exc).__name__}: {exc}")
+
+    def _resolve_loop(self) -> None:
+        # NOTE: results are resolved (futures, callbacks, metrics) off the loop thread: the
+        # loop's iterations do not grow with the number of requests finishing, and the
+        # resolver mostly runs while the loop thread is in a scan kernel (GIL released).
+        while (finished := self._outbox.get()) is not None:
+            for f in finished:
+                try:
+                    self._resolve(f)
+                except Exception:  # noqa: BLE001 - one bad callback must not stop the others
+                    _log.exception("resolving request %s failed", f[0].request_id)
 
     def _fail_all(self, message: str) -> None:
         for req in list(self.scheduler.requests.values()):
@@ -276,6 +298,10 @@ class SearchEngine:
         if self._thread is not None:
             self._thread.join(timeout=5.0)
             self._thread = None
+        if self._resolver is not None:
+            self._outbox.put(None)  # after everything the loop delivered
+            self._resolver.join(timeout=5.0)
+            self._resolver = None
         with self._cv:
             pending, self._futures = self._futures, {}
             self._inbox.clear()
