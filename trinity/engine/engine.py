@@ -19,7 +19,6 @@ from concurrent.futures import Future
 from queue import SimpleQueue
 
 import numpy as np
-import torch
 
 from trinity.engine.admission import OverloadedError, SojournAdmission
 from trinity.engine.collections import Collections
@@ -32,27 +31,10 @@ from trinity.engine.scheduler import Finished, Scheduler
 from trinity.engine.window import compile_window
 from trinity.errors import ErrorCode, InvalidInput, TrinityError
 from trinity.index.base import BaseIndex
-from trinity.index.inputs import check_k
+from trinity.index.inputs import as_query, check_k
 from trinity.index.warmup import warmup
 
 _log = logging.getLogger(__name__)
-
-
-def _as_query(query, dim: int) -> np.ndarray:
-    """Validate one query vector cheaply (numpy; the runner prepares it in batches)."""
-    if isinstance(query, torch.Tensor):
-        query = query.detach().cpu().float().numpy()
-    arr = np.asarray(query)
-    if arr.dtype == object or arr.dtype.kind not in "fiu":
-        raise InvalidInput(f"query: expected a float vector, got dtype {arr.dtype}", "query")
-    arr = arr.astype(np.float32, copy=False).reshape(-1) if arr.ndim == 1 or arr.shape[:1] == (1,) else None
-    if arr is None:
-        raise InvalidInput("query: expected one vector", "query")
-    if arr.shape[0] != dim:
-        raise InvalidInput(f"query: wrong dimension {arr.shape[0]}, collection dimension is {dim}", "query")
-    if not np.isfinite(arr).all():
-        raise InvalidInput("query: contains NaN or inf", "query")
-    return arr
 
 
 class EngineClosedError(TrinityError):
@@ -120,7 +102,7 @@ class SearchEngine:
         stage = Stage.parse(stage)
         if deadline_ms is None:
             deadline_ms = self.config.default_deadline_ms[stage]
-        vec = _as_query(query, index.dim)
+        vec = as_query(query, index.dim)
         now = self.clock()
         req = SearchRequest(collection, vec, k, nprobe, stage, None if deadline_ms is None else now + deadline_ms / 1e3,
                             arrival_time=now)
@@ -188,13 +170,15 @@ class SearchEngine:
                 self.scheduler.abort(item)
         preempted_before = self.scheduler.num_preemptions
         plan = self.scheduler.schedule()
-        deliver(self.scheduler.pop_finished())
+        if finished := self.scheduler.pop_finished():
+            deliver(finished)
         if plan.is_empty and plan.head is None:
             return
         duration_s = scanned = read = 0
         for part in plan.parts:
             out = self.runner.run(part)
-            deliver(self.scheduler.update_from_output(part, out))
+            if finished := self.scheduler.update_from_output(part, out):
+                deliver(finished)
             duration_s, scanned, read = duration_s + out.duration_s, scanned + out.num_vectors_scanned, read + out.vectors_read
         m = self.metrics
         m.iterations.inc()

@@ -93,3 +93,20 @@ def check_k(k: int, *, name: str = "k", max_k: int = 4096) -> int:
     if not 1 <= int(k) <= max_k:
         raise InvalidInput(f"{name}: must be in [1, {max_k}], got {k}", name)
     return int(k)
+
+
+def as_query(query, dim: int) -> np.ndarray:
+    """Validate one query vector cheaply (numpy; the runner prepares it in batches)."""
+    if isinstance(query, torch.Tensor):
+        query = query.detach().cpu().float().numpy()
+    arr = np.asarray(query)
+    if arr.dtype == object or arr.dtype.kind not in "fiu":
+        raise InvalidInput(f"query: expected a float vector, got dtype {arr.dtype}", "query")
+    arr = arr.astype(np.float32, copy=False).reshape(-1) if arr.ndim == 1 or arr.shape[:1] == (1,) else None
+    if arr is None:
+        raise InvalidInput("query: expected one vector", "query")
+    if arr.shape[0] != dim:
+        raise InvalidInput(f"query: wrong dimension {arr.shape[0]}, collection dimension is {dim}", "query")
+    if not np.isfinite(arr).all():
+        raise InvalidInput("query: contains NaN or inf", "query")
+    return arr
