@@ -97,14 +97,22 @@ class WaitQueue:
             self.remove(rid)
             self._insert(req, seq, now)
 
-    def expiring(self, until: float) -> list[SearchRequest]:
-        """Waiting requests whose deadline is at or before ``until`` (each returned once)."""
-        out = []
+    def expiring(self, until: float, horizon=None) -> list[SearchRequest]:
+        """Waiting requests whose deadline is at or before ``until`` -- or, where ``horizon``
+        gives a request its own, earlier bound, at or before that (each returned once)."""
+        out, keep = [], []
         while self._deadlines and self._deadlines[0][0] <= until:
-            _, seq, rid = heapq.heappop(self._deadlines)
-            entry = self._entry.get(rid)
-            if entry is not None and entry[1] == seq:
-                out.append(self._by_seq[seq])
+            item = heapq.heappop(self._deadlines)
+            entry = self._entry.get(item[2])
+            if entry is None or entry[1] != item[1]:
+                continue
+            req = self._by_seq[item[1]]
+            if horizon is None or req.deadline <= horizon(req):
+                out.append(req)
+            else:
+                keep.append(item)
+        for item in keep:
+            heapq.heappush(self._deadlines, item)
         return out
 
     def head(self, n: int) -> list[tuple[tuple[Key, int], SearchRequest]]:

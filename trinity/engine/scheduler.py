@@ -93,6 +93,14 @@ class Scheduler(Intake):
     def has_work(self) -> bool:
         return bool(self.requests)
 
+    def _head_horizon(self, now: float):
+        """When a waiting decode-level request's answer could be out: its claim runs in the
+        head, first, so only its own scan stands before it -- not the whole iteration."""
+        if not self.config.stage_aware or not self.scan_rate:
+            return None
+        rate = self.scan_rate
+        return lambda req: now + req.remaining_cost() / rate if self.level(req) == 0 else now + self.iteration_s
+
     def level(self, req: SearchRequest) -> int:
         return level(req, self.config.urgent_deadline_ms / 1e3)
 
@@ -101,7 +109,7 @@ class Scheduler(Intake):
         """Plan the next iteration: claims in priority order, then the fill."""
         now = self._started = self.clock()
         self.iteration += 1
-        for req in self.waiting.expiring(now + self.iteration_s):
+        for req in self.waiting.expiring(now + self.iteration_s, self._head_horizon(now)):
             self._finish(req, RequestStatus.FINISHED_PARTIAL, message="deadline reached before any scan")
         self.waiting.refresh(now)
         running = sorted((self.requests[rid] for rid in self.joined), key=attrgetter("admission_seq"))
