@@ -153,24 +153,25 @@ class Cluster:
 
     def _decode_hook(self, rec: Record, i: int):
         mix, n = self.cfg.workload.retrieval, itertools.count()
+        k = mix.decode_k or mix.k
         pending: list[simpy.Event] = []
 
         def on_token(seq: Seq):
             g = seq.generated
             if g % mix.decode_every == max(mix.decode_every - mix.prefetch_tokens, 0) and g + mix.prefetch_tokens < seq.max_tokens:
-                pending.append(self.env.process(self._search(rec, f"{i}.d{next(n)}", "decode", mix.k,
+                pending.append(self.env.process(self._search(rec, f"{i}.d{next(n)}", "decode", k,
                                                              mix.decode_nprobe, mix.decode_deadline_ms, True)))
             if g % mix.decode_every or not pending:
                 return None
             ev = pending.pop()
             if ev.processed and not self.cfg.cluster.hop_ms:
-                seq.extra_prefill += mix.k * mix.passage_tokens
+                seq.extra_prefill += k * mix.passage_tokens
                 return None
 
             def continuation():  # NOTE: the continuation leg leaves once the passages are in
                 if not ev.processed:
                     yield ev
-                seq.extra_prefill += mix.k * mix.passage_tokens
+                seq.extra_prefill += k * mix.passage_tokens
                 yield from self._hop()
             return self.env.process(continuation())
 

@@ -40,6 +40,7 @@ class RetrievalMix:
     decode_share: float = 0.0
     decode_every: int = 32
     k: int = 4
+    decode_k: int = 0  # passages per decode-time search (0: k; the gateway's retrieval.decode_k is 1)
     nprobe: int = 32
     cache_nprobe: int = 4
     decode_nprobe: int = 8

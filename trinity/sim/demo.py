@@ -4,9 +4,10 @@ Processes (threads of the host model): the load driver (``client``), the gateway
 loop and its embedding thread, the pool, the emulated prefill and decode engines.  A request
 walks the gateway's path -- embed, answer-cache lookup, RAG search, prefill leg, decode leg,
 decode-time retrievals and continuation legs -- and each step is a job on the thread that
-does it (costs: :class:`HostCosts`, from one calibration run); the emulated engines sleep
-their latency model and step on a virtual timeline like ``trinity/emulator/engine.py``; every
-token is relayed by the gateway and parsed by the client.  TTFT and TPOT are the client's.
+does it (costs: :class:`HostCosts`, from one calibration run); embeddings go through the
+gateway's batcher (:class:`EmbedLanes`); the emulated engines sleep their latency model and
+step on a virtual timeline like ``trinity/emulator/engine.py``; every token is relayed by the
+gateway and parsed by the client.  TTFT and TPOT are the client's.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class HostCosts:
 
     cores: int = 2
     embed_ms: tuple[float, ...] = (10.0,)  # samples: one prefill-stage embedding (the query)
-    decode_embed_ms: tuple[float, ...] = (15.0,)  # samples: the text so far, before a decode-time search
+    decode_embed_ms: tuple[float, ...] = (15.0,)  # samples: the answer tail, before a decode-time search
     client_request_ms: float = 2.0
     client_token_ms: float = 0.1
     gateway_request_ms: float = 2.0
@@ -40,8 +41,40 @@ class HostCosts:
     decode_leg_ms: float = 1.0
     decode_token_ms: float = 0.1
     embed_gil_speed: float = 0.04  # embedding speed while the gateway's loop has work (measured: GIL)
+    embed_batch_share: float = 0.7  # a batch of n > 1 texts costs this share of n single encodes (docs/gateway.md)
     passage_tokens: int = 34
     background: float = 0.0  # runnable threads of other processes (without a measured trace)
+
+
+class EmbedLanes:
+    """The gateway's ``EmbedBatcher`` with one local model: a decode and a prefill lane, each taking
+    its queued texts (at most ``max_batch``) as one batch, then the model's lock (FIFO across the
+    lanes), then one encode on the embedding thread; a batch's texts are all done at its end."""
+
+    def __init__(self, env: simpy.Environment, thread, cost, max_batch: int = 8, batch_share: float = 1.0) -> None:
+        self.env, self.thread, self.cost, self.max_batch, self.batch_share = env, thread, cost, max_batch, batch_share
+        self.lock = simpy.Resource(env, capacity=1)
+        self.queues = {lane: simpy.Store(env) for lane in ("decode", "prefill")}
+        for lane in self.queues:
+            env.process(self._run(lane))
+
+    def embed(self, lane: str) -> simpy.Event:
+        done = self.env.event()
+        self.queues[lane].put(done)
+        return done
+
+    def _run(self, lane: str):
+        queue = self.queues[lane]
+        while True:
+            batch = [(yield queue.get())]
+            while queue.items and len(batch) < self.max_batch:
+                batch.append((yield queue.get()))
+            seconds = sum(self.cost(lane) for _ in batch) * (self.batch_share if len(batch) > 1 else 1.0)
+            with self.lock.request() as req:
+                yield req
+                yield self.thread.run(seconds)
+            for done in batch:
+                done.succeed()
 
 
 class EmuPrefill(PrefillNode):
@@ -55,8 +88,9 @@ class EmuPrefill(PrefillNode):
 
 
 class EmuDecode(DecodeNode):
-    """The emulator's loop: new legs (KV ready, or a continuation's passages) prefill their
-    uncached tokens in the step; steps sleep on a virtual timeline; tokens are emitted (CPU)."""
+    """The emulator's loop: a continuation leg prefills its passage in the step, a leg whose KV
+    arrived decodes at once (nothing uncached); steps sleep on a virtual timeline; tokens are
+    emitted (CPU)."""
 
     def __init__(self, env, name, model, max_num_seqs, kv, cpu, token_s: float, on_emit) -> None:
         self.cpu, self.token_s, self.on_emit, self._clock = cpu, token_s, on_emit, 0.0
@@ -70,8 +104,8 @@ class EmuDecode(DecodeNode):
                 yield from self._idle()
                 continue
             batch = list(self.running)
-            new = [s.extra_prefill for s in batch if s.fresh or s.extra_prefill]
-            old = [s for s in batch if not (s.fresh or s.extra_prefill)]
+            new = [s.extra_prefill for s in batch if s.extra_prefill]
+            old = [s for s in batch if not s.extra_prefill]
             ms = lat.prefill.ms(new) + lat.decode.ms(len(old), sum(s.context for s in old))
             now = env.now
             base = self._clock if 0.0 <= now - self._clock < 0.005 else now
@@ -80,7 +114,6 @@ class EmuDecode(DecodeNode):
             self.busy_s += ms / 1e3
             yield self.cpu.run(self.token_s * len(batch))
             for s in batch:
-                s.fresh = False
                 s.prompt_tokens += s.extra_prefill
                 s.extra_prefill = 0
                 s.generated += 1
@@ -96,6 +129,7 @@ class DemoCluster(Cluster):
         t = {n: self.cpu.thread(n) for n in ("client", "gateway", "pool", "prefill", "decode")}
         t["embed"] = self.cpu.thread("embed", yields_to=t["gateway"], yield_speed=costs.embed_gil_speed)
         self.t = t
+        self.lanes = EmbedLanes(env, t["embed"], self._embed_s, batch_share=costs.embed_batch_share)
         self.prefill = [EmuPrefill(env, "p0", self.model, c.max_num_batched_tokens, t["prefill"])]
         self.decode = [EmuDecode(env, "d0", self.model, c.max_num_seqs, 10**9, t["decode"],
                                  costs.decode_token_ms / 1e3, self._emitted)]
@@ -107,9 +141,12 @@ class DemoCluster(Cluster):
     def _ms(self, name: str) -> float:
         return getattr(self.costs, name) / 1e3
 
-    def _embed(self, decode: bool = False):  # NOTE: the gateway's batcher encodes decode-stage texts first
-        samples = self.costs.decode_embed_ms if decode else self.costs.embed_ms
-        yield self.t["embed"].run(float(samples[self.sample_rng.integers(len(samples))]) / 1e3, first=decode)
+    def _embed_s(self, lane: str) -> float:
+        samples = self.costs.decode_embed_ms if lane == "decode" else self.costs.embed_ms
+        return float(samples[self.sample_rng.integers(len(samples))]) / 1e3
+
+    def _embed(self, decode: bool = False):
+        yield self.lanes.embed("decode" if decode else "prefill")
 
     def _call(self):
         yield self.t["gateway"].run(self._ms("gateway_call_ms") / 2)
@@ -186,7 +223,7 @@ class DemoCluster(Cluster):
         self._want[i] = (out, env.event())
         hook = self._decode_hook(rec, i) if w.decode_rag[i] else None
         seq = Seq(prompt, out, env.event(), generated=0, on_token=hook)
-        seq.fresh, seq.record = True, rec
+        seq.record = rec
         yield node.decode(seq)
         yield self._want[i][1]
         del self._want[i]
@@ -204,4 +241,4 @@ def simulate_demo(cfg, workload: Workload, costs: HostCosts, background: tuple |
     return DemoCluster(cfg, costs, background).run(workload)
 
 
-__all__ = ["DemoCluster", "EmuDecode", "EmuPrefill", "HostCosts", "simulate_demo"]
+__all__ = ["DemoCluster", "EmbedLanes", "EmuDecode", "EmuPrefill", "HostCosts", "simulate_demo"]

@@ -30,19 +30,14 @@ class Thread:
         self.jobs: deque[list] = deque()  # [remaining seconds, done event]
         self.busy_s = 0.0
 
-    def run(self, seconds: float, first: bool = False) -> simpy.Event:
-        """A job of ``seconds`` uncontended CPU; the event fires when it is done.  ``first``
-        jobs queue ahead of the others (behind the running one and earlier ``first`` jobs)."""
+    def run(self, seconds: float) -> simpy.Event:
+        """A job of ``seconds`` uncontended CPU; the event fires when it is done."""
         ev = self.host.env.event()
         if seconds <= 0:
             ev.succeed()
             return ev
         self.host.advance()
-        if first and self.jobs:
-            at = 1 + sum(1 for job in list(self.jobs)[1:] if job[2])
-            self.jobs.insert(at, [seconds, ev, True])
-        else:
-            self.jobs.append([seconds, ev, first])
+        self.jobs.append([seconds, ev])
         self.busy_s += seconds
         if len(self.jobs) == 1:
             self.host.changed()

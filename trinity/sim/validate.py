@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from trinity.gateway.config import RetrievalConfig
 from trinity.sim.config import ClusterConfig, LengthDist, RetrievalMix, SimConfig, SloConfig, WorkloadConfig
 from trinity.sim.demo import HostCosts, simulate_demo
 from trinity.sim.workload import Workload
@@ -113,8 +114,10 @@ def fit_costs(d: dict[str, Any], cores: int = 2) -> HostCosts:
 
 
 def demo_config(costs: HostCosts, search: str = "search-cpu-demo", seed: int = 0, corpus: int = 4000) -> SimConfig:
+    gw = RetrievalConfig.model_fields  # the demo's gateway runs with its defaults
     mix = RetrievalMix(rag_share=0.5, cache_share=1.0, decode_share=0.2, decode_every=16, k=4, nprobe=1,
-                       cache_nprobe=1, decode_nprobe=1, passage_tokens=costs.passage_tokens, prefetch_tokens=4,
+                       decode_k=gw["decode_k"].default, cache_nprobe=1, decode_nprobe=1,
+                       passage_tokens=costs.passage_tokens, prefetch_tokens=gw["decode_prefetch_tokens"].default,
                        rag_deadline_ms=300.0, cache_deadline_ms=300.0, decode_deadline_ms=500.0)
     wl = WorkloadConfig(rate=1.0, duration_s=1.0, prompt=LengthDist("fixed", 16), output=LengthDist("fixed", 48),
                         retrieval=mix)
