@@ -227,6 +227,33 @@ def bench_overhead(
     run_overhead_bench(cfg, ClockModel(fixed_s=fixed_ms / 1e3, pairs_per_s=scan_rate))
 
 
+@bench_app.command("graph")
+def bench_graph(
+    num_vectors: int = typer.Option(200_000, "--num-vectors", "-n", min=1000, help="Vectors in the index."),
+    num_queries: int = typer.Option(1000, min=1, help="Held-out queries (beyond the indexed vectors)."),
+    k: int = typer.Option(10, min=1, help="Results per query (recall@k)."),
+    graph_degree: int = typer.Option(32, min=2, help="Trinity's graph out-degree."),
+    search_values: str = typer.Option("16,24,32,48,64,96,128,192,256", help="Comma-separated itopk / ef values."),
+    batch_sizes: str = typer.Option("1,64", "--batch-sizes", help="Comma-separated query batch sizes."),
+    threads: str = typer.Option("1,2", help="Comma-separated thread counts."),
+    data: str = typer.Option("real", help="real: embedded docstring corpus; synthetic: clustered random (tests)."),
+    seed: int = typer.Option(0, help="Seed for k-means, hnswlib and synthetic data."),
+    plot: bool = typer.Option(True, help="Write a recall-vs-QPS PNG next to the JSON."),
+    out: Path | None = typer.Option(None, help="JSON output [default: benchmarks/results/graph-<host>-<date>.json]."),
+) -> None:
+    """Trinity GraphIndex vs hnswlib and faiss IndexHNSWFlat: recall@k vs QPS, build time."""
+    from trinity.bench.graph_bench import GraphBenchConfig, run_graph_bench
+
+    try:
+        cfg = GraphBenchConfig(num_vectors=num_vectors, num_queries=num_queries, k=k, graph_degree=graph_degree,
+                               search_values=_parse_int_list(search_values, "--search-values"),
+                               batch_sizes=_parse_int_list(batch_sizes, "--batch-sizes"),
+                               threads=_parse_int_list(threads, "--threads"), data=data, seed=seed, plot=plot, out=out)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    run_graph_bench(cfg)
+
+
 @bench_app.command("serve")
 def bench_serve(
     goodput_extra: list[str] | None = typer.Argument(None, hidden=True, help="vLLM style: --goodput ttft:MS tpot:MS"),
