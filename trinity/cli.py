@@ -130,6 +130,9 @@ def bench_engine(
     dtype: str | None = typer.Option(None, help="Storage dtype of the collection (e.g. float16 on a GPU)."),
     peer: str = typer.Option("auto", help="Static batcher's index: faiss (CPU), torch (gather + bmm + topk); "
                                           "auto: faiss on cpu, torch on cuda."),
+    index: str = typer.Option("ivf", help="The collection: ivf, or graph (GraphIndex: a class's NPROBE is its itopk; "
+                                          "the static batcher runs GraphIndex.search)."),
+    graph_degree: int = typer.Option(32, min=2, help="GraphIndex out-degree (--index graph)."),
     out: Path | None = typer.Option(None, help="JSON output [default: benchmarks/results/engine-<host>-<date>.json]."),
     plot: bool = typer.Option(True, help="Write a PNG plot next to the JSON."),
 ) -> None:
@@ -147,7 +150,7 @@ def bench_engine(
             max_batch=max_batch, max_wait_ms=max_wait_ms, target_iteration_ms=target_iteration_ms,
             drain_cap_s=drain_cap, data=data, embed_missing=embed_missing, cache_index=cache_index, threads=threads,
             blas_threshold=faiss_blas_threshold, switch_interval_ms=switch_interval_ms, seed=seed, out=out, plot=plot,
-            device=device, dtype=dtype, peer=peer,
+            device=device, dtype=dtype, peer=peer, index=index, graph_degree=graph_degree,
             scheduler_kwargs={} if max_num_running is None else {"max_num_running": max_num_running})
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
@@ -252,6 +255,29 @@ def bench_graph(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     run_graph_bench(cfg)
+
+
+@bench_app.command("graph-engine")
+def bench_graph_engine(
+    num_vectors: int = typer.Option(200_000, "--num-vectors", "-n", min=1000, help="Vectors in the index."),
+    num_queries: int = typer.Option(1000, min=1, help="Held-out queries (beyond the indexed vectors)."),
+    itopk: str = typer.Option("32,64,128", help="Comma-separated itopk values."),
+    batch: int = typer.Option(64, min=1, help="Queries in flight (closed loop)."),
+    repeats: int = typer.Option(3, min=1, help="Interleaved passes over the queries; times are medians."),
+    graph_degree: int = typer.Option(32, min=2, help="Graph out-degree."),
+    data: str = typer.Option("real", help="real: embedded docstring corpus; synthetic: clustered random (tests)."),
+    out: Path | None = typer.Option(None, help="JSON output [default: benchmarks/results/graph-engine-<host>-<date>.json]."),
+) -> None:
+    """Graph queries through the engine vs one-shot GraphIndex.search at the same concurrency."""
+    from trinity.bench.graph_engine_bench import GraphEngineBenchConfig, run_graph_engine_bench
+
+    try:
+        cfg = GraphEngineBenchConfig(num_vectors=num_vectors, num_queries=num_queries,
+                                     itopk=_parse_int_list(itopk, "--itopk"), batch=batch, repeats=repeats,
+                                     graph_degree=graph_degree, data=data, out=out)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    run_graph_engine_bench(cfg)
 
 
 @bench_app.command("serve")

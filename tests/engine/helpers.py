@@ -7,7 +7,8 @@ import functools
 import numpy as np
 
 from trinity.engine import Collections, IterationPlan, Scheduler, SchedulerConfig
-from trinity.index import FlatIndex, IVFIndex
+from trinity.engine.graph_rows import GRAPH_MAX_ITOPK, hop_limit
+from trinity.index import FlatIndex, GraphIndex, IVFIndex
 
 
 class FakeClock:
@@ -46,22 +47,30 @@ SPECS = {
     "flat_cos": ("flat", 5_000, 64, "cosine", 0),
     "flat_l2": ("flat", 3_000, 32, "l2", 0),
 }
+#: Collections only the tests that name them use (graph: nlist is the out-degree).
+EXTRA_SPECS = {"graph_ip": ("graph", 4_000, 32, "ip", 16)}
 
 
 @functools.lru_cache(maxsize=None)
 def dataset(name: str) -> np.ndarray:
-    kind, n, dim, metric, nlist = SPECS[name]
-    return clustered(n, dim, 100, 2.0, seed=sorted(SPECS).index(name))
+    kind, n, dim, metric, nlist = {**SPECS, **EXTRA_SPECS}[name]
+    return clustered(n, dim, 100, 2.0, seed=_number(name))
+
+
+def _number(name: str) -> int:
+    return sorted(SPECS).index(name) if name in SPECS else len(SPECS) + sorted(EXTRA_SPECS).index(name)
 
 
 @functools.lru_cache(maxsize=None)
 def index(name: str):
     """Shared read-only index (tests never mutate these; build private ones to mutate)."""
-    kind, n, dim, metric, nlist = SPECS[name]
+    kind, n, dim, metric, nlist = {**SPECS, **EXTRA_SPECS}[name]
     x = dataset(name)
     if kind == "ivf":
         idx = IVFIndex(dim, nlist, metric=metric, nprobe=8)
         idx.train(x, niter=8, seed=0)
+    elif kind == "graph":
+        idx = GraphIndex(dim, metric=metric, graph_degree=nlist)
     else:
         # 256 vectors per chunk: 20 (cosine) / 12 (l2) chunks, so flat scans span iterations
         idx = FlatIndex(dim, metric=metric, block_size=64, chunk_blocks=4)
@@ -71,7 +80,7 @@ def index(name: str):
 
 @functools.lru_cache(maxsize=None)
 def queries(name: str, n: int = 64) -> np.ndarray:
-    return queries_for(dataset(name), n, seed=100 + sorted(SPECS).index(name))
+    return queries_for(dataset(name), n, seed=100 + _number(name))
 
 
 def fixed_budget(budget: int, **kw) -> SchedulerConfig:
@@ -136,11 +145,16 @@ def reference_many(name: str, qs: np.ndarray, ks: list[int], nprobes: list[int |
     idx = index(name)
     out: list = [None] * len(ks)
     groups: dict = {}
+    graph = isinstance(idx, GraphIndex)
     for j, p in enumerate(nprobes):
-        groups.setdefault(p if isinstance(idx, IVFIndex) else None, []).append(j)
+        if graph:  # the engine's itopk (at least k, at most a row's buffer) depends on k: group by both
+            p = (min(max(p or 64, ks[j]), GRAPH_MAX_ITOPK), ks[j])
+        groups.setdefault(p if isinstance(idx, (IVFIndex, GraphIndex)) else None, []).append(j)
     for p, js in groups.items():
         kmax = max(ks[j] for j in js)
-        if isinstance(idx, IVFIndex):
+        if graph:
+            d, i = idx.search(qs[js], kmax, itopk=p[0], max_hops=int(hop_limit(p[0])))
+        elif isinstance(idx, IVFIndex):
             d, i = idx.search(qs[js], kmax, nprobe=p)
         else:
             d, i = idx.search(qs[js], kmax)
@@ -171,7 +185,9 @@ def assert_matches(name: str, scores: np.ndarray, ids: np.ndarray, ref: tuple[np
         l2_scale += float(np.max((dataset(name) ** 2).sum(1)))
         if query is not None:
             l2_scale += float((np.asarray(query, np.float64) ** 2).sum())
-    if isinstance(idx, IVFIndex):
+    if isinstance(idx, GraphIndex):
+        np.testing.assert_array_equal(scores, d, err_msg=f"{name} {what}: scores differ from index.search")
+    elif isinstance(idx, IVFIndex):
         if IVF_BIT_EXACT_SCORES:
             np.testing.assert_array_equal(scores, d, err_msg=f"{name} {what}: scores differ from index.search")
         else:

@@ -50,26 +50,17 @@ from trinity.bench.engine_report import (  # noqa: F401
 )
 from trinity.bench.engine_systems import (  # noqa: F401
     _COLLECTION, BenchData, StaticSystem, TrinitySystem, _fingerprint, _synthetic, _System, _TimedRunner,
-    build_or_load_ivf, cached_corpus_sizes, load_bench_data, run_stream,
+    build_or_load_index, cached_corpus_sizes, load_bench_data, run_stream,
 )
 from trinity.bench.gpu_time import GpuBusy
-from trinity.bench.report import (
-    default_out_path,
-    machine_info,
-    make_console,
-    print_table,
-    print_verdicts,
-    set_threads,
-    stream_bandwidth_gbs,
-    verdict,
-    write_json,
-)
+from trinity.bench.report import (default_out_path, machine_info, make_console, print_table, print_verdicts,
+                                  set_threads, stream_bandwidth_gbs, verdict, write_json)
 from trinity.bench.static_batcher import batch_searcher, faiss_ivf_like, torch_ivf_like
 from trinity.bench.workload import RequestClass, poisson_schedule
 
 __all__ = [
     "DEFAULT_RATES", "SYSTEMS", "EngineBenchConfig", "StaticSystem", "TrinitySystem", "load_bench_data",
-    "build_or_load_ivf", "run_engine_bench", "summarize_run",
+    "build_or_load_index", "run_engine_bench", "summarize_run",
 ]
 
 # --------------------------------------------------------------------------- driver
@@ -92,11 +83,12 @@ def _warm_kernels(ivf, queries: np.ndarray, classes: Sequence[RequestClass]) -> 
     (numba; Triton per k-width and query-tile size) inside a run poisons the engine's
     iteration-time estimate.  ``nq`` copies of one query with ``nprobe=1`` make one list
     group of ``nq`` pairs, which sets the Triton kernel's query tile."""
+    search = batch_searcher(ivf)[1]
     for k in sorted({c.k for c in classes}):
         for nq in (1, 16, 32, 64):
-            ivf.search(np.repeat(queries[:1], nq, axis=0), k, nprobe=1)
+            search(np.repeat(queries[:1], nq, axis=0), k, 1)
     for c in classes:
-        ivf.search(queries[:8], c.k, nprobe=c.nprobe)
+        search(queries[:8], c.k, c.nprobe)
 
 
 def _gpu_fields(row: dict[str, Any], busy: GpuBusy, before: dict[str, float], after: dict[str, float]) -> None:
@@ -122,9 +114,11 @@ def run_engine_bench(cfg: EngineBenchConfig, console: Console | None = None) -> 
     started = time.perf_counter()
     data = load_bench_data(cfg, console)
     threads = set_threads(cfg.threads)  # after loading: the embedder may touch torch threads
-    ivf, index_info = build_or_load_ivf(data, cfg, console)
+    ivf, index_info = build_or_load_index(data, cfg, console)
     t = time.perf_counter()
-    if cfg.peer_kind == "faiss":
+    if cfg.peer_kind == "trinity":
+        peer = ivf
+    elif cfg.peer_kind == "faiss":
         import faiss
 
         faiss.cvar.distance_compute_blas_threshold = cfg.blas_threshold
@@ -135,13 +129,18 @@ def run_engine_bench(cfg: EngineBenchConfig, console: Console | None = None) -> 
                       dtype=str(ivf.dtype).replace("torch.", ""))
     if ivf.device.type == "cuda":
         index_info["gpu"] = torch.cuda.get_device_name(ivf.device)
-    sizes = ivf.list_sizes()
-    index_info.update(nlist=cfg.nlist, list_size_mean=float(sizes.mean()), list_size_max=int(sizes.max()),
-                      list_size_biased_mean=float((sizes.astype(float) ** 2).sum() / max(sizes.sum(), 1)))
+    if cfg.index == "graph":
+        index_info.update(index="graph", graph_degree=cfg.graph_degree)
+    else:
+        sizes = ivf.list_sizes()
+        index_info.update(nlist=cfg.nlist, list_size_mean=float(sizes.mean()), list_size_max=int(sizes.max()),
+                          list_size_biased_mean=float((sizes.astype(float) ** 2).sum() / max(sizes.sum(), 1)))
     queries = data.queries
     refs = _reference(peer, queries, cfg.classes)
     console.print(f"[bold]engine bench[/]: {data.info['num_vectors']:,} x {data.info['dim']} "
-                  f"({data.info['source'].split(':')[0]}), IVF nlist {cfg.nlist}, {len(queries)} held-out queries; "
+                  f"({data.info['source'].split(':')[0]}), "
+                  f"{f'graph degree {cfg.graph_degree}' if cfg.index == 'graph' else f'IVF nlist {cfg.nlist}'}, "
+                  f"{len(queries)} held-out queries; "
                   f"rates {', '.join(f'{r:g}' for r in cfg.rates)} req/s x {cfg.duration_s:g} s; "
                   f"index {'loaded' if index_info.get('index_loaded') else 'built'} in {index_info['index_s']} s")
 

@@ -44,6 +44,8 @@ class EngineBenchConfig:
     device: str = "cpu"  # where the collection lives: "cpu" or "cuda[:n]"
     dtype: str | None = None  # storage dtype of the collection (None: the device's default)
     peer: str = "auto"  # static batcher's index: "faiss" (CPU), "torch" (gather + bmm + topk); auto: by device
+    index: str = "ivf"  # the collection: "ivf", or "graph" (GraphIndex; the static batcher runs its search too)
+    graph_degree: int = 32  # GraphIndex out-degree (index "graph")
     out: Path | None = None
     plot: bool = True
 
@@ -63,6 +65,10 @@ class EngineBenchConfig:
             raise ValueError(f"device: expected 'cpu' or 'cuda[:n]', got {self.device!r}")
         if self.peer not in PEERS:
             raise ValueError(f"peer: expected one of {PEERS}, got {self.peer!r}")
+        if self.index not in ("ivf", "graph"):
+            raise ValueError(f"index: expected 'ivf' or 'graph', got {self.index!r}")
+        if self.index == "graph" and self.device != "cpu":
+            raise ValueError("index: GraphIndex runs on CPU only; use --device cpu")
         if self.peer == "faiss" and self.device != "cpu":
             raise ValueError("peer: faiss is the CPU peer; use --peer torch (or auto) with a GPU collection")
         names = [c.name for c in self.classes]
@@ -71,6 +77,8 @@ class EngineBenchConfig:
 
     @property
     def peer_kind(self) -> str:
+        if self.index == "graph":
+            return "trinity"
         return ("faiss" if self.device == "cpu" else "torch") if self.peer == "auto" else self.peer
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,14 +1,9 @@
-"""Data, index and the systems under test for ``trinity bench engine``.
-
-This module holds everything the benchmark drives: loading the indexed vectors and
-held-out queries (embedded corpus or synthetic clusters), building or loading the cached
-Trinity IVF index, the adapters that put each compared system behind one submit/abandon/
-counters interface (:class:`StaticSystem` for the static batcher,
-:class:`TrinitySystem` for the engine in stage-aware or FIFO mode, with
-:class:`_TimedRunner` timing the engine's runner), and :func:`run_stream`, which replays
-one open-loop schedule against a system.  Configuration lives in
-:mod:`trinity.bench.engine_bench`; summarising and plotting in
-:mod:`trinity.bench.engine_report`.
+"""Data, index and the systems under test for ``trinity bench engine``: the indexed vectors
+and held-out queries (embedded corpus or synthetic clusters), the cached Trinity index (IVF
+or graph), one submit/abandon/counters adapter per compared system (:class:`StaticSystem`,
+:class:`TrinitySystem` in stage-aware or FIFO mode), and :func:`run_stream`, which replays one
+open-loop schedule against a system.  Config: :mod:`~trinity.bench.engine_config`; summaries
+and plots: :mod:`~trinity.bench.engine_report`.
 """
 
 from __future__ import annotations
@@ -121,38 +116,42 @@ def _fingerprint(x: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
-def build_or_load_ivf(data: BenchData, cfg: EngineBenchConfig, console: Console | None = None):
-    """Trinity ``IVFIndex`` (inner product) over ``data.vectors``: loaded from the on-disk
-    cache keyed by (num_vectors, nlist, corpus fingerprint), else trained, filled and saved."""
+def build_or_load_index(data: BenchData, cfg: EngineBenchConfig, console: Console | None = None):
+    """The bench collection over ``data.vectors`` (inner product): a Trinity ``IVFIndex``, or a
+    ``GraphIndex`` with ``cfg.index == "graph"``; loaded from the on-disk cache keyed by
+    (num_vectors, nlist or degree, corpus fingerprint), else built and saved."""
     from trinity.data.embed import default_cache_dir
-    from trinity.index import IVFIndex, IndexFormatError, load_index, save_index
+    from trinity.index import GraphIndex, IndexFormatError, IVFIndex, load_index, save_index
 
     console = console or make_console()
-    n = len(data.vectors)
-    key = f"ivf-ip-n{n}-nlist{cfg.nlist}-{_fingerprint(data.vectors)}"
-    path = default_cache_dir() / "bench-indexes" / key
+    n, graph = len(data.vectors), cfg.index == "graph"
+    shape = f"graph-ip-n{n}-degree{cfg.graph_degree}" if graph else f"ivf-ip-n{n}-nlist{cfg.nlist}"
+    path = default_cache_dir() / "bench-indexes" / f"{shape}-{_fingerprint(data.vectors)}"
     use_cache = cfg.cache_index and cfg.data == "real" and cfg.device == "cpu"
     t = time.perf_counter()
     if use_cache and (path / "CURRENT").exists():
         try:
-            ivf = load_index(path)
-            if isinstance(ivf, IVFIndex) and ivf.ntotal == n and ivf.nlist == cfg.nlist:
-                return ivf, {"index_cache": str(path), "index_loaded": True,
-                             "index_s": round(time.perf_counter() - t, 2)}
+            index = load_index(path)
+            if isinstance(index, GraphIndex if graph else IVFIndex) and index.ntotal == n:
+                return index, {"index_cache": str(path), "index_loaded": True,
+                               "index_s": round(time.perf_counter() - t, 2)}
             console.print(f"[yellow]cached index at {path} does not match; rebuilding[/]")
         except IndexFormatError as e:
             console.print(f"[yellow]cached index unreadable ({e}); rebuilding[/]")
-    ivf = IVFIndex(data.vectors.shape[1], cfg.nlist, metric="ip", nprobe=8, device=cfg.device, dtype=cfg.dtype)
-    ivf.train(data.vectors, seed=cfg.seed)
-    ivf.add(data.vectors)
+    if graph:
+        index = GraphIndex(data.vectors.shape[1], metric="ip", graph_degree=cfg.graph_degree, seed=cfg.seed)
+    else:
+        index = IVFIndex(data.vectors.shape[1], cfg.nlist, metric="ip", nprobe=8, device=cfg.device, dtype=cfg.dtype)
+        index.train(data.vectors, seed=cfg.seed)
+    index.add(data.vectors)
     info: dict[str, Any] = {"index_loaded": False, "index_s": round(time.perf_counter() - t, 2)}
     if use_cache:
         try:
-            save_index(ivf, path)
+            save_index(index, path)
             info["index_cache"] = str(path)
         except (OSError, ValueError) as e:
             console.print(f"[yellow]could not cache the index ({e})[/]")
-    return ivf, info
+    return index, info
 
 
 # --------------------------------------------------------------------------- systems
@@ -243,8 +242,9 @@ class TrinitySystem(_System):
         self.engine._iterate = self.phases.wrap(self.engine._iterate, "step_s")
         # the runner's calls into the index, and taking results (its host sync)
         inner._results = self.phases.wrap(inner._results, "take_s")
-        for name in ("prepare_validated", "assign_prepared", "scan"):
-            setattr(ivf, name, self.phases.wrap(getattr(ivf, name), f"{name}_s"))
+        for name in ("prepare_validated", "assign_prepared", "scan", "start_search", "advance"):
+            if hasattr(ivf, name):
+                setattr(ivf, name, self.phases.wrap(getattr(ivf, name), f"{name}_s"))
         self._status = {RequestStatus.FINISHED_COMPLETE: Status.COMPLETE,
                         RequestStatus.FINISHED_PARTIAL: Status.PARTIAL,
                         RequestStatus.FINISHED_REJECTED: Status.REJECTED,

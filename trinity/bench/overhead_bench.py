@@ -27,7 +27,7 @@ import numpy as np
 from rich.console import Console
 
 from trinity.bench.engine_bench import EngineBenchConfig
-from trinity.bench.engine_systems import build_or_load_ivf, load_bench_data
+from trinity.bench.engine_systems import build_or_load_index, load_bench_data
 from trinity.bench.report import (PhaseTimer, default_out_path, machine_info, make_console, print_table,
                                   set_threads, write_json)
 from trinity.bench.workload import poisson_schedule
@@ -134,7 +134,7 @@ def run_overhead_bench(cfg: EngineBenchConfig, model: ClockModel = ClockModel(),
     console = console or make_console()
     data = load_bench_data(cfg, console)
     set_threads(cfg.threads)
-    ivf, index_info = build_or_load_ivf(data, cfg, console)
+    ivf, index_info = build_or_load_index(data, cfg, console)
     for c in cfg.classes:  # NOTE: compile the kernels before timing anything
         ivf.search(data.queries[:8], c.k, nprobe=c.nprobe)
     rows = []

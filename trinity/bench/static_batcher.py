@@ -51,6 +51,13 @@ def batch_searcher(index) -> tuple[int, Searcher]:
     """``(dim, search(queries, k, nprobe) -> (D, I))`` for a faiss index (IVF indexes get
     ``SearchParametersIVF(nprobe=...)`` per call) or a Trinity index."""
     if not hasattr(index, "d"):
+        if getattr(index, "kind", "") == "graph":  # nprobe names the itopk, as in the engine
+            from trinity.engine.graph_rows import GRAPH_MAX_ITOPK, hop_limit
+
+            def graph_search(q, k, nprobe):
+                itopk = min(max(nprobe, k), GRAPH_MAX_ITOPK)
+                return index.search(q, k, itopk=itopk, max_hops=int(hop_limit(itopk)))
+            return int(index.dim), graph_search
         if hasattr(index, "nlist"):
             return int(index.dim), lambda q, k, nprobe: index.search(q, k, nprobe=nprobe)
         return int(index.dim), lambda q, k, nprobe: index.search(q, k)

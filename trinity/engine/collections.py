@@ -8,8 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from trinity.errors import ErrorCode, TrinityError
-from trinity.index import FlatIndex, IVFIndex
+from trinity.engine.graph_rows import GRAPH_MAX_ITOPK, hop_cost, hop_limit
+from trinity.index import FlatIndex, GraphIndex, IVFIndex
 from trinity.index.base import BaseIndex
+
+
+_GRAPH_ITOPK = 64  # a graph request's itopk when it names none (GraphIndex.search's default)
 
 
 class UnknownCollectionError(TrinityError, KeyError, ValueError):
@@ -26,13 +30,13 @@ class UnknownCollectionError(TrinityError, KeyError, ValueError):
 
 @dataclass(frozen=True)
 class CollectionStats:
-    """What the scheduler needs to plan work on one collection: its units (IVF lists or
-    flat chunks) and their sizes."""
+    """What the scheduler needs to plan work on one collection: its units (IVF lists, flat
+    chunks or graph hops) and their sizes."""
 
     kind: str
-    num_units: int  # nlist (IVF) or chunks (flat)
-    default_nprobe: int
-    unit_sizes: np.ndarray  # vectors per list / chunk (metadata, read-only)
+    num_units: int  # nlist (IVF), chunks (flat), or the most hops a request may take (graph)
+    default_nprobe: int  # IVF probes, or a graph request's itopk, when the request names none
+    unit_sizes: np.ndarray  # vectors per list / chunk, planned evaluations per hop (metadata, read-only)
 
 
 class Collections:
@@ -42,7 +46,7 @@ class Collections:
     ``index_types``, :meth:`describe` and :meth:`assign`.
     """
 
-    index_types: tuple[type, ...] = (FlatIndex, IVFIndex)
+    index_types: tuple[type, ...] = (FlatIndex, IVFIndex, GraphIndex)
 
     def __init__(self) -> None:
         self._indexes: dict[str, BaseIndex] = {}
@@ -97,13 +101,21 @@ class Collections:
         """``index``'s units and their sizes (cached by :meth:`stats` until the index changes)."""
         if isinstance(index, IVFIndex):
             return CollectionStats("ivf", index.nlist, index.nprobe, index.lists.list_len.astype(np.int64))
+        if isinstance(index, GraphIndex):
+            num_units = int(hop_limit(GRAPH_MAX_ITOPK)) if index.ntotal else 0
+            return CollectionStats("graph", num_units, _GRAPH_ITOPK, np.full(num_units, hop_cost(index), np.int64))
         sizes = np.array([index.chunk_num_vectors(c) for c in range(index.num_chunks)], dtype=np.int64)
         return CollectionStats("flat", index.num_chunks, 0, sizes)
 
     def assign(self, name: str, queries: np.ndarray, nprobes: np.ndarray, request_ids: list[str]) -> np.ndarray:
         """Each query's units, ``-1`` padded: IVF probes best first (the coarse quantizer,
-        one batched call), flat every chunk.  ``request_ids`` let a simulated index assign."""
+        one batched call), flat every chunk, graph its hops (``nprobes``: itopk).  ``request_ids``
+        let a simulated index assign."""
         index = self.get(name)
+        if isinstance(index, GraphIndex):
+            num_hops = np.where(index.ntotal > 0, hop_limit(nprobes), 0)
+            hops = np.arange(int(num_hops.max(initial=0)), dtype=np.int64)
+            return np.where(hops < num_hops[:, None], hops, -1)
         if not isinstance(index, IVFIndex):
             return np.broadcast_to(np.arange(index.num_chunks, dtype=np.int64), (len(queries), index.num_chunks))
         prepared, _ = index.prepare_validated(queries)

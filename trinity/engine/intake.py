@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 
 from trinity.engine.collections import UnknownCollectionError
+from trinity.engine.graph_rows import GRAPH_MAX_ITOPK
 from trinity.engine.progress import ProgressTable
 from trinity.engine.request import RequestStatus, SearchRequest
 from trinity.errors import ErrorCode
-
 
 
 class Intake:
@@ -54,7 +54,12 @@ class Intake:
             if table is not None:
                 self._fail_table(name)
             table = self.tables[name] = ProgressTable(generation=group[0].generation)
-        nprobes = np.array([min(r.nprobe or stats.default_nprobe, stats.num_units) for r in group], dtype=np.int64)
+        if stats.kind == "graph":  # nprobe names the itopk: at least k, at most what a row holds
+            for r in group:
+                r.nprobe = min(max(r.nprobe or stats.default_nprobe, r.k), GRAPH_MAX_ITOPK)
+            nprobes = np.array([r.nprobe for r in group], dtype=np.int64)
+        else:
+            nprobes = np.array([min(r.nprobe or stats.default_nprobe, stats.num_units) for r in group], dtype=np.int64)
         try:
             units = self.collections.assign(name, np.stack([r.query for r in group]), nprobes,
                                              [r.request_id for r in group])

@@ -21,6 +21,7 @@ class NewRequest:
     query: np.ndarray  # (dim,) float32, as submitted
     k: int
     slot: int  # its row in the runner's persistent batch of this collection
+    itopk: int = 0  # graph collections: its itopk buffer (its hop limit follows from it)
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,7 @@ class RunnerOutput:
     vectors_scanned: dict[str, np.ndarray] = field(default_factory=dict)  # collection -> (query, vector) pairs per rider
     vectors_read: int = 0  # distinct vectors read (a list shared by several requests counts once)
     errors: dict[str, str] = field(default_factory=dict)  # id -> message (e.g. collection dropped)
+    converged: dict[str, np.ndarray] = field(default_factory=dict)  # collection -> bool per rider: done before its last planned unit (graph)
     duration_s: float = 0.0
 
     @property

@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from trinity.engine.collections import Collections, UnknownCollectionError
+from trinity.engine.graph_rows import GraphRows
 from trinity.engine.plan import IterationPlan, NewRequest, RideWork, RunnerOutput
 from trinity.engine.rows import RunningRows
-from trinity.index import IVFIndex, ProbeChunk
+from trinity.index import GraphIndex, IVFIndex, ProbeChunk
 
 
 class SearchRunner:
@@ -70,10 +71,14 @@ class SearchRunner:
             out.errors.update((r.request_id, str(e)) for r in reqs)
             return
         rows = self._rows.get(name)
+        graph = isinstance(index, GraphIndex)
         if rows is None or rows.index is not index:
-            rows = self._rows[name] = RunningRows(index)
-        rows.add(np.array([r.slot for r in reqs], dtype=np.int64), queries, offsets,
-                 np.array([r.k for r in reqs], dtype=np.int64))
+            rows = self._rows[name] = GraphRows(index) if graph else RunningRows(index)
+        slots, ks = np.array([r.slot for r in reqs], dtype=np.int64), np.array([r.k for r in reqs], dtype=np.int64)
+        if graph:
+            rows.add(slots, queries, offsets, ks, np.array([r.itopk for r in reqs], dtype=np.int64))
+        else:
+            rows.add(slots, queries, offsets, ks)
 
     def _ride(self, ride: RideWork, out: RunnerOutput) -> None:
         counts = np.diff(ride.ptr)
@@ -87,6 +92,15 @@ class SearchRunner:
         if rows is None or rows.index is not index:
             message = f"collection {ride.collection!r} was dropped and re-created"
             out.errors.update((rid, message) for rid in ride.request_ids)
+            return
+        if isinstance(rows, GraphRows):
+            with index.write_lock:
+                evals, done = rows.advance(ride.slots, counts)
+            out.vectors_scanned[ride.collection] = evals
+            out.converged[ride.collection] = early = done & ~ride.completes
+            finished = np.flatnonzero(ride.completes | early)
+            if finished.size:
+                self._results(rows, [ride.request_ids[i] for i in finished.tolist()], ride.slots[finished], out)
             return
         pair_row = np.repeat(ride.slots, counts)
         with index.write_lock:

@@ -94,8 +94,7 @@ class Scheduler(Intake):
         return bool(self.requests)
 
     def _head_horizon(self, now: float):
-        """When a waiting decode-level request's answer could be out: its claim runs in the
-        head, first, so only its own scan stands before it -- not the whole iteration."""
+        """When a waiting request's answer could be out: a decode-level claim runs first, in the head."""
         if not self.config.stage_aware or not self.scan_rate:
             return None
         rate = self.scan_rate
@@ -227,7 +226,8 @@ class Scheduler(Intake):
                 if rid not in self.joined:
                     self.joined.add(rid)
                     self.waiting.remove(rid)
-                    new.append(NewRequest(rid, req.collection, req.query, req.k, req.slot))
+                    new.append(NewRequest(rid, req.collection, req.query, req.k, req.slot,
+                                          req.nprobe if req.kind == "graph" else 0))
                 req.status = RequestStatus.RUNNING
                 if req.first_scan_time is None:
                     req.first_scan_time = now
@@ -261,16 +261,20 @@ class Scheduler(Intake):
         return self.pop_finished()
 
     def _update_ride(self, ride: RideWork, out: RunnerOutput) -> None:
-        """One collection's riders: one scatter into its progress table, then the finished."""
+        """One collection's riders: one scatter into its progress table, then the finished (last
+        planned unit scanned, or a graph search converged before it)."""
         reqs = [self.requests.get(rid) for rid in ride.request_ids]
         vectors = out.vectors_scanned[ride.collection]
+        early = out.converged.get(ride.collection, np.zeros(len(reqs), dtype=bool))
         if not all(reqs):  # failed by the runner's errors just now
             keep = np.array([r is not None for r in reqs], dtype=bool)
-            ride, vectors, reqs = ride.subset(keep), vectors[keep], [r for r in reqs if r is not None]
+            ride, vectors, early = ride.subset(keep), vectors[keep], early[keep]
+            reqs = [r for r in reqs if r is not None]
             if not reqs:
                 return
+        done = ride.completes | early
         reqs[0]._table.apply(ride.slots, ride.ptr, ride.units, ride.completes, vectors)
-        for i in np.flatnonzero(ride.completes).tolist():
+        for i in np.flatnonzero(done).tolist():
             self._finish(reqs[i], RequestStatus.FINISHED_COMPLETE, *out.results[reqs[i].request_id])
 
     # ------------------------------------------------------------------ internals

@@ -222,13 +222,15 @@ class GraphIndex(GraphPersistence, BaseIndex):
 
     # ------------------------------------------------------------------ search
     def start_search(self, queries: np.ndarray, itopk: int | np.ndarray = 64, search_width: int | np.ndarray = 1,
-                     max_hops: int | np.ndarray | None = None) -> GraphSearchState:
-        """A seeded search state for prepared ``queries`` (see :meth:`prepare_queries`)."""
+                     max_hops: int | np.ndarray | None = None, width: int = 0, hsize: int = 0) -> GraphSearchState:
+        """A seeded search state for prepared ``queries`` (see :meth:`prepare_queries`); ``width`` /
+        ``hsize`` size its buffers and hashes for a persistent batch (see :func:`init_state`)."""
         n = queries.shape[0]
         vecs, aux = self._arrays()
         return init_state(vecs, aux, self.entries, self.graph_degree, queries,
                           _per_query(itopk, n, "itopk", 1 << 16), _per_query(search_width, n, "search_width", 256),
-                          _per_query(_NO_HOP_LIMIT if max_hops is None else max_hops, n, "max_hops", _NO_HOP_LIMIT))
+                          _per_query(_NO_HOP_LIMIT if max_hops is None else max_hops, n, "max_hops", _NO_HOP_LIMIT),
+                          width, hsize)
 
     def advance(self, state: GraphSearchState, rows: np.ndarray | None = None, num_hops: int = 1) -> np.ndarray:
         """Advance ``rows`` (default: all) of ``state`` by up to ``num_hops``; return their done flags."""

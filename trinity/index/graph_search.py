@@ -75,11 +75,13 @@ def hash_size_for(max_itopk: int, search_width: int, degree: int, num_entries: i
 
 
 def init_state(vecs: np.ndarray, aux: np.ndarray, entries: np.ndarray, degree: int, queries: np.ndarray,
-               itopk: np.ndarray, search_width: np.ndarray, max_hops: np.ndarray) -> GraphSearchState:
-    """A fresh state for prepared ``queries``, its buffers seeded with the scored ``entries``."""
+               itopk: np.ndarray, search_width: np.ndarray, max_hops: np.ndarray, width: int = 0,
+               hsize: int = 0) -> GraphSearchState:
+    """A fresh state for prepared ``queries``, its buffers seeded with the scored ``entries``
+    (``width`` / ``hsize``: buffer and hash sizes of a persistent batch, else the least that fits)."""
     n = queries.shape[0]
-    width = int(itopk.max())
-    hsize = hash_size_for(width, int(search_width.max()), degree, entries.size)
+    width = max(width, int(itopk.max()))
+    hsize = hsize or hash_size_for(width, int(search_width.max()), degree, entries.size)
     state = GraphSearchState(
         queries=np.ascontiguousarray(queries, dtype=np.float32),
         buf_nodes=np.full((n, width), _EMPTY, np.int32), buf_scores=np.full((n, width), -np.inf, np.float32),

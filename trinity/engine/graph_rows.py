@@ -1,0 +1,97 @@
+"""The runner's persistent batch for a graph collection: one search state row per slot.
+
+A graph request's unit of work is a hop.  Its row holds the hop-level search state of
+:mod:`trinity.index.graph_search` (itopk buffer, visited hash, counters); a ride advances
+each rider's row by the hops it was given, in place, and a row that converges before its
+last planned hop is reported done early.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+
+import numpy as np
+import torch
+
+from trinity.index import GraphIndex
+from trinity.index.graph_search import GraphSearchState, hash_size_for
+
+#: The largest itopk a graph request may ask for (every row is sized for it).
+GRAPH_MAX_ITOPK = 256
+#: Hops a request may take beyond itopk / search_width: convergence took at most itopk + 17 hops
+#: on 1,000 MiniLM queries over 19k passages at itopk 16-256 (benchmarks/README.md, issue 24).
+GRAPH_EXTRA_HOPS = 32
+
+
+#: Nodes a hop expands (CAGRA's search_width); engine requests all use it.
+GRAPH_SEARCH_WIDTH = 1
+
+
+def hop_limit(itopk: int | np.ndarray) -> int | np.ndarray:
+    """Hops a graph request may take: its units."""
+    return -(-np.asarray(itopk) // GRAPH_SEARCH_WIDTH) + GRAPH_EXTRA_HOPS
+
+
+def hop_cost(index: GraphIndex) -> int:
+    """Planned distance evaluations per hop: half the out-degree (12.9-24.6 measured, itopk 256-16)."""
+    return max(1, index.graph_degree * GRAPH_SEARCH_WIDTH // 2)
+
+
+class GraphRows:
+    """Rows of the requests of one graph collection (one index object)."""
+
+    def __init__(self, index: GraphIndex) -> None:
+        self.index = index
+        self.width = GRAPH_MAX_ITOPK
+        self.hsize = hash_size_for(self.width, GRAPH_SEARCH_WIDTH, index.graph_degree, index.entries.size)
+        self.state: GraphSearchState | None = None
+        self.offsets = np.zeros(0, np.float32)
+        self.k = np.zeros(0, np.int64)
+
+    @property
+    def num_rows(self) -> int:
+        return self.k.size
+
+    def add(self, slots: np.ndarray, queries: torch.Tensor, offsets: torch.Tensor, ks: np.ndarray,
+            itopk: np.ndarray) -> None:
+        """Seed rows ``slots`` for prepared ``queries`` with their ``k`` and ``itopk``."""
+        itopk = np.clip(np.maximum(itopk, ks), 1, self.width)
+        fresh = self.index.start_search(queries.numpy(), itopk, GRAPH_SEARCH_WIDTH, hop_limit(itopk), self.width,
+                                        self.hsize)
+        if self.num_rows <= int(slots.max()):
+            self._grow(1 << max(6, math.ceil(math.log2(int(slots.max()) + 1))), fresh)
+        for f in fields(GraphSearchState):
+            getattr(self.state, f.name)[slots] = getattr(fresh, f.name)
+        self.offsets[slots] = offsets.numpy()
+        self.k[slots] = ks
+
+    def _grow(self, num_rows: int, like: GraphSearchState) -> None:
+        old, n = self.state, self.num_rows
+        arrays = {}
+        for f in fields(GraphSearchState):
+            a = getattr(like, f.name)
+            arrays[f.name] = np.zeros((num_rows, *a.shape[1:]), a.dtype)
+            if old is not None:
+                arrays[f.name][:n] = getattr(old, f.name)
+        self.state = GraphSearchState(**arrays)
+        self.offsets = np.concatenate([self.offsets, np.zeros(num_rows - n, np.float32)])
+        self.k = np.concatenate([self.k, np.zeros(num_rows - n, np.int64)])
+
+    def advance(self, slots: np.ndarray, hops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Advance row ``slots[i]`` by ``hops[i]``; return ``(evaluations, done)`` per rider."""
+        state = self.state
+        before, limit = state.num_evals[slots], state.max_hops[slots]
+        state.max_hops[slots] = np.minimum(limit, state.hops[slots] + hops)  # one call, each row its own hops
+        try:
+            self.index.advance(state, slots, int(hops.max()))
+        finally:
+            state.max_hops[slots] = limit
+        return state.num_evals[slots] - before, state.done()[slots]
+
+    def results(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(scores, ids, k)`` of rows ``slots`` in user units (row ``n``'s answer: its first ``k[n]``)."""
+        sub = GraphSearchState(**{f.name: getattr(self.state, f.name)[slots] for f in fields(GraphSearchState)})
+        ks = self.k[slots]
+        d, i = self.index.results(sub, int(ks.max()), self.offsets[slots])
+        return d, i, ks
