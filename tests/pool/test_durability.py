@@ -1,4 +1,5 @@
-"""kill -9 at a random moment during a stream of acknowledged writes loses none of them."""
+"""kill -9 at a random moment during a stream of acknowledged writes loses none of them (flat, IVF and
+graph collections)."""
 
 from __future__ import annotations
 
@@ -97,7 +98,9 @@ def test_kill9_during_upserts_loses_no_acknowledged_write(tmp_path):
             assert c.post("/v1/collections", json={"name": "flat", "dim": DIM, "metric": "l2"}).status_code == 201
             assert c.post("/v1/collections", json={"name": "ivf", "dim": DIM, "index": "ivf", "nlist": 4,
                                                    "train_size": 300}).status_code == 201
-        writers = Writers(srv.url, ["flat", "ivf"], first_id=0, seed=7)
+            assert c.post("/v1/collections", json={"name": "graph", "dim": DIM, "index": "graph",
+                                                   "graph_degree": 8}).status_code == 201
+        writers = Writers(srv.url, ["flat", "ivf", "graph"], first_id=0, seed=7)
         rng = random.Random(1234)
         for _ in range(2):
             threads = [threading.Thread(target=writers.run, args=(w,)) for w in range(4)]
@@ -114,7 +117,7 @@ def test_kill9_during_upserts_loses_no_acknowledged_write(tmp_path):
             _verify(srv.url, writers)
         with httpx.Client(base_url=srv.url) as c:
             assert c.get("/v1/collections/ivf").json()["state"] == "trained"
-            lsns = {n: c.get(f"/v1/collections/{n}").json()["lsn"] for n in ("flat", "ivf")}
+            lsns = {n: c.get(f"/v1/collections/{n}").json()["lsn"] for n in ("flat", "ivf", "graph")}
     finally:
         srv.stop()  # graceful: snapshots every collection and trims its WAL
     for directory in (data / "collections").iterdir():  # checked on disk, without a restart

@@ -68,6 +68,24 @@ def test_flat_collection_round_trip(client, name):
     assert client.get(f"/v1/collections/{name}").status_code == 404
 
 
+def test_graph_collection_searches_by_hops_and_rejects_ivf_options(client, name):
+    body = {"name": name, "dim": DIM, "index": "graph", "graph_degree": 8}
+    assert error_of(client.post("/v1/collections", json={**body, "nlist": 4}))["field"] == "nlist"
+    flat_with_degree = {"name": name, "dim": DIM, "graph_degree": 8}
+    assert error_of(client.post("/v1/collections", json=flat_with_degree))["field"] == "graph_degree"
+    r = client.post("/v1/collections", json=body)
+    assert r.status_code == 201 and r.json()["index"] == "graph" and r.json()["graph_degree"] == 8
+    x = _vecs(300, seed=5)
+    client.put(f"/v1/collections/{name}/vectors", json={"ids": list(range(300)), "vectors": x.tolist()})
+    r = client.post(f"/v1/collections/{name}/search", json={"vectors": x[:20].tolist(), "k": 3, "nprobe": 64,
+                                                            "stage": "decode"})
+    assert [res["ids"][0] for res in r.json()["results"]] == list(range(20))
+    assert all(res["status"] == "complete" for res in r.json()["results"])
+    client.post(f"/v1/collections/{name}/vectors/delete", json={"ids": [3]})
+    r = client.post(f"/v1/collections/{name}/search", json={"vector": x[3].tolist(), "k": 3, "nprobe": 64})
+    assert 3 not in r.json()["results"][0]["ids"]
+
+
 def test_ivf_collection_trains_after_the_buffer(client, name):
     r = client.post("/v1/collections", json={"name": name, "dim": DIM, "index": "ivf", "nlist": 4, "nprobe": 4,
                                              "train_size": 64})

@@ -87,7 +87,7 @@ class CreateCollection(_Model):
     name: Name
     dim: int | None = Field(None, ge=1, le=MAX_DIM, description="Omit to take the embedder's dimension.")
     metric: Metric = "cosine"
-    index: Literal["flat", "ivf"] = "flat"
+    index: Literal["flat", "ivf", "graph"] = "flat"
     nlist: int | None = Field(None, ge=1, le=65_536, description="IVF lists (default 1024).")
     nprobe: int | None = Field(None, ge=1, le=65_536, description="IVF default probes (default 8).")
     train_size: int | None = Field(None, ge=1, le=100_000_000,
@@ -95,11 +95,15 @@ class CreateCollection(_Model):
                                                "training; default 39 * nlist.")
     embedder: Embedder | None = Field(None, description="Embeds `texts`; default all-MiniLM-L6-v2 when dim is "
                                                         "omitted or 384, else none.")
+    graph_degree: int | None = Field(None, ge=4, le=128, description="Graph out-degree (default 32); a search's "
+                                                                     "nprobe is its itopk.")
 
     @model_validator(mode="after")
     def _check(self) -> CreateCollection:
-        if self.index == "flat" and (self.nlist or self.nprobe or self.train_size):
+        if self.index != "ivf" and (self.nlist or self.nprobe or self.train_size):
             raise InvalidArgument("nlist, nprobe and train_size only apply to index='ivf'", "nlist")
+        if self.index != "graph" and self.graph_degree:
+            raise InvalidArgument("graph_degree only applies to index='graph'", "graph_degree")
         if self.index == "ivf" and self.train_size is not None and self.train_size < (self.nlist or 1024):
             raise InvalidArgument("must be at least nlist", "train_size")
         self.dim, self.embedder = _resolve_embedder(self.dim, self.embedder)

@@ -44,7 +44,7 @@ import numpy as np
 from trinity.engine import SearchEngine
 from trinity.errors import Conflict, ErrorCode, InvalidArgument
 from trinity.fsutil import atomic_write
-from trinity.index import FlatIndex, IVFIndex
+from trinity.index import FlatIndex, GraphIndex, IVFIndex
 from trinity.index.base import BaseIndex
 from trinity.index.inputs import MAX_ID
 from trinity.pool.memory import trim_heap
@@ -109,6 +109,8 @@ class DurableCollection(IVFTraining):
         self.payload_bytes = self.next_id = self.applied_lsn = self.snapshot_lsn = 0
         self._snapshot_kind = "flat"  # kind of the index in the last snapshot (or empty state)
         if snap is None:
+            if self.spec.index == "graph":
+                return GraphIndex(self.spec.dim, self.spec.metric, graph_degree=self.spec.graph_degree or 32)
             return FlatIndex(self.spec.dim, self.spec.metric)
         if snap.index.dim != self.spec.dim:
             raise ValueError(f"{self.dir}: snapshot dim {snap.index.dim} != spec dim {self.spec.dim}")

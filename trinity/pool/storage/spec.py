@@ -19,11 +19,12 @@ class CollectionSpec:
     name: str
     dim: int
     metric: str = "cosine"
-    index: str = "flat"  # "flat" | "ivf"
+    index: str = "flat"  # "flat" | "ivf" | "graph"
     nlist: int | None = None
     nprobe: int | None = None
     train_size: int | None = None
     embedder: str | None = None
+    graph_degree: int | None = None
 
     @property
     def effective_train_size(self) -> int:
