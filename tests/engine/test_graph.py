@@ -80,3 +80,32 @@ def test_a_decode_query_takes_many_hops_in_one_iteration():
     fut = engine.submit("graph_ip", queries("graph_ip")[7], 10, nprobe=32, stage="decode", deadline_ms=50)
     res = drain(engine, clock)[fut.request_id]
     assert res.status is RequestStatus.FINISHED_COMPLETE and res.num_iterations == 1
+
+
+def test_a_compaction_under_running_searches_restarts_them_and_never_returns_deleted_ids():
+    from trinity.engine import Collections
+    from trinity.index import GraphIndex
+
+    from .helpers import dataset
+
+    x, q = dataset("graph_ip"), queries("graph_ip")
+    idx = GraphIndex(x.shape[1], graph_degree=16)
+    idx.add(x)
+    clock, cols = FakeClock(), Collections()
+    cols.add("g", idx)
+    engine = SearchEngine(fixed_budget(160), collections=cols, runner=TimedRunner(cols, clock), clock=clock,
+                          start=False)
+    futures = [engine.submit("g", q[i], 10, nprobe=64, stage="background") for i in range(4)]
+    for _ in range(2):
+        clock.advance(0.001)
+        engine.step()
+    gone = np.arange(0, len(x), 3)
+    storage = idx.lists
+    idx.remove(gone)
+    idx.consolidate()
+    assert idx.lists is not storage, "the test needs a compaction"
+    drain(engine, clock)
+    for f in futures:
+        res = f.result()
+        assert res.status is RequestStatus.FINISHED_COMPLETE
+        assert not np.isin(res.ids, gone).any() and (res.ids >= 0).all()

@@ -22,8 +22,6 @@ GRAPH_MAX_ITOPK = 256
 #: Hops a request may take beyond itopk / search_width: convergence took at most itopk + 17 hops
 #: on 1,000 MiniLM queries over 19k passages at itopk 16-256 (benchmarks/README.md, issue 24).
 GRAPH_EXTRA_HOPS = 32
-
-
 #: Nodes a hop expands (CAGRA's search_width); engine requests all use it.
 GRAPH_SEARCH_WIDTH = 1
 
@@ -46,6 +44,7 @@ class GraphRows:
         self.width = GRAPH_MAX_ITOPK
         self.hsize = hash_size_for(self.width, GRAPH_SEARCH_WIDTH, index.graph_degree, index.entries.size)
         self.state: GraphSearchState | None = None
+        self._storage = index.lists  # a compaction replaces it, renumbering the nodes rows hold
         self.offsets = np.zeros(0, np.float32)
         self.k = np.zeros(0, np.int64)
 
@@ -78,8 +77,20 @@ class GraphRows:
         self.offsets = np.concatenate([self.offsets, np.zeros(num_rows - n, np.float32)])
         self.k = np.concatenate([self.k, np.zeros(num_rows - n, np.int64)])
 
+    def _check_storage(self) -> None:
+        """After a compaction every row restarts from the entry points (its hops so far are lost)."""
+        if self.index.lists is self._storage or self.state is None:
+            self._storage = self.index.lists
+            return
+        self._storage, state = self.index.lists, self.state
+        fresh = self.index.start_search(state.queries, np.maximum(state.itopk, 1), GRAPH_SEARCH_WIDTH,
+                                        np.maximum(state.max_hops, 1), self.width, self.hsize)
+        for f in fields(GraphSearchState):
+            getattr(state, f.name)[:] = getattr(fresh, f.name)
+
     def advance(self, slots: np.ndarray, hops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Advance row ``slots[i]`` by ``hops[i]``; return ``(evaluations, done)`` per rider."""
+        self._check_storage()
         state = self.state
         before, limit = state.num_evals[slots], state.max_hops[slots]
         state.max_hops[slots] = np.minimum(limit, state.hops[slots] + hops)  # one call, each row its own hops
@@ -91,6 +102,7 @@ class GraphRows:
 
     def results(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(scores, ids, k)`` of rows ``slots`` in user units (row ``n``'s answer: its first ``k[n]``)."""
+        self._check_storage()
         sub = GraphSearchState(**{f.name: getattr(self.state, f.name)[slots] for f in fields(GraphSearchState)})
         ks = self.k[slots]
         d, i = self.index.results(sub, int(ks.max()), self.offsets[slots])
