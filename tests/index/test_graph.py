@@ -207,6 +207,7 @@ def test_bad_search_arguments_name_the_field(kwargs, field):
     ({"graph_degree": 0}, "graph_degree"), ({"graph_degree": 32, "intermediate_degree": 8}, "intermediate_degree"),
     ({"device": "cuda"}, "device"), ({"consolidate_threshold": 0.0}, "consolidate_threshold"),
     ({"metric": "hamming"}, "metric"), ({"num_entries": 0}, "num_entries"), ({"refine_itopk": -1}, "refine_itopk"),
+    ({"refine_passes": 0}, "refine_passes"),
 ])
 def test_bad_constructor_arguments_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
@@ -221,3 +222,15 @@ def test_bad_vectors_name_the_field():
         index.search(np.full((1, 8), np.nan, np.float32), 1)
     with pytest.raises(ValueError, match="ids"):
         index.add(np.ones((2, 8), np.float32), ids=np.array([1, 1]))
+
+
+def test_warmup_compiles_the_graph_kernels():
+    from trinity.index import graph_build, graph_refine, graph_search, graph_update
+    from trinity.index.warmup import warmup
+
+    warmup()
+    for kernel in (graph_search._advance, graph_search._advance_serial, graph_search._seed, graph_search._seed_serial,
+                   graph_search._topk, graph_build._prune, graph_build.merge_reverse, graph_build.reachable,
+                   graph_refine._trace, graph_refine.robust_prune, graph_refine.reverse_edges,
+                   graph_update._touches_deleted, graph_update._repair_candidates):
+        assert kernel.signatures, kernel.py_func.__name__

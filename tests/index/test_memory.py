@@ -139,3 +139,20 @@ def test_flat_memory_accounting():
     index.remove(ids[:5000])
     assert free_blocks(index) >= 5000 // 256 - 1
     check_accounting(index)
+
+
+def test_a_growing_list_gets_ascending_blocks_across_pool_growths():
+    import torch
+
+    from trinity.index.blocks import BlockedLists
+
+    lists = BlockedLists(2, 4, 4, dtype=torch.float32, device=torch.device("cpu"), with_aux=False)
+    rng = np.random.default_rng(0)
+    for step in range(60):  # uneven appends leave free blocks behind before each growth
+        n = int(rng.integers(1, 40))
+        lists.append(np.zeros(n, np.int64), torch.zeros(n, 4), None, np.arange(n) + 1000 * step)
+    nb = int(lists.num_list_blocks()[0])
+    assert lists.num_blocks > nb  # some blocks are still free
+    assert np.array_equal(lists.block_table[0, :nb], np.arange(nb))
+    slots = lists.append(np.ones(1, np.int64), torch.zeros(1, 4), None, np.array([7]))
+    assert slots[0] == nb * 4  # the lowest free block is handed out first

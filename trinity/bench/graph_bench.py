@@ -28,7 +28,7 @@ class GraphBenchConfig:
     num_vectors: int = 200_000
     num_queries: int = 1000
     k: int = 10
-    graph_degree: int = 32
+    graph_degree: int = 40
     search_values: tuple[int, ...] = (16, 24, 32, 48, 64, 96, 128, 192, 256)
     batch_sizes: tuple[int, ...] = (1, 64)
     threads: tuple[int, ...] = (1, 2)

@@ -13,6 +13,8 @@ blocks (amortised, like a ``std::vector``), which is the only time vectors are c
 
 from __future__ import annotations
 
+import heapq
+
 import numpy as np
 import torch
 
@@ -40,7 +42,7 @@ class BlockedLists:
         self.block_table = np.full((num_lists, 1), -1, dtype=np.int32)
         self.list_len = np.zeros(num_lists, dtype=np.int64)
         self.block_owner = np.zeros(0, dtype=np.int32)  # list owning each pool block (-1 = free)
-        self._free: list[int] = []
+        self._free: list[int] = []  # min-heap: the lowest free block is handed out first
         self.version = 0  # bumped on every mutation; device mirrors key on it
         self._mirror: tuple[int, torch.Tensor, torch.Tensor] | None = None
 
@@ -82,7 +84,7 @@ class BlockedLists:
         self._reserve(int((new_nb - old_nb).sum()), int(new_nb.max()))
         for lst, a, b in zip(uniq.tolist(), old_nb.tolist(), new_nb.tolist()):
             for col in range(a, b):
-                blk = self._free.pop()
+                blk = heapq.heappop(self._free)
                 self.block_table[lst, col] = blk
                 self.block_owner[blk] = lst
         pos = np.repeat(old_len, counts) + rank
@@ -119,7 +121,7 @@ class BlockedLists:
             if last_pos % self.block_size == 0:  # the last block became empty
                 self.block_table[lst, last_pos // self.block_size] = -1
                 self.block_owner[last_blk] = -1
-                self._free.append(last_blk)
+                heapq.heappush(self._free, last_blk)
         self.version += 1
         return moved
 
@@ -152,9 +154,9 @@ class BlockedLists:
         if self.aux is not None:
             self.aux = _grow(self.aux, grow, 0)
         self.block_owner = np.concatenate([self.block_owner, np.full(grow, -1, dtype=np.int32)])
-        # NOTE: pop() takes from the end, so push new blocks in reverse to hand them out in
-        # ascending order; sequential lists then get contiguous blocks.
-        self._free.extend(range(old + grow - 1, old - 1, -1))
+        # NOTE: new blocks are above every free one, so the heap stays valid; a list that only
+        # grows (nothing freed) gets ascending, contiguous blocks across any number of growths.
+        self._free.extend(range(old, old + grow))
 
     # ------------------------------------------------------------------ accounting / io
     def memory_bytes(self) -> dict[str, int]:

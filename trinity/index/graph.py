@@ -2,8 +2,9 @@
 
 Vectors live in one blocked list that only grows between consolidations, so a node
 number is the vector's slot.  The build runs when an add brings at least as many vectors
-as the index holds: a CAGRA graph (:mod:`trinity.index.graph_build`), then one pass of
-search-based refinement (:mod:`trinity.index.graph_refine`; ``refine_itopk=0`` skips it).
+as the index holds: a CAGRA graph (:mod:`trinity.index.graph_build`), then
+``refine_passes`` passes of search-based refinement (:mod:`trinity.index.graph_refine`;
+``refine_itopk=0`` skips them).
 Smaller adds are inserts (:mod:`trinity.index.graph_update`).  ``remove`` marks nodes
 deleted: they are never returned but still route, until more than
 ``consolidate_threshold`` of the nodes are deleted and the graph is repaired and
@@ -33,7 +34,7 @@ _SEARCH_BATCH = 4096
 _STATE_BYTES = 64 << 20  # bounds the visited sets of one internal search batch
 _NO_HOP_LIMIT = (1 << 31) - 1
 #: kNN candidates per node before pruning, per unit of degree (CAGRA uses 2x; see benchmarks/README.md).
-_INTERMEDIATE_FACTOR = 6
+_INTERMEDIATE_FACTOR = 3
 
 
 def _positive(value: object, name: str, upper: int = 1 << 20) -> int:
@@ -50,17 +51,20 @@ def _per_query(value: int | np.ndarray, n: int, name: str, upper: int) -> np.nda
 class GraphIndex(GraphPersistence, BaseIndex):
     """Graph ANN index: ``add``, ``search(q, k, itopk, search_width, max_hops) -> (D, I)``, ``remove``.
 
-    Build knobs: ``intermediate_degree`` kNN candidates per node (default 6x the degree) from
+    Build knobs: ``intermediate_degree`` kNN candidates per node (default 3x the degree) from
     IVF lists of ``build_list_size`` vectors, each probing ``build_probes`` lists;
-    ``num_entries`` entry points; ``refine_itopk`` the itopk of the refinement searches.
+    ``num_entries`` entry points; ``refine_itopk`` the itopk of the refinement searches, run
+    ``refine_passes`` times (each pass searches the graph the previous one built).
     """
 
     kind = "graph"
 
-    def __init__(self, dim: int, metric: str | Metric = "ip", graph_degree: int = 32, device: str | torch.device = "cpu",
+    def __init__(self, dim: int, metric: str | Metric = "ip", graph_degree: int = 40,
+                 device: str | torch.device = "cpu",
                  dtype: torch.dtype | str | None = None, block_size: int = DEFAULT_GRAPH_BLOCK_SIZE,
                  intermediate_degree: int | None = None, num_entries: int = 64, build_probes: int = 12,
-                 build_list_size: int = 256, refine_itopk: int = 192, consolidate_threshold: float = 0.2,
+                 build_list_size: int = 256, refine_itopk: int = 96, refine_passes: int = 2,
+                 consolidate_threshold: float = 0.2,
                  seed: int = 0) -> None:
         if torch.device(device).type != "cpu":
             raise ValueError(f"device: GraphIndex runs on CPU only (numba kernels), got {device!r}")
@@ -74,6 +78,7 @@ class GraphIndex(GraphPersistence, BaseIndex):
         self.build_probes = _positive(build_probes, "build_probes")
         self.build_list_size = _positive(build_list_size, "build_list_size")
         self.refine_itopk = 0 if refine_itopk == 0 else _positive(refine_itopk, "refine_itopk", 4096)
+        self.refine_passes = _positive(refine_passes, "refine_passes", 16)
         if not isinstance(consolidate_threshold, (int, float)) or not 0.0 < consolidate_threshold <= 1.0:
             raise ValueError(f"consolidate_threshold: expected a float in (0, 1], got {consolidate_threshold!r}")
         self.consolidate_threshold = float(consolidate_threshold)
@@ -124,7 +129,6 @@ class GraphIndex(GraphPersistence, BaseIndex):
             aux = self.metric.vector_aux(vecs) if self.metric.uses_norms else None
             live_before = self.ntotal
             first = self.num_nodes
-            self._reserve_sequential(vecs.shape[0])
             slots = self.lists.append(self._assign_lists(vecs), vecs, aux, id_arr)
             if not np.array_equal(slots, np.arange(first, first + slots.size)):
                 raise RuntimeError("GraphIndex: storage slots are not sequential")  # NOTE: node == slot invariant
@@ -158,18 +162,6 @@ class GraphIndex(GraphPersistence, BaseIndex):
         slots = slots[slots >= 0]
         self._deleted[slots] = 1
         return int(slots.size)
-
-    def _reserve_sequential(self, n: int) -> None:
-        """Make the next ``n`` appended slots follow the last one (node == slot).
-
-        NOTE: the pool keeps free blocks left over from its last growth, and a growth puts its
-        new blocks after them on the free stack; graph storage never frees blocks, so the free
-        blocks are the pool's tail, and handing them out in ascending order keeps the list dense.
-        """
-        lists, bs = self.lists, self.lists.block_size
-        old_nb, new_nb = -(-self.num_nodes // bs), -(-(self.num_nodes + n) // bs)
-        lists._reserve(new_nb - old_nb, new_nb)
-        lists._free.sort(reverse=True)
 
     def _grow(self, rows: int) -> None:
         if rows > self._graph.shape[0]:
@@ -217,7 +209,8 @@ class GraphIndex(GraphPersistence, BaseIndex):
                                                self.num_entries, self.build_probes, self.build_list_size, self.seed)
         if self.refine_itopk:
             vecs, aux_np = self._arrays()
-            graph = refine(vecs, aux_np, graph, self.entries, knn, self.refine_itopk, self._query_scale)
+            graph = refine(vecs, aux_np, graph, self.entries, knn, self.refine_itopk, self._query_scale,
+                           self.refine_passes)
         self._graph, self._deleted = graph, np.zeros(n, np.uint8)
 
     # ------------------------------------------------------------------ search

@@ -146,22 +146,30 @@ def _prune(cand, adj, rows, out, nchunks):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
+def reverse_edges(graph, cap):  # pragma: no cover - compiled
+    """``(n, cap)`` sources of each node's in-edges, by their rank at the source, ``-1`` padded."""
+    n, d = graph.shape
+    rev = np.full((n, cap), -1, np.int32)
+    count = np.zeros(n, np.int32)
+    for r in range(d):
+        for x in range(n):
+            y = graph[x, r]
+            if y >= 0 and count[y] < cap:
+                rev[y, count[y]] = x
+                count[y] += 1
+    return rev
+
+
+@numba.njit(cache=True, nogil=True)
 def merge_reverse(pruned, half):  # pragma: no cover - compiled
     """``half`` best pruned edges, then reverse edges (by source rank), then the rest; no duplicates."""
     n, d = pruned.shape
-    rev = np.full((n, half), -1, np.int32)
-    rcnt = np.zeros(n, np.int32)
-    for r in range(d):
-        for x in range(n):
-            y = pruned[x, r]
-            if y >= 0 and rcnt[y] < half:
-                rev[y, rcnt[y]] = x
-                rcnt[y] += 1
+    rev = reverse_edges(pruned, half)
     out = np.full((n, d), -1, np.int32)
     for x in range(n):
         m = 0
         for phase in range(3):
-            lo, hi = (0, half) if phase == 0 else ((0, rcnt[x]) if phase == 1 else (half, d))
+            lo, hi = (0, half) if phase != 2 else (half, d)
             for j in range(lo, hi):
                 v = pruned[x, j] if phase != 1 else rev[x, j]
                 if m == d or v < 0 or v == x:

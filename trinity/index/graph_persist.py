@@ -17,6 +17,7 @@ class GraphPersistence:
         return {**super().config(), "graph_degree": self.graph_degree, "intermediate_degree": self.intermediate_degree,
                 "num_entries": self.num_entries, "build_probes": self.build_probes,
                 "build_list_size": self.build_list_size, "refine_itopk": self.refine_itopk,
+                "refine_passes": self.refine_passes,
                 "consolidate_threshold": self.consolidate_threshold,
                 "seed": self.seed}
 

@@ -4,8 +4,10 @@ A kNN graph only offers each node its nearest neighbours as edge candidates.  He
 node searches the built graph for itself (itopk ``trace_itopk``) and takes the nodes the
 search *expanded* on its way -- farther nodes in other directions included -- plus its
 first kNN candidates; these are pruned by distance (an edge ``u -> c`` is kept unless a
-kept ``s`` is at least as close to ``c`` as ``u`` is), filled back to the fixed degree with
-the nearest pruned candidates, and merged with reverse edges like the first graph.
+kept ``s`` is at least as close to ``c`` as ``u`` is) and filled back to the fixed degree
+with the nearest pruned candidates.  Reverse edges then go through the same pruning, as
+in HNSW: each node's list is re-pruned from its own edges plus up to ``REVERSE_CAP`` nodes
+that link to it.  A pass searches the graph the previous pass produced.
 """
 
 from __future__ import annotations
@@ -13,25 +15,29 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from trinity.index.graph_build import merge_reverse, repair_reachability
+from trinity.index.graph_build import repair_reachability, reverse_edges
 from trinity.index.graph_search import _forget, _prefetch_row, _push, _score, _visit, hash_size_for
 
 _CHUNKS = 256
+REVERSE_CAP = 64
 
 
 def refine(vecs: np.ndarray, aux: np.ndarray, graph: np.ndarray, entries: np.ndarray, knn: np.ndarray,
-           trace_itopk: int, query_scale: float) -> np.ndarray:
+           trace_itopk: int, query_scale: float, num_passes: int = 1) -> np.ndarray:
     """A refined fixed-degree graph over the same nodes (``graph`` is only read)."""
     n, degree = graph.shape
-    trace = np.full((n, 2 * trace_itopk), -1, np.int32)
-    hsize = hash_size_for(trace_itopk, 1, degree, entries.size)
-    _trace(vecs, aux, graph, entries, np.float32(query_scale), trace_itopk, hsize, trace, max(1, min(_CHUNKS, n)))
-    cand = np.concatenate([trace, knn[:, :2 * degree]], axis=1)
-    pruned = np.full((n, degree), -1, np.int32)
-    robust_prune(vecs, aux, cand, np.arange(n), pruned)
-    out = merge_reverse(pruned, max(1, degree // 2))
-    repair_reachability(out, knn, entries)
-    return out
+    for _ in range(num_passes):
+        trace = np.full((n, 2 * trace_itopk), -1, np.int32)
+        hsize = hash_size_for(trace_itopk, 1, degree, entries.size)
+        _trace(vecs, aux, graph, entries, np.float32(query_scale), trace_itopk, hsize, trace, max(1, min(_CHUNKS, n)))
+        cand = np.concatenate([trace, knn[:, :2 * degree]], axis=1)
+        pruned = np.full((n, degree), -1, np.int32)
+        robust_prune(vecs, aux, cand, np.arange(n), pruned)
+        graph = np.full((n, degree), -1, np.int32)
+        cand = np.concatenate([pruned, reverse_edges(pruned, REVERSE_CAP)], axis=1)
+        robust_prune(vecs, aux, cand, np.arange(n), graph)
+        repair_reachability(graph, knn, entries)
+    return graph
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath=True)
