@@ -132,7 +132,7 @@ def bench_engine(
                                           "auto: faiss on cpu, torch on cuda."),
     index: str = typer.Option("ivf", help="The collection: ivf, or graph (GraphIndex: a class's NPROBE is its itopk; "
                                           "the static batcher runs GraphIndex.search)."),
-    graph_degree: int = typer.Option(32, min=2, help="GraphIndex out-degree (--index graph)."),
+    graph_degree: int = typer.Option(40, min=2, help="GraphIndex out-degree (--index graph)."),
     out: Path | None = typer.Option(None, help="JSON output [default: benchmarks/results/engine-<host>-<date>.json]."),
     plot: bool = typer.Option(True, help="Write a PNG plot next to the JSON."),
 ) -> None:
@@ -235,7 +235,7 @@ def bench_graph(
     num_vectors: int = typer.Option(200_000, "--num-vectors", "-n", min=1000, help="Vectors in the index."),
     num_queries: int = typer.Option(1000, min=1, help="Held-out queries (beyond the indexed vectors)."),
     k: int = typer.Option(10, min=1, help="Results per query (recall@k)."),
-    graph_degree: int = typer.Option(32, min=2, help="Trinity's graph out-degree."),
+    graph_degree: int = typer.Option(40, min=2, help="Trinity's graph out-degree."),
     search_values: str = typer.Option("16,24,32,48,64,96,128,192,256", help="Comma-separated itopk / ef values."),
     batch_sizes: str = typer.Option("1,64", "--batch-sizes", help="Comma-separated query batch sizes."),
     threads: str = typer.Option("1,2", help="Comma-separated thread counts."),
@@ -264,7 +264,7 @@ def bench_graph_engine(
     itopk: str = typer.Option("32,64,128", help="Comma-separated itopk values."),
     batch: int = typer.Option(64, min=1, help="Queries in flight (closed loop)."),
     repeats: int = typer.Option(3, min=1, help="Interleaved passes over the queries; times are medians."),
-    graph_degree: int = typer.Option(32, min=2, help="Graph out-degree."),
+    graph_degree: int = typer.Option(40, min=2, help="Graph out-degree."),
     data: str = typer.Option("real", help="real: embedded docstring corpus; synthetic: clustered random (tests)."),
     out: Path | None = typer.Option(None, help="JSON output [default: benchmarks/results/graph-engine-<host>-<date>.json]."),
 ) -> None:

@@ -4,6 +4,7 @@ schedules give one-shot ``GraphIndex.search`` answers, a deadline returns the be
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 
 from trinity.engine import RequestStatus, SearchEngine
@@ -109,3 +110,20 @@ def test_a_compaction_under_running_searches_restarts_them_and_never_returns_del
         res = f.result()
         assert res.status is RequestStatus.FINISHED_COMPLETE
         assert not np.isin(res.ids, gone).any() and (res.ids >= 0).all()
+
+
+def test_mixed_k_itopk_and_search_width_in_one_iteration_equal_one_shot_search():
+    engine, clock = engine_on(budget=100_000)
+    q, idx = queries("graph_ip"), index("graph_ip")
+    asks = [(i, k, itopk, width) for i, (k, itopk, width) in
+            enumerate([(1, 16, 1), (5, 32, 2), (10, 64, 4), (3, 48, 8), (10, 128, 1), (7, 24, 3)])]
+    futures = [engine.submit("graph_ip", q[i], k, nprobe=itopk, stage="prefill", search_width=width)
+               for i, k, itopk, width in asks]
+    with pytest.raises(ValueError, match="search_width"):
+        engine.submit("graph_ip", q[0], 1, search_width=9)
+    drain(engine, clock)
+    assert engine.scheduler.iteration == 1
+    for (i, k, itopk, width), f in zip(asks, futures):
+        d, ids = idx.search(q[i:i + 1], k, itopk=itopk, search_width=width, max_hops=int(hop_limit(itopk, width)))
+        np.testing.assert_array_equal(f.result().ids, ids[0])
+        np.testing.assert_array_equal(f.result().scores, d[0])

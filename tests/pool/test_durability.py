@@ -77,6 +77,7 @@ def _verify(url: str, writers: Writers) -> None:
                           if cn == coll and (cn, i) not in writers.deleted and (cn, i) not in writers.ambiguous)
             gone = sorted(i for (cn, i) in writers.deleted if cn == coll)
             got = c.post(f"/v1/collections/{coll}/vectors/get", json={"ids": live, "with_vectors": True}).json()
+            assert "missing" in got, (coll, got)
             assert got["missing"] == [], f"{coll}: acknowledged ids lost: {got['missing'][:20]}"
             for i, payload, vec in zip(got["ids"], got["payloads"], got["vectors"]):
                 assert payload == writers.acked[(coll, i)], f"{coll}/{i}: payload differs"

@@ -78,7 +78,7 @@ def test_graph_collection_searches_by_hops_and_rejects_ivf_options(client, name)
     x = _vecs(300, seed=5)
     client.put(f"/v1/collections/{name}/vectors", json={"ids": list(range(300)), "vectors": x.tolist()})
     r = client.post(f"/v1/collections/{name}/search", json={"vectors": x[:20].tolist(), "k": 3, "nprobe": 64,
-                                                            "stage": "decode"})
+                                                            "search_width": 2, "stage": "decode"})
     assert [res["ids"][0] for res in r.json()["results"]] == list(range(20))
     assert all(res["status"] == "complete" for res in r.json()["results"])
     client.post(f"/v1/collections/{name}/vectors/delete", json={"ids": [3]})

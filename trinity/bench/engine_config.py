@@ -45,7 +45,7 @@ class EngineBenchConfig:
     dtype: str | None = None  # storage dtype of the collection (None: the device's default)
     peer: str = "auto"  # static batcher's index: "faiss" (CPU), "torch" (gather + bmm + topk); auto: by device
     index: str = "ivf"  # the collection: "ivf", or "graph" (GraphIndex; the static batcher runs its search too)
-    graph_degree: int = 32  # GraphIndex out-degree (index "graph")
+    graph_degree: int = 40  # GraphIndex out-degree (index "graph")
     out: Path | None = None
     plot: bool = True
 

@@ -27,7 +27,7 @@ class GraphEngineBenchConfig:
     itopk: tuple[int, ...] = (32, 64, 128)
     batch: int = 64
     repeats: int = 3
-    graph_degree: int = 32
+    graph_degree: int = 40
     data: str = "real"
     seed: int = 0
     out: Path | None = None

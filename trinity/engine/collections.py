@@ -109,11 +109,11 @@ class Collections:
 
     def assign(self, name: str, queries: np.ndarray, nprobes: np.ndarray, request_ids: list[str]) -> np.ndarray:
         """Each query's units, ``-1`` padded: IVF probes best first (the coarse quantizer,
-        one batched call), flat every chunk, graph its hops (``nprobes``: itopk).  ``request_ids``
+        one batched call), flat every chunk, graph its hops (``nprobes``: how many).  ``request_ids``
         let a simulated index assign."""
         index = self.get(name)
         if isinstance(index, GraphIndex):
-            num_hops = np.where(index.ntotal > 0, hop_limit(nprobes), 0)
+            num_hops = np.where(index.ntotal > 0, nprobes, 0)
             hops = np.arange(int(num_hops.max(initial=0)), dtype=np.int64)
             return np.where(hops < num_hops[:, None], hops, -1)
         if not isinstance(index, IVFIndex):

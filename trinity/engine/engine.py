@@ -23,6 +23,7 @@ import numpy as np
 from trinity.engine.admission import OverloadedError, SojournAdmission
 from trinity.engine.collections import Collections
 from trinity.engine.config import SchedulerConfig
+from trinity.engine.graph_rows import GRAPH_MAX_SEARCH_WIDTH
 from trinity.engine.heap import freeze_heap
 from trinity.engine.metrics import EngineMetrics
 from trinity.engine.request import RequestStatus, SearchRequest, SearchResult, Stage
@@ -48,8 +49,7 @@ class SearchEngine:
 
     Args:
         config: scheduler configuration.
-        runner: anything with ``run(plan) -> RunnerOutput`` (the real
-            :class:`SearchRunner` by default; the simulator plugs in a cost model).
+        runner: anything with ``run(plan) -> RunnerOutput`` (default :class:`SearchRunner`; the simulator's cost model).
         start: start the loop thread now (``False`` lets tests drive :meth:`step`).
     """
 
@@ -86,17 +86,18 @@ class SearchEngine:
     # ------------------------------------------------------------------ submission
     def submit(self, collection: str, query, k: int, *, nprobe: int | None = None,
                stage: str | Stage = Stage.PREFILL, deadline_ms: float | None = None,
-               request_id: str | None = None) -> Future:
+               request_id: str | None = None, search_width: int = 1) -> Future:
         """Queue one query; the future resolves to a :class:`SearchResult`.
 
-        Without ``deadline_ms`` the stage's ``default_deadline_ms`` applies.  Raises
+        ``nprobe``: IVF lists, or a graph collection's itopk; ``search_width``: nodes a graph
+        hop expands.  Without ``deadline_ms`` the stage's ``default_deadline_ms`` applies.  Raises
         ``ValueError`` (bad input, unknown collection), :class:`OverloadedError` (refused by
         sojourn admission) or :class:`EngineClosedError`.
         """
         index = self.collections.get(collection)
         k = check_k(k)
-        if nprobe is not None:
-            nprobe = check_k(nprobe, name="nprobe", max_k=1 << 20)
+        nprobe = None if nprobe is None else check_k(nprobe, name="nprobe", max_k=1 << 20)
+        search_width = check_k(search_width, name="search_width", max_k=GRAPH_MAX_SEARCH_WIDTH)
         if deadline_ms is not None and (not math.isfinite(deadline_ms) or deadline_ms <= 0):
             raise InvalidInput(f"deadline_ms: must be a positive number, got {deadline_ms}", "deadline_ms")
         stage = Stage.parse(stage)
@@ -105,9 +106,8 @@ class SearchEngine:
         vec = as_query(query, index.dim)
         now = self.clock()
         req = SearchRequest(collection, vec, k, nprobe, stage, None if deadline_ms is None else now + deadline_ms / 1e3,
-                            arrival_time=now)
-        if request_id is not None:
-            req.request_id = request_id
+                            arrival_time=now, search_width=search_width)
+        req.request_id = request_id or req.request_id
         fut: Future = Future()
         with self._cv:
             if self._closing:

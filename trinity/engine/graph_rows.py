@@ -22,18 +22,18 @@ GRAPH_MAX_ITOPK = 256
 #: Hops a request may take beyond itopk / search_width: convergence took at most itopk + 17 hops
 #: on 1,000 MiniLM queries over 19k passages at itopk 16-256 (benchmarks/README.md, issue 24).
 GRAPH_EXTRA_HOPS = 32
-#: Nodes a hop expands (CAGRA's search_width); engine requests all use it.
-GRAPH_SEARCH_WIDTH = 1
+#: The most nodes one hop of a request may expand (CAGRA's search_width; rows' hashes are sized for it).
+GRAPH_MAX_SEARCH_WIDTH = 8
 
 
-def hop_limit(itopk: int | np.ndarray) -> int | np.ndarray:
+def hop_limit(itopk: int | np.ndarray, search_width: int | np.ndarray = 1) -> int | np.ndarray:
     """Hops a graph request may take: its units."""
-    return -(-np.asarray(itopk) // GRAPH_SEARCH_WIDTH) + GRAPH_EXTRA_HOPS
+    return -(-np.asarray(itopk) // np.asarray(search_width)) + GRAPH_EXTRA_HOPS
 
 
 def hop_cost(index: GraphIndex) -> int:
-    """Planned distance evaluations per hop: half the out-degree (12.9-24.6 measured, itopk 256-16)."""
-    return max(1, index.graph_degree * GRAPH_SEARCH_WIDTH // 2)
+    """Planned distance evaluations per hop of width 1: half the out-degree (12.9-24.6 measured, itopk 256-16)."""
+    return max(1, index.graph_degree // 2)
 
 
 class GraphRows:
@@ -42,7 +42,7 @@ class GraphRows:
     def __init__(self, index: GraphIndex) -> None:
         self.index = index
         self.width = GRAPH_MAX_ITOPK
-        self.hsize = hash_size_for(self.width, GRAPH_SEARCH_WIDTH, index.graph_degree, index.entries.size)
+        self.hsize = hash_size_for(self.width, GRAPH_MAX_SEARCH_WIDTH, index.graph_degree, index.entries.size)
         self.state: GraphSearchState | None = None
         self._storage = index.lists  # a compaction replaces it, renumbering the nodes rows hold
         self.offsets = np.zeros(0, np.float32)
@@ -53,10 +53,10 @@ class GraphRows:
         return self.k.size
 
     def add(self, slots: np.ndarray, queries: torch.Tensor, offsets: torch.Tensor, ks: np.ndarray,
-            itopk: np.ndarray) -> None:
-        """Seed rows ``slots`` for prepared ``queries`` with their ``k`` and ``itopk``."""
+            itopk: np.ndarray, widths: np.ndarray) -> None:
+        """Seed rows ``slots`` for prepared ``queries`` with their ``k``, ``itopk`` and search widths."""
         itopk = np.clip(np.maximum(itopk, ks), 1, self.width)
-        fresh = self.index.start_search(queries.numpy(), itopk, GRAPH_SEARCH_WIDTH, hop_limit(itopk), self.width,
+        fresh = self.index.start_search(queries.numpy(), itopk, widths, hop_limit(itopk, widths), self.width,
                                         self.hsize)
         if self.num_rows <= int(slots.max()):
             self._grow(1 << max(6, math.ceil(math.log2(int(slots.max()) + 1))), fresh)
@@ -83,7 +83,7 @@ class GraphRows:
             self._storage = self.index.lists
             return
         self._storage, state = self.index.lists, self.state
-        fresh = self.index.start_search(state.queries, np.maximum(state.itopk, 1), GRAPH_SEARCH_WIDTH,
+        fresh = self.index.start_search(state.queries, np.maximum(state.itopk, 1), np.maximum(state.search_width, 1),
                                         np.maximum(state.max_hops, 1), self.width, self.hsize)
         for f in fields(GraphSearchState):
             getattr(state, f.name)[:] = getattr(fresh, f.name)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from trinity.engine.collections import UnknownCollectionError
-from trinity.engine.graph_rows import GRAPH_MAX_ITOPK
+from trinity.engine.graph_rows import GRAPH_MAX_ITOPK, hop_limit
 from trinity.engine.progress import ProgressTable
 from trinity.engine.request import RequestStatus, SearchRequest
 from trinity.errors import ErrorCode
@@ -54,10 +54,10 @@ class Intake:
             if table is not None:
                 self._fail_table(name)
             table = self.tables[name] = ProgressTable(generation=group[0].generation)
-        if stats.kind == "graph":  # nprobe names the itopk: at least k, at most what a row holds
+        if stats.kind == "graph":  # nprobe names the itopk (at least k, at most what a row holds); units are hops
             for r in group:
                 r.nprobe = min(max(r.nprobe or stats.default_nprobe, r.k), GRAPH_MAX_ITOPK)
-            nprobes = np.array([r.nprobe for r in group], dtype=np.int64)
+            nprobes = np.array([hop_limit(r.nprobe, r.search_width) for r in group], dtype=np.int64)
         else:
             nprobes = np.array([min(r.nprobe or stats.default_nprobe, stats.num_units) for r in group], dtype=np.int64)
         try:
@@ -69,7 +69,7 @@ class Intake:
             return
         for req, row in zip(group, units):
             ids = row[row >= 0]
-            req.attach(table, ids, stats.unit_sizes[ids])
+            req.attach(table, ids, stats.unit_sizes[ids] * (req.search_width if stats.kind == "graph" else 1))
             if self._clearly_infeasible(req, now):
                 self._finish(req, RequestStatus.FINISHED_REJECTED, message="deadline infeasible at admission",
                              code=ErrorCode.DEADLINE_EXCEEDED)

@@ -21,7 +21,8 @@ class NewRequest:
     query: np.ndarray  # (dim,) float32, as submitted
     k: int
     slot: int  # its row in the runner's persistent batch of this collection
-    itopk: int = 0  # graph collections: its itopk buffer (its hop limit follows from it)
+    itopk: int = 0  # graph collections: its itopk buffer (its hop limit follows from it and the width)
+    search_width: int = 1  # graph collections: nodes a hop expands
 
 
 @dataclass(frozen=True)

@@ -74,11 +74,12 @@ class SearchRequest:
     collection: str
     query: np.ndarray  # (dim,) float32, as given by the user
     k: int
-    nprobe: int | None = None  # IVF probes wanted; None = collection default
+    nprobe: int | None = None  # IVF probes or a graph's itopk wanted; None = collection default
     stage: Stage = Stage.PREFILL
     deadline: float | None = None  # absolute time.monotonic(); None = no deadline
     request_id: str = field(default_factory=new_request_id)
     arrival_time: float = field(default_factory=time.monotonic)
+    search_width: int = 1  # graph collections: nodes a hop expands
 
     status: RequestStatus = RequestStatus.WAITING
     kind: str = ""  # the collection's kind at admission: "ivf" or "flat"

@@ -76,7 +76,8 @@ class SearchRunner:
             rows = self._rows[name] = GraphRows(index) if graph else RunningRows(index)
         slots, ks = np.array([r.slot for r in reqs], dtype=np.int64), np.array([r.k for r in reqs], dtype=np.int64)
         if graph:
-            rows.add(slots, queries, offsets, ks, np.array([r.itopk for r in reqs], dtype=np.int64))
+            rows.add(slots, queries, offsets, ks, np.array([r.itopk for r in reqs], dtype=np.int64),
+                     np.array([r.search_width for r in reqs], dtype=np.int64))
         else:
             rows.add(slots, queries, offsets, ks)
 

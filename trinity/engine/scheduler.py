@@ -227,7 +227,7 @@ class Scheduler(Intake):
                     self.joined.add(rid)
                     self.waiting.remove(rid)
                     new.append(NewRequest(rid, req.collection, req.query, req.k, req.slot,
-                                          req.nprobe if req.kind == "graph" else 0))
+                                          req.nprobe if req.kind == "graph" else 0, req.search_width))
                 req.status = RequestStatus.RUNNING
                 if req.first_scan_time is None:
                     req.first_scan_time = now

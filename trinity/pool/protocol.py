@@ -95,7 +95,7 @@ class CreateCollection(_Model):
                                                "training; default 39 * nlist.")
     embedder: Embedder | None = Field(None, description="Embeds `texts`; default all-MiniLM-L6-v2 when dim is "
                                                         "omitted or 384, else none.")
-    graph_degree: int | None = Field(None, ge=4, le=128, description="Graph out-degree (default 32); a search's "
+    graph_degree: int | None = Field(None, ge=4, le=128, description="Graph out-degree (default 40); a search's "
                                                                      "nprobe is its itopk.")
 
     @model_validator(mode="after")
@@ -143,7 +143,8 @@ class SearchBody(_Model):
     text: Text | None = None
     texts: list[Text] | None = Field(None, min_length=1, max_length=MAX_QUERIES)
     k: int = Field(10, ge=1, le=MAX_K)
-    nprobe: int | None = Field(None, ge=1, le=65_536)
+    nprobe: int | None = Field(None, ge=1, le=65_536, description="IVF lists probed, or a graph collection's itopk.")
+    search_width: int = Field(1, ge=1, le=8, description="Graph collections: nodes one hop expands.")
     stage: Stage = "prefill"
     deadline_ms: float | None = Field(None, gt=0, le=600_000)
     with_payloads: bool = True

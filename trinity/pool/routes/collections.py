@@ -22,7 +22,7 @@ async def create_collection(body: CreateCollection, request: Request) -> Respons
     spec = CollectionSpec(body.name, int(body.dim), body.metric, body.index,
                           (body.nlist or 1024) if ivf else None, (body.nprobe or 8) if ivf else None,
                           body.train_size if ivf else None, body.embedder,
-                          (body.graph_degree or 32) if body.index == "graph" else None)
+                          (body.graph_degree or 40) if body.index == "graph" else None)
     coll = await st.run_io(st.catalog.create, spec)
     return FastJSONResponse(await st.run_io(coll.describe), status_code=201)
 

@@ -69,7 +69,7 @@ async def _run_searches(st: PoolState, coll: DurableCollection, queries: np.ndar
         try:
             for q in queries:
                 futures.append(st.engine.submit(gen.engine_name, q, body.k, nprobe=body.nprobe, stage=body.stage,
-                                                deadline_ms=body.deadline_ms))
+                                                deadline_ms=body.deadline_ms, search_width=body.search_width))
         except Exception as exc:
             for f in futures:  # NOTE: all queries of a request, or none
                 st.engine.abort(f.request_id)
