@@ -22,7 +22,7 @@ GRAPH_MAX_ITOPK = 256
 #: Hops a request may take beyond itopk / search_width: convergence took at most itopk + 17 hops
 #: on 1,000 MiniLM queries over 19k passages at itopk 16-256 (benchmarks/README.md, issue 24).
 GRAPH_EXTRA_HOPS = 32
-#: The most nodes one hop of a request may expand (CAGRA's search_width; rows' hashes are sized for it).
+#: The most nodes one hop of a request may expand (CAGRA's search_width).
 GRAPH_MAX_SEARCH_WIDTH = 8
 
 
@@ -42,7 +42,8 @@ class GraphRows:
     def __init__(self, index: GraphIndex) -> None:
         self.index = index
         self.width = GRAPH_MAX_ITOPK
-        self.hsize = hash_size_for(self.width, GRAPH_MAX_SEARCH_WIDTH, index.graph_degree, index.entries.size)
+        # NOTE: sized for width 1: a wider search forgets its hash sooner, costing evaluations, never answers
+        self.hsize = hash_size_for(self.width, 1, index.graph_degree, index.entries.size)
         self.state: GraphSearchState | None = None
         self._storage = index.lists  # a compaction replaces it, renumbering the nodes rows hold
         self.offsets = np.zeros(0, np.float32)
