@@ -76,15 +76,17 @@ def _verify(url: str, writers: Writers) -> None:
             live = sorted(i for (cn, i) in writers.acked
                           if cn == coll and (cn, i) not in writers.deleted and (cn, i) not in writers.ambiguous)
             gone = sorted(i for (cn, i) in writers.deleted if cn == coll)
-            got = c.post(f"/v1/collections/{coll}/vectors/get", json={"ids": live, "with_vectors": True}).json()
-            assert "missing" in got, (coll, got)
-            assert got["missing"] == [], f"{coll}: acknowledged ids lost: {got['missing'][:20]}"
-            for i, payload, vec in zip(got["ids"], got["payloads"], got["vectors"]):
-                assert payload == writers.acked[(coll, i)], f"{coll}/{i}: payload differs"
-                if coll == "flat":  # l2 stores vectors verbatim
-                    np.testing.assert_allclose(vec, _vec(i), rtol=1e-6)
-            if gone:
-                got = c.post(f"/v1/collections/{coll}/vectors/get", json={"ids": gone}).json()
+            for s in range(0, len(live), 5000):  # the API's limit per call is 10,000 ids
+                got = c.post(f"/v1/collections/{coll}/vectors/get",
+                             json={"ids": live[s:s + 5000], "with_vectors": True}).json()
+                assert "missing" in got, (coll, got)
+                assert got["missing"] == [], f"{coll}: acknowledged ids lost: {got['missing'][:20]}"
+                for i, payload, vec in zip(got["ids"], got["payloads"], got["vectors"]):
+                    assert payload == writers.acked[(coll, i)], f"{coll}/{i}: payload differs"
+                    if coll == "flat":  # l2 stores vectors verbatim
+                        np.testing.assert_allclose(vec, _vec(i), rtol=1e-6)
+            for s in range(0, len(gone), 5000):
+                got = c.post(f"/v1/collections/{coll}/vectors/get", json={"ids": gone[s:s + 5000]}).json()
                 assert got["ids"] == [], f"{coll}: acknowledged deletes came back: {got['ids'][:20]}"
 
 
