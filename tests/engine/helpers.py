@@ -7,7 +7,7 @@ import functools
 import numpy as np
 
 from trinity.engine import Collections, IterationPlan, Scheduler, SchedulerConfig
-from trinity.engine.graph_rows import GRAPH_MAX_ITOPK, hop_limit
+from trinity.engine.graph_rows import graph_itopk, hop_limit
 from trinity.index import FlatIndex, GraphIndex, IVFIndex
 
 
@@ -148,7 +148,7 @@ def reference_many(name: str, qs: np.ndarray, ks: list[int], nprobes: list[int |
     graph = isinstance(idx, GraphIndex)
     for j, p in enumerate(nprobes):
         if graph:  # the engine's itopk (at least k, at most a row's buffer) depends on k: group by both
-            p = (min(max(p or 64, ks[j]), GRAPH_MAX_ITOPK), ks[j])
+            p = (graph_itopk(p or 64, ks[j]), ks[j])
         groups.setdefault(p if isinstance(idx, (IVFIndex, GraphIndex)) else None, []).append(j)
     for p, js in groups.items():
         kmax = max(ks[j] for j in js)

@@ -41,7 +41,7 @@ def run_graph_engine_bench(cfg: GraphEngineBenchConfig) -> dict[str, Any]:
     from trinity.bench.engine_config import EngineBenchConfig
     from trinity.bench.engine_systems import build_or_load_index, load_bench_data
     from trinity.engine import Collections, SchedulerConfig, SearchEngine
-    from trinity.engine.graph_rows import GRAPH_MAX_ITOPK, hop_limit
+    from trinity.engine.graph_rows import graph_itopk, hop_limit
 
     console = make_console()
     ecfg = EngineBenchConfig(num_vectors=cfg.num_vectors, num_queries=cfg.num_queries, data=cfg.data, seed=cfg.seed,
@@ -57,7 +57,7 @@ def run_graph_engine_bench(cfg: GraphEngineBenchConfig) -> dict[str, Any]:
     rows = []
     try:
         for itopk in cfg.itopk:
-            itopk = min(max(itopk, cfg.k), GRAPH_MAX_ITOPK)
+            itopk = graph_itopk(itopk, cfg.k)
             hops = int(hop_limit(itopk))
 
             def one_shot(x, itopk=itopk, hops=hops):

@@ -52,10 +52,10 @@ def batch_searcher(index) -> tuple[int, Searcher]:
     ``SearchParametersIVF(nprobe=...)`` per call) or a Trinity index."""
     if not hasattr(index, "d"):
         if getattr(index, "kind", "") == "graph":  # nprobe names the itopk, as in the engine
-            from trinity.engine.graph_rows import GRAPH_MAX_ITOPK, hop_limit
+            from trinity.engine.graph_rows import graph_itopk, hop_limit
 
             def graph_search(q, k, nprobe):
-                itopk = min(max(nprobe, k), GRAPH_MAX_ITOPK)
+                itopk = graph_itopk(nprobe, k)
                 return index.search(q, k, itopk=itopk, max_hops=int(hop_limit(itopk)))
             return int(index.dim), graph_search
         if hasattr(index, "nlist"):

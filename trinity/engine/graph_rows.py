@@ -26,6 +26,11 @@ GRAPH_EXTRA_HOPS = 32
 GRAPH_MAX_SEARCH_WIDTH = 8
 
 
+def graph_itopk(itopk: int, k: int) -> int:
+    """The itopk a request runs with: at least its k, at most what a row holds."""
+    return min(max(itopk, k), GRAPH_MAX_ITOPK)
+
+
 def hop_limit(itopk: int | np.ndarray, search_width: int | np.ndarray = 1) -> int | np.ndarray:
     """Hops a graph request may take: its units."""
     return -(-np.asarray(itopk) // np.asarray(search_width)) + GRAPH_EXTRA_HOPS
@@ -55,8 +60,8 @@ class GraphRows:
 
     def add(self, slots: np.ndarray, queries: torch.Tensor, offsets: torch.Tensor, ks: np.ndarray,
             itopk: np.ndarray, widths: np.ndarray) -> None:
-        """Seed rows ``slots`` for prepared ``queries`` with their ``k``, ``itopk`` and search widths."""
-        itopk = np.clip(np.maximum(itopk, ks), 1, self.width)
+        """Seed rows ``slots`` for prepared ``queries`` with their ``k``, ``itopk`` (see :func:`graph_itopk`) and
+        search widths."""
         fresh = self.index.start_search(queries.numpy(), itopk, widths, hop_limit(itopk, widths), self.width,
                                         self.hsize)
         if self.num_rows <= int(slots.max()):

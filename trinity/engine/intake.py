@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from trinity.engine.collections import UnknownCollectionError
-from trinity.engine.graph_rows import GRAPH_MAX_ITOPK, hop_limit
+from trinity.engine.graph_rows import graph_itopk, hop_limit
 from trinity.engine.progress import ProgressTable
 from trinity.engine.request import RequestStatus, SearchRequest
 from trinity.errors import ErrorCode
@@ -56,7 +56,7 @@ class Intake:
             table = self.tables[name] = ProgressTable(generation=group[0].generation)
         if stats.kind == "graph":  # nprobe names the itopk (at least k, at most what a row holds); units are hops
             for r in group:
-                r.nprobe = min(max(r.nprobe or stats.default_nprobe, r.k), GRAPH_MAX_ITOPK)
+                r.nprobe = graph_itopk(r.nprobe or stats.default_nprobe, r.k)
             nprobes = np.array([hop_limit(r.nprobe, r.search_width) for r in group], dtype=np.int64)
         else:
             nprobes = np.array([min(r.nprobe or stats.default_nprobe, stats.num_units) for r in group], dtype=np.int64)
