@@ -482,7 +482,7 @@ def test_max_num_running_bounds_runner_state(clock):
     for i in range(10):
         sched.add_request(make_req(clock, IVF, nprobe=64, qi=i))
     fin = drive(sched, runner, clock=clock,
-                after_update=lambda p, o: (assert_le(len(sched.joined), 3), assert_le(slots_held(sched), 3 + len(sched.waiting))))
+                after_update=lambda p, o: (assert_le(len(sched.joined), 3), assert_le(slots_held(sched), 3 + len(sched.slots.waiting()))))
     assert len(fin) == 10
 
 
@@ -618,8 +618,8 @@ def test_aging_lifts_priority_not_urgency(clock):
     sched.add_requests([slack, decode, late])
     clock.advance(0.09)
     now = clock()
-    assert sched.waiting.key(slack, now)[0] == 0, "aged to the top"
+    cand = np.array([r.request_slot for r in (slack, decode, late)])
+    assert sched.slots.aged(cand[:1], now)[0] == 0, "aged to the top"
     sched._saturated = True
-    reqs = [slack, decode, late]
-    window = sched._open_window(reqs, [])
-    assert sched._claims(reqs, window.groups, now).eligible.tolist() == [False, True, True]
+    window, _ = sched._open_window(cand)
+    assert sched._claims(cand, window.groups, now).eligible.tolist() == [False, True, True]

@@ -29,6 +29,7 @@ from trinity.engine.metrics import EngineMetrics
 from trinity.engine.request import RequestStatus, SearchRequest, SearchResult, Stage
 from trinity.engine.runner import SearchRunner
 from trinity.engine.scheduler import Finished, Scheduler
+from trinity.engine.overload import compile_overload
 from trinity.engine.window import compile_window
 from trinity.errors import ErrorCode, InvalidInput, TrinityError
 from trinity.index.base import BaseIndex
@@ -222,6 +223,7 @@ class SearchEngine:
         if self._thread is None:
             warmup()
             compile_window()
+            compile_overload()
             freeze_heap()
             sys.setswitchinterval(self.config.switch_interval_ms / 1e3)
             self._resolver = threading.Thread(target=self._resolve_loop, name="trinity-resolver", daemon=True)

@@ -15,8 +15,9 @@ import numpy as np
 class ProgressTable:
     """Slots of ``(unit ids, unit sizes, seen mask)`` plus per-slot counters."""
 
-    def __init__(self, num_slots: int = 64, generation: int = 0) -> None:
+    def __init__(self, num_slots: int = 64, generation: int = 0, name: str = "", tid: int = 0) -> None:
         self.generation = generation  # of the collection this table's requests were admitted to
+        self.name, self.tid = name, tid  # its collection, and its id in the scheduler's request slots
         self.slot_of: dict[str, int] = {}
         self._free = list(range(num_slots - 1, -1, -1))
         self._alloc(num_slots, 1)
@@ -58,6 +59,25 @@ class ProgressTable:
         self._counters[:, slot] = 0
         self.remaining[slot] = int(unit_costs.sum())
         return slot
+
+    def add_many(self, request_ids: list[str], unit_ids: np.ndarray, unit_costs: np.ndarray) -> np.ndarray:
+        """:meth:`add` for a batch: row ``i`` of ``unit_ids`` (``-1`` padded at the end) and
+        ``unit_costs`` (``0`` there); return the slots."""
+        n, width = unit_ids.shape
+        while len(self._free) < n or width > self.seen.shape[1]:
+            self._alloc(self.num_slots * (1 + (len(self._free) < n)), max(width, self.seen.shape[1]))
+        slots = np.array(self._free[:-n - 1:-1] if n else [], dtype=np.int64)
+        del self._free[len(self._free) - n:]
+        self.slot_of.update(zip(request_ids, slots.tolist()))
+        self.unit_ids[slots] = -1
+        self.unit_costs[slots] = 0
+        self.seen[slots] = True
+        self.unit_ids[slots, :width] = unit_ids
+        self.unit_costs[slots, :width] = unit_costs
+        self.seen[slots, :width] = unit_ids < 0
+        self._counters[:, slots] = 0
+        self.remaining[slots] = unit_costs.sum(axis=1)
+        return slots
 
     def release(self, request_id: str) -> None:
         """Free ``request_id``'s slot (a no-op if it holds none)."""

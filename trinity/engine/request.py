@@ -93,6 +93,7 @@ class SearchRequest:
     code: ErrorCode | None = None  # the error taxonomy's code of a rejection, abort or error
     generation: int = field(default=0, repr=False)  # of its collection at admission (collections.generation)
     slot: int = field(default=-1, repr=False)  # its slot in the collection's progress table while active
+    request_slot: int = field(default=-1, repr=False)  # its slot in the scheduler's RequestSlots while active
     _table: ProgressTable | None = field(default=None, repr=False)
     _final: tuple[int, int, int, int] = field(default=(0, 0, 0, 0), repr=False)  # counters after the finish
 

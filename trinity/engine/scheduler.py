@@ -21,11 +21,9 @@ The policy, in full:
 
 from __future__ import annotations
 
-import heapq
 import math
 import time
 from collections.abc import Callable
-from operator import attrgetter, itemgetter
 
 import numpy as np
 
@@ -36,8 +34,8 @@ from trinity.engine.intake import Intake
 from trinity.engine.overload import demote_hopeless
 from trinity.engine.plan import Expiry, IterationPlan, NewRequest, RideWork, RunnerOutput
 from trinity.engine.progress import ProgressTable
-from trinity.engine.queue import WaitQueue, level
 from trinity.engine.request import RequestStatus, SearchRequest
+from trinity.engine.slots import RequestSlots
 from trinity.engine.window import Claims, Riders, Window
 from trinity.errors import ErrorCode
 
@@ -53,9 +51,10 @@ class Scheduler(Intake):
         self.collections = collections
         self.clock = clock
         self.requests: dict[str, SearchRequest] = {}  # active, in admission order
-        self.joined: set[str] = set()  # the runner holds state for these
-        self.waiting = WaitQueue(config.stage_aware, config.aging_s, config.urgent_deadline_ms / 1e3)  # the others
+        self.slots = RequestSlots(config.aging_s, config.urgent_deadline_ms / 1e3, config.stage_aware)
         self.tables: dict[str, ProgressTable] = {}  # per collection (of its current generation)
+        self._by_tid: dict[int, ProgressTable] = {}  # the same tables by id (``slots.table``)
+        self._next_tid = 0
         self.cost = IterationCostModel(config)
         self.iteration = 0
         self.num_admitted = 0
@@ -93,42 +92,42 @@ class Scheduler(Intake):
     def has_work(self) -> bool:
         return bool(self.requests)
 
-    def _head_horizon(self, now: float):
-        """When a waiting request's answer could be out: a decode-level claim runs first, in the head."""
-        if not self.config.stage_aware or not self.scan_rate:
-            return None
-        rate = self.scan_rate
-        return lambda req: now + req.remaining_cost() / rate if self.level(req) == 0 else now + self.iteration_s
+    @property
+    def joined(self) -> set[str]:
+        """Ids of the requests the runner holds state for (diagnostics, tests)."""
+        s = self.slots
+        return {s.reqs[i].request_id for i in np.flatnonzero(s.joined).tolist()}
 
-    def level(self, req: SearchRequest) -> int:
-        return level(req, self.config.urgent_deadline_ms / 1e3)
+    def _remaining(self, slots: np.ndarray) -> np.ndarray:
+        """Vectors each request still has to scan (one gather per collection)."""
+        out = np.zeros(slots.size, dtype=np.int64)
+        tids = self.slots.table[slots]
+        for tid in np.unique(tids).tolist():
+            sel = tids == tid
+            out[sel] = self._by_tid[tid].remaining[self.slots.row[slots[sel]]]
+        return out
 
     # ------------------------------------------------------------------ one iteration
     def schedule(self) -> IterationPlan:
         """Plan the next iteration: claims in priority order, then the fill."""
         now = self._started = self.clock()
         self.iteration += 1
-        for req in self.waiting.expiring(now + self.iteration_s, self._head_horizon(now)):
-            self._finish(req, RequestStatus.FINISHED_PARTIAL, message="deadline reached before any scan")
-        self.waiting.refresh(now)
-        running = sorted((self.requests[rid] for rid in self.joined), key=attrgetter("admission_seq"))
-        keyed = sorted((((self.waiting.key(r, now), r.admission_seq), r) for r in running), key=itemgetter(0))
-        keyed = [(key, r) for (key, _), r in heapq.merge(
-            keyed, self.waiting.head(self.config.max_num_waiting_considered), key=itemgetter(0))]
+        self._expire_waiting(now)
+        order = self.slots.order(now, self.config.max_num_waiting_considered)
         if self.config.stage_aware and self.scan_rate and self._saturated:
             rate = self.budget_vectors / max(self.iteration_s, 1e-6)
-            keyed = demote_hopeless(keyed, rate, now + 2 * self.iteration_s)
-        candidates = [r for _, r in self._admissible(keyed)]
-        closing: list[SearchRequest] = []
-        window = self._open_window(candidates, closing)
-        planned, forced = window.plan(self._claims(candidates, window.groups, now), self.budget_vectors)
+            order = demote_hopeless(order, self.slots.aged(order, now), self._remaining(order),
+                                    self.slots.deadline[order], rate, now + 2 * self.iteration_s)
+        cand = self._admissible(order)
+        window, closing = self._open_window(cand)
+        planned, forced = window.plan(self._claims(cand, window.groups, now), self.budget_vectors)
         head_rides, rides = window.work()
         exhausted = window.exhausted
-        new = self._mark_scheduled(candidates, head_rides + rides, now, exhausted)
+        new = self._mark_scheduled(cand, head_rides + rides, now, exhausted)
         # NOTE: "under load" needs a binding budget and iterations that actually run long: at
         # light load the fit extrapolates from tiny iterations and must not make slack wait.
         self._saturated = exhausted and self.iteration_s >= 0.5 * self.config.target_iteration_ms / 1e3
-        expiries = self._closing(candidates + closing, now + 2 * self.iteration_s)
+        expiries = self._closing(cand, closing, now + 2 * self.iteration_s)
         budget, total = self.budget_vectors, int(math.ceil(planned))
         assert total <= budget or forced, "budget exceeded"
         if not head_rides or not (rides or expiries):
@@ -136,108 +135,127 @@ class Scheduler(Intake):
         head = IterationPlan(self.iteration, new, (), budget, 0, False, tuple(head_rides), is_head=True)
         return IterationPlan(self.iteration, (), expiries, budget, total, forced, tuple(rides), head)
 
-    def _closing(self, reqs: list[SearchRequest], horizon: float) -> tuple[Expiry, ...]:
-        """Requests whose deadline falls before the next iteration could end: they leave with
-        this one -- complete, or partial with their best so far (``Expiry``)."""
-        out = {}
-        for req in reqs:
-            if req.deadline is None or req.deadline > horizon or req.is_finished or req.request_id in out:
-                continue
-            if req.request_id in self.joined:
-                out[req.request_id] = Expiry(req.request_id, req.collection, req.slot)
+    def _expire_waiting(self, now: float) -> None:
+        """Finish the waiting requests whose answer cannot be out before their deadline: by
+        the end of the next iteration, or -- decode level, which runs first, in the head --
+        by the end of their own scan."""
+        s = self.slots
+        waiting = s.waiting()
+        due = waiting[s.deadline[waiting] <= now + self.iteration_s]
+        if due.size and self.config.stage_aware and self.scan_rate:
+            own = now + self._remaining(due) / self.scan_rate
+            due = due[(s.level[due] > 0) | (s.deadline[due] <= own)]
+        for slot in due[np.lexsort((s.seq[due], s.deadline[due]))].tolist():
+            self._finish(s.reqs[slot], RequestStatus.FINISHED_PARTIAL, message="deadline reached before any scan")
+
+    def _closing(self, cand: np.ndarray, closing: np.ndarray, horizon: float) -> tuple[Expiry, ...]:
+        """Requests whose deadline falls before the next iteration could end (and those left
+        without units): they leave with this one -- complete, or partial with their best so
+        far (``Expiry``)."""
+        s = self.slots
+        due = cand[s.active[cand] & (s.deadline[cand] <= horizon)]
+        if closing.size:
+            due = np.concatenate((due, np.setdiff1d(closing, due)))
+        out = []
+        for slot in due.tolist():
+            req = s.reqs[slot]
+            if s.joined[slot]:
+                out.append(Expiry(req.request_id, req.collection, req.slot))
             else:
                 self._finish(req, RequestStatus.FINISHED_PARTIAL, message="deadline reached before any scan")
-        return tuple(out.values())
+        return tuple(out)
 
-    def _admissible(self, keyed: list) -> list:
+    def _admissible(self, order: np.ndarray) -> np.ndarray:
         """The running requests and the waiting ones that may join: decode level always
         (riders holding every slot must not invert priorities), others while a slot is free."""
-        free = self.config.max_num_running - len(self.joined)
-        out = []
-        for item in keyed:
-            req = item[1]
-            if req.request_id not in self.joined:
-                if self.level(req) > 0 and free <= 0:
-                    continue
-                free -= 1
-            out.append(item)
-        return out
+        s = self.slots
+        joined = s.joined[order]
+        free = self.config.max_num_running - s.num_joined
+        keep = joined | (s.level[order] == 0) | (np.cumsum(~joined) <= free)
+        return order if keep.all() else order[keep]
 
-    def _open_window(self, candidates: list[SearchRequest], closing: list[SearchRequest]) -> Window:
-        """The iteration's window over its candidates; requests on a collection that is gone
-        fail, and those left without units by a flat collection that shrank close."""
-        riders: dict[str, tuple[list[SearchRequest], list[int]]] = {}
-        for rank, req in enumerate(candidates):
-            group = riders.setdefault(req.collection, ([], []))
-            group[0].append(req)
-            group[1].append(rank)
-        groups = []
-        for name, (reqs, ranks) in riders.items():
-            table = self.tables.get(name)
-            if table is None or table.generation != self.collections.generation(name):
-                if table is not None:
-                    self._fail_table(name)
+    def _open_window(self, cand: np.ndarray) -> tuple[Window, np.ndarray]:
+        """The iteration's window over its candidates (``cand``, slots in priority order);
+        requests on a collection that is gone fail, and those left without units by a flat
+        collection that shrank close (returned: the joined ones leave with this iteration)."""
+        s = self.slots
+        tids = s.table[cand]
+        uniq, first = np.unique(tids, return_index=True)
+        groups, closing = [], []
+        for tid in uniq[np.argsort(first)].tolist():
+            table = self._by_tid.get(tid)
+            if table is None:
+                continue  # failed earlier in this pass
+            if table.generation != self.collections.generation(table.name):
+                self._fail_table(table.name)
                 continue
-            stats = self.collections.stats(name)
-            slots = np.fromiter((r.slot for r in reqs), dtype=np.int64, count=len(reqs))
-            if table.skip_missing(slots, stats.unit_sizes.size):  # a flat collection shrank under its scans
-                for r in [r for r in reqs if r.num_units_left == 0]:
-                    if r.request_id in self.joined:
-                        closing.append(r)
+            stats = self.collections.stats(table.name)
+            ranks = np.flatnonzero(tids == tid)
+            rows = s.row[cand[ranks]]
+            if table.skip_missing(rows, stats.unit_sizes.size):  # a flat collection shrank under its scans
+                empty = (~table.seen[rows]).sum(axis=1) == 0
+                for slot in cand[ranks[empty]].tolist():
+                    if s.joined[slot]:
+                        closing.append(slot)
                     else:
-                        self._finish(r, RequestStatus.FINISHED_PARTIAL, message="collection shrank before any scan")
-                ranks = [k for k, r in zip(ranks, reqs) if r.num_units_left]
-                reqs = [r for r in reqs if r.num_units_left]
-                slots = np.fromiter((r.slot for r in reqs), dtype=np.int64, count=len(reqs))
-            if reqs:
-                groups.append(Riders(name, stats.unit_sizes, table, tuple(r.request_id for r in reqs), slots,
-                                     np.asarray(ranks, dtype=np.int64), stats.kind == "flat" or not self._saturated))
-        return Window(groups, self.read_weight)
+                        self._finish(s.reqs[slot], RequestStatus.FINISHED_PARTIAL,
+                                     message="collection shrank before any scan")
+                ranks, rows = ranks[~empty], rows[~empty]
+            if ranks.size:
+                ids = tuple(map(s.ids.__getitem__, cand[ranks].tolist()))
+                groups.append(Riders(table.name, stats.unit_sizes, table, ids, rows, ranks,
+                                     stats.kind == "flat" or not self._saturated))
+        return Window(groups, self.read_weight), np.array(closing, dtype=np.int64)
 
-    def _claims(self, candidates: list[SearchRequest], groups: list[Riders], now: float) -> Claims:
+    def _claims(self, cand: np.ndarray, groups: list[Riders], now: float) -> Claims:
         """How each candidate may claim.  *Urgent* ones claim even under load (rather than
         riding along): FIFO mode, decode level (by stage or deadline window; aging lifts
         priority, not urgency), no deadline (no slack to spend), or less than ``urgent_share``
         of the window left (at least 4 iterations plus twice its remaining scan)."""
-        n, cfg = len(candidates), self.config
+        n, cfg, s = cand.size, self.config, self.slots
         window = np.full(n, -1, dtype=np.int64)
         remaining = np.zeros(n)
         for i, g in enumerate(groups):
             window[g.ranks] = i
             remaining[g.ranks] = g.table.remaining[g.slots]
-        deadline = np.fromiter((math.inf if r.deadline is None else r.deadline for r in candidates), float, n)
-        span = deadline - np.fromiter((r.arrival_time for r in candidates), float, n)
-        top = (span <= cfg.urgent_deadline_ms / 1e3) | (np.fromiter((r.stage for r in candidates), np.int64, n) == 0)
         if not cfg.stage_aware:
             return Claims(window, np.ones(n, dtype=bool), np.zeros(n, dtype=bool))
+        deadline = s.deadline[cand]
+        span = deadline - s.arrival[cand]
+        top = (span <= cfg.urgent_deadline_ms / 1e3) | (s.stage[cand] == 0)
         need = remaining / self.scan_rate if self.scan_rate else 0.0
         urgent = top | np.isinf(deadline) | (deadline - now <= np.maximum(cfg.urgent_share * span,
                                                                           4 * self.iteration_s + 2 * need))
         return Claims(window, urgent | (not self._saturated), top)
 
-    def _mark_scheduled(self, candidates: list[SearchRequest], rides: list[RideWork], now: float,
+    def _mark_scheduled(self, cand: np.ndarray, rides: list[RideWork], now: float,
                         exhausted: bool) -> tuple[NewRequest, ...]:
         """Statuses after planning; newcomers with work join now (the runner builds their state)."""
-        scheduled = {rid for ride in rides for rid in ride.request_ids}
+        s = self.slots
+        scheduled = np.zeros(cand.size, dtype=bool)
+        for ride in rides:
+            scheduled[ride.ranks] = True
+        live = s.active[cand]
+        was_running = s.running[cand]
+        joining = cand[scheduled & ~s.joined[cand]]
         new = []
-        for req in candidates:
-            rid = req.request_id
-            if rid in scheduled:
-                if rid not in self.joined:
-                    self.joined.add(rid)
-                    self.waiting.remove(rid)
-                    new.append(NewRequest(rid, req.collection, req.query, req.k, req.slot,
-                                          req.nprobe if req.kind == "graph" else 0, req.search_width))
-                req.status = RequestStatus.RUNNING
-                if req.first_scan_time is None:
-                    req.first_scan_time = now
-            elif req.status is RequestStatus.RUNNING:
-                # NOTE: only a request displaced by a full budget counts as preempted; one
-                # waiting for its lists to come round with other riders is just deferred.
-                req.status = RequestStatus.PREEMPTED
-                if exhausted:
-                    req.num_preemptions += 1
-                    self.num_preemptions += 1
+        for slot in joining.tolist():
+            req = s.reqs[slot]
+            new.append(NewRequest(req.request_id, req.collection, req.query, req.k, req.slot,
+                                  req.nprobe if req.kind == "graph" else 0, req.search_width))
+            req.first_scan_time = now
+        s.joined[joining] = True
+        s.num_joined += joining.size
+        s.set_status(cand[scheduled & ~was_running], RequestStatus.RUNNING)
+        # NOTE: only a request displaced by a full budget counts as preempted; one
+        # waiting for its lists to come round with other riders is just deferred.
+        preempted = cand[live & was_running & ~scheduled]
+        s.set_status(preempted, RequestStatus.PREEMPTED)
+        if exhausted:
+            for slot in preempted.tolist():
+                s.reqs[slot].num_preemptions += 1
+            self.num_preemptions += preempted.size
+        s.running[cand[live]] = scheduled[live]
         return tuple(new)
 
     def update_from_output(self, plan: IterationPlan, out: RunnerOutput) -> list[Finished]:
@@ -263,19 +281,18 @@ class Scheduler(Intake):
     def _update_ride(self, ride: RideWork, out: RunnerOutput) -> None:
         """One collection's riders: one scatter into its progress table, then the finished (last
         planned unit scanned, or a graph search converged before it)."""
-        reqs = [self.requests.get(rid) for rid in ride.request_ids]
         vectors = out.vectors_scanned[ride.collection]
-        early = out.converged.get(ride.collection, np.zeros(len(reqs), dtype=bool))
-        if not all(reqs):  # failed by the runner's errors just now
-            keep = np.array([r is not None for r in reqs], dtype=bool)
-            ride, vectors, early = ride.subset(keep), vectors[keep], early[keep]
-            reqs = [r for r in reqs if r is not None]
-            if not reqs:
+        early = out.converged.get(ride.collection, np.zeros(len(ride.request_ids), dtype=bool))
+        alive = np.fromiter(map(self.requests.__contains__, ride.request_ids), bool, len(ride.request_ids))
+        if not alive.all():  # failed by the runner's errors, or aborted, just now
+            ride, vectors, early = ride.subset(alive), vectors[alive], early[alive]
+            if not ride.request_ids:
                 return
-        done = ride.completes | early
-        reqs[0]._table.apply(ride.slots, ride.ptr, ride.units, ride.completes, vectors)
-        for i in np.flatnonzero(done).tolist():
-            self._finish(reqs[i], RequestStatus.FINISHED_COMPLETE, *out.results[reqs[i].request_id])
+        table = self.requests[ride.request_ids[0]]._table
+        table.apply(ride.slots, ride.ptr, ride.units, ride.completes, vectors)
+        for i in np.flatnonzero(ride.completes | early).tolist():
+            rid = ride.request_ids[i]
+            self._finish(self.requests[rid], RequestStatus.FINISHED_COMPLETE, *out.results[rid])
 
     # ------------------------------------------------------------------ internals
     def _fail(self, req: SearchRequest, message: str) -> None:
@@ -289,12 +306,14 @@ class Scheduler(Intake):
         req.finish_time = self.clock()
         req.detach()
         del self.requests[req.request_id]
-        self.waiting.remove(req.request_id)
-        self.joined.discard(req.request_id)
+        if req.request_slot >= 0:
+            self.slots.release(req.request_slot)
+            req.request_slot = -1
         self.num_finished += 1
         self._finished.append((req, scores, ids))
 
     def _check_invariants(self) -> None:
-        assert self.requests.keys() >= self.joined, "runner state for a finished request"
-        assert len(self.waiting) + len(self.joined) == len(self.requests), "a request is neither waiting nor joined"
+        s = self.slots
+        assert s.num_active == len(self.requests), "a request is active without a slot, or the reverse"
+        assert s.num_joined <= s.num_active, "runner state for a finished request"
         assert len(self.requests) + self.num_finished == self.num_admitted, "a request was lost"
