@@ -44,6 +44,7 @@ class FakeRunner:
         self.plans: list[IterationPlan] = []
         self.outputs: list[RunnerOutput] = []
         self.scans: dict[str, list] = {}  # id -> [positions] per plan
+        self.iterations_of: dict[str, set[int]] = {}  # id -> iterations that gave it work
         self.joined_order: list[str] = []
 
     def reset(self) -> None:
@@ -58,6 +59,7 @@ class FakeRunner:
         assert not self.plans or plan.iteration > self.plans[-1].iteration or self.plans[-1].is_head, \
             "iterations must increase"
         self.plans.append(plan)
+        self._iteration = plan.iteration
         out = RunnerOutput()
         for r in plan.new_requests:
             assert r.request_id not in self.states, f"{r.request_id} joined twice"
@@ -97,6 +99,7 @@ class FakeRunner:
             st.seen.update(zip(positions, units))
             vectors[i] = int(sizes[units].sum()) if units else 0
             self.scans.setdefault(rid, []).append(tuple(positions))
+            self.iterations_of.setdefault(rid, set()).add(self._iteration)
             if ride.completes[i]:
                 out.results[rid] = self.fake_result(rid, st.k)
                 del self.states[rid]

@@ -22,42 +22,47 @@ STALL_STEPS = 100
 
 class TimedRunner(SearchRunner):
     """The real runner with a deterministic duration (``1e-4 s + vectors / 2e6``) that
-    also advances the fake clock, so runs replay exactly."""
+    also advances the fake clock, so runs replay exactly.  ``meanwhile``: calls made after
+    the next run, as if they came from other threads while a part of an iteration ran."""
 
     def __init__(self, collections, clock: FakeClock) -> None:
         super().__init__(collections)
         self.clock = clock
+        self.meanwhile: list = []
 
     def run(self, plan):
         out = super().run(plan)
         out.duration_s = 1e-4 + out.num_vectors_scanned / 2e6
         self.clock.advance(out.duration_s)
+        calls, self.meanwhile = self.meanwhile, []
+        for call in calls:
+            call()
         return out
 
 
 def op_strategy(names):
     submit = st.tuples(st.just("submit"), st.sampled_from(names), st.integers(0, 63), st.integers(1, 20),
                        st.one_of(st.none(), st.integers(1, 70)), st.sampled_from(STAGES),
-                       st.one_of(st.none(), st.floats(0.5, 60.0)))
+                       st.one_of(st.none(), st.floats(0.5, 60.0)), st.booleans())  # last: during a run
     abort = st.tuples(st.just("abort"), st.integers(0, 10_000))
     step = st.tuples(st.just("step"), st.floats(0.0, 0.02))
     return st.lists(st.one_of(submit, submit, abort, step, step), min_size=6, max_size=50)
 
 
-def make_config(budget, waiting, policy, aging, running, stage_aware) -> SchedulerConfig:
+def make_config(budget, waiting, policy, aging, running, stage_aware, part_ms=None) -> SchedulerConfig:
     if budget == "adaptive":  # adapts to TimedRunner's deterministic durations
         budget_kw = dict(initial_budget_vectors=2_000, min_budget_vectors=256, max_budget_vectors=50_000,
                          target_iteration_ms=2.0)
     else:
         budget_kw = dict(initial_budget_vectors=budget, min_budget_vectors=budget, max_budget_vectors=budget)
     return SchedulerConfig(max_num_waiting=waiting, deadline_policy=policy, aging_s=aging, max_num_running=running,
-                           stage_aware=stage_aware, **budget_kw)
+                           stage_aware=stage_aware, part_ms=part_ms, **budget_kw)
 
 
 config_strategy = st.builds(
     make_config, st.sampled_from([700, 1500, 4000, "adaptive"]), st.sampled_from([4, 10_000]),
     st.sampled_from(["partial", "reject"]), st.sampled_from([0.005, 0.25]), st.sampled_from([2, 8, 512]),
-    st.sampled_from([True, True, False]))
+    st.sampled_from([True, True, False]), st.sampled_from([None, 0.3]))
 
 
 def run_and_check(names, config, ops) -> None:
@@ -70,12 +75,17 @@ def run_and_check(names, config, ops) -> None:
     resolutions: Counter = Counter()
     returned: Counter = Counter()
 
+    def submit(name, qi, k, nprobe, stage, deadline_ms):
+        fut = engine.submit(name, queries(name)[qi], k, nprobe=nprobe, stage=stage, deadline_ms=deadline_ms)
+        fut.add_done_callback(lambda f: resolutions.update([f.request_id]))
+        submitted.append((fut, name, qi, k, nprobe, stage, deadline_ms))
+
     for op in ops:
         if op[0] == "submit":
-            _, name, qi, k, nprobe, stage, deadline_ms = op
-            fut = engine.submit(name, queries(name)[qi], k, nprobe=nprobe, stage=stage, deadline_ms=deadline_ms)
-            fut.add_done_callback(lambda f: resolutions.update([f.request_id]))
-            submitted.append((fut, name, qi, k, nprobe, stage, deadline_ms))
+            if op[-1]:  # arrives while a part runs (a decode-level one runs in an express plan)
+                runner.meanwhile.append(lambda args=op[1:-1]: submit(*args))
+            else:
+                submit(*op[1:-1])
         elif op[0] == "abort":
             if submitted:
                 fut = submitted[op[1] % len(submitted)][0]

@@ -30,6 +30,7 @@ from trinity.engine.request import RequestStatus, SearchRequest, SearchResult, S
 from trinity.engine.runner import SearchRunner
 from trinity.engine.scheduler import Finished, Scheduler
 from trinity.engine.overload import compile_overload
+from trinity.engine.progress import compile_progress
 from trinity.engine.window import compile_window
 from trinity.errors import ErrorCode, InvalidInput, TrinityError
 from trinity.index.base import BaseIndex
@@ -66,6 +67,7 @@ class SearchEngine:
         self.admission = None if self.config.admission_share is None else SojournAdmission(
             self.config.admission_share, self.config.admission_interval_ms / 1e3, clock)
         self._inbox: deque[tuple[str, object]] = deque()
+        self._num_express = 0  # decode-level requests in the inbox
         self._futures: dict[str, Future] = {}
         self._cv = threading.Condition()
         self._closing = False
@@ -124,6 +126,8 @@ class SearchEngine:
                     raise
             self._futures[req.request_id] = fut
             self._inbox.append(("add", req))
+            self._num_express += stage is Stage.DECODE or (deadline_ms is not None and
+                                                           deadline_ms <= self.config.urgent_deadline_ms)
             self._cv.notify()
         fut.request_id = req.request_id  # type: ignore[attr-defined]
         return fut
@@ -158,11 +162,12 @@ class SearchEngine:
         """One iteration; every batch of finished requests goes to ``deliver`` as soon as it is known.
 
         Requests that finish without the runner (rejections, aborts, expiries before any
-        scan) leave before the scan runs, and a plan's head is run and updated before the
-        rest of it, so neither waits for the rest of the iteration.
+        scan) leave before the scan runs, and each part of a plan is run and updated before
+        the next, so answers never wait for the rest of the iteration.  Decode-level requests
+        that arrive meanwhile run between two parts (``Scheduler.schedule_express``).
         """
         with self._cv:
-            inbox, self._inbox = self._inbox, deque()
+            inbox, self._inbox, self._num_express = self._inbox, deque(), 0
         new = [item for kind, item in inbox if kind == "add"]
         if new:
             self.scheduler.add_requests(new)
@@ -173,22 +178,42 @@ class SearchEngine:
         plan = self.scheduler.schedule()
         if finished := self.scheduler.pop_finished():
             deliver(finished)
-        if plan.is_empty and plan.head is None:
+        if plan.is_empty and not plan.before:
             return
-        duration_s = scanned = read = 0
-        for part in plan.parts:
-            out = self.runner.run(part)
+        outs = []
+        for i, part in enumerate(plan.parts):
+            if i and self._num_express:
+                outs += self._express(deliver)
+            outs.append(out := self.runner.run(part))
             if finished := self.scheduler.update_from_output(part, out):
                 deliver(finished)
-            duration_s, scanned, read = duration_s + out.duration_s, scanned + out.num_vectors_scanned, read + out.vectors_read
         m = self.metrics
+        scanned = sum(out.num_vectors_scanned for out in outs)
         m.iterations.inc()
-        m.iteration_time.observe(duration_s)
+        m.iteration_time.observe(sum(out.duration_s for out in outs))
         m.vectors_scanned.inc(scanned)
-        m.vectors_read.inc(read)
+        m.vectors_read.inc(sum(out.vectors_read for out in outs))
         m.iteration_vectors.observe(scanned)
         m.budget.set(self.scheduler.budget_vectors)
         m.preemptions.inc(self.scheduler.num_preemptions - preempted_before)
+
+    def _express(self, deliver: Callable[[list[Finished]], None]) -> list:
+        """Admit what arrived (aborts wait for the iteration's end: the parts still to run may
+        hold their rows) and run the decode-level newcomers at once."""
+        with self._cv:
+            new = [item for kind, item in self._inbox if kind == "add"]
+            self._inbox = deque(item for item in self._inbox if item[0] == "abort")
+            self._num_express = 0
+        self.scheduler.add_requests(new)
+        plan = self.scheduler.schedule_express()
+        if finished := self.scheduler.pop_finished():
+            deliver(finished)
+        if plan is None:
+            return []
+        out = self.runner.run(plan)
+        if finished := self.scheduler.update_from_output(plan, out):
+            deliver(finished)
+        return [out]
 
     def _resolve(self, finished: Finished) -> SearchResult:
         req, scores, ids = finished
@@ -224,6 +249,7 @@ class SearchEngine:
             warmup()
             compile_window()
             compile_overload()
+            compile_progress()
             freeze_heap()
             sys.setswitchinterval(self.config.switch_interval_ms / 1e3)
             self._resolver = threading.Thread(target=self._resolve_loop, name="trinity-resolver", daemon=True)

@@ -9,6 +9,7 @@ already seen (unit id ``-1``, size ``0``), so ``~seen`` alone names the pending 
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 
@@ -27,14 +28,15 @@ class ProgressTable:
         unit_ids = np.full((num_slots, width), -1, dtype=np.int64)
         unit_costs = np.zeros((num_slots, width), dtype=np.int64)
         seen = np.ones((num_slots, width), dtype=bool)
-        counters = np.zeros((4, num_slots), dtype=np.int64)
+        counters = np.zeros((5, num_slots), dtype=np.int64)
         if old is not None:
             n, w = old.shape
             unit_ids[:n, :w], unit_costs[:n, :w], seen[:n, :w] = self.unit_ids, self.unit_costs, old
             counters[:, :n] = self._counters
             self._free[:0] = range(num_slots - 1, n - 1, -1)
         self.unit_ids, self.unit_costs, self.seen, self._counters = unit_ids, unit_costs, seen, counters
-        self.num_done, self.remaining, self.num_vectors, self.num_iterations = counters  # views: grow together
+        # views, growing together; ``last_iteration``: the iteration that counted last (parts count once)
+        self.num_done, self.remaining, self.num_vectors, self.num_iterations, self.last_iteration = counters
 
     @property
     def num_slots(self) -> int:
@@ -86,19 +88,11 @@ class ProgressTable:
             self._free.append(slot)
 
     def apply(self, slots: np.ndarray, ptr: np.ndarray, positions: np.ndarray, completes: np.ndarray,
-              vectors: np.ndarray) -> None:
+              vectors: np.ndarray, iteration: int = -1) -> None:
         """One part of an iteration: ``slots[i]`` scanned the (unseen) ``positions[ptr[i]:ptr[i+1]]``,
         ``vectors[i]`` pairs, and is complete iff ``completes[i]``."""
-        counts = np.diff(ptr)
-        flat_slots = np.repeat(slots, counts)
-        self.seen[flat_slots, positions] = True
-        self.num_done[slots] += counts
-        costs = self.unit_costs[flat_slots, positions]
-        self.remaining[slots] -= np.bincount(np.repeat(np.arange(slots.size), counts), weights=costs,
-                                             minlength=slots.size).astype(np.int64)
-        self.num_iterations[slots] += 1
-        self.num_vectors[slots] += vectors
-        assert (self.seen[slots].all(axis=1) == completes).all(), "a rider's completion disagrees with its plan"
+        agree = _apply(self.seen, self.unit_costs, self._counters, slots, ptr, positions, completes, vectors, iteration)
+        assert agree, "a rider's completion disagrees with its plan"
 
     def skip_missing(self, slots: np.ndarray, num_units: int) -> bool:
         """Mark units at or past ``num_units`` as seen (a flat collection shrank below them);
@@ -110,3 +104,25 @@ class ProgressTable:
         self.num_done[slots] = (self.seen[slots] & (self.unit_ids[slots] >= 0)).sum(axis=1)
         self.remaining[slots] = np.where(self.seen[slots], 0, self.unit_costs[slots]).sum(axis=1)
         return True
+
+
+@numba.njit(cache=True, nogil=True)
+def _apply(seen, unit_costs, counters, slots, ptr, positions, completes, vectors, iteration):
+    agree = True
+    for i in range(slots.size):
+        s = slots[i]
+        for j in range(ptr[i], ptr[i + 1]):
+            seen[s, positions[j]] = True
+            counters[1, s] -= unit_costs[s, positions[j]]
+        counters[0, s] += ptr[i + 1] - ptr[i]
+        counters[2, s] += vectors[i]
+        counters[3, s] += counters[4, s] != iteration
+        counters[4, s] = iteration
+        agree &= seen[s].all() == completes[i]
+    return agree
+
+
+def compile_progress() -> None:
+    one = np.zeros(1, np.int64)
+    _apply(np.ones((1, 1), bool), np.zeros((1, 1), np.int64), np.zeros((5, 1), np.int64), one, np.zeros(2, np.int64),
+           np.zeros(0, np.int64), np.ones(1, bool), one, 0)

@@ -130,7 +130,7 @@ class SearchRequest:
         """The finish: copy the counters out of the table and free the slot."""
         table = self._table
         if table is not None:
-            self._final = tuple(int(c) for c in table._counters[:, self.slot])
+            self._final = tuple(table._counters[:4, self.slot].tolist())
             self._table = None
             table.release(self.request_id)
 

@@ -121,19 +121,51 @@ class Scheduler(Intake):
         cand = self._admissible(order)
         window, closing = self._open_window(cand)
         planned, forced = window.plan(self._claims(cand, window.groups, now), self.budget_vectors)
-        head_rides, rides = window.work()
+        parts = window.work(self._num_parts(planned))
         exhausted = window.exhausted
-        new = self._mark_scheduled(cand, head_rides + rides, now, exhausted)
+        new = self._mark_scheduled(cand, [r for part in parts for r in part], now, exhausted)
         # NOTE: "under load" needs a binding budget and iterations that actually run long: at
         # light load the fit extrapolates from tiny iterations and must not make slack wait.
         self._saturated = exhausted and self.iteration_s >= 0.5 * self.config.target_iteration_ms / 1e3
         expiries = self._closing(cand, closing, now + 2 * self.iteration_s)
         budget, total = self.budget_vectors, int(math.ceil(planned))
         assert total <= budget or forced, "budget exceeded"
-        if not head_rides or not (rides or expiries):
-            return IterationPlan(self.iteration, new, expiries, budget, total, forced, tuple(head_rides + rides))
-        head = IterationPlan(self.iteration, new, (), budget, 0, False, tuple(head_rides), is_head=True)
-        return IterationPlan(self.iteration, (), expiries, budget, total, forced, tuple(rides), head)
+        rides = [p for p in parts if p]
+        if parts[0] and expiries and len(rides) == 1:
+            rides.append([])  # the head's answers leave before the expiries are read out
+        if len(rides) <= 1:
+            return IterationPlan(self.iteration, new, expiries, budget, total, forced, tuple(sum(rides, [])))
+        before = tuple(IterationPlan(self.iteration, new if i == 0 else (), (), budget, 0, False, tuple(r), is_head=True)
+                       for i, r in enumerate(rides[:-1]))
+        return IterationPlan(self.iteration, (), expiries, budget, total, forced, tuple(rides[-1]), before)
+
+    def _num_parts(self, planned: float) -> int:
+        """Slices of the rest of the scan: about ``part_ms`` each (one without decode-level work)."""
+        cfg = self.config
+        if cfg.part_ms is None or not cfg.stage_aware:
+            return 1
+        scan_ms = 1e3 * self.iteration_s * planned / max(self.budget_vectors, 1)
+        return int(min(cfg.max_num_parts, max(1, math.ceil(scan_ms / cfg.part_ms))))
+
+    def schedule_express(self) -> IterationPlan | None:
+        """Between two parts of an iteration: a plan for the waiting decode-level requests only,
+        each scanned to the end, riding with each other but with no running request (those may
+        hold units in the parts still to run)."""
+        now, s = self.clock(), self.slots
+        waiting = s.waiting()
+        cand = s.sort(waiting[s.level[waiting] == 0], now)
+        if not cand.size:
+            return None
+        window, _ = self._open_window(cand)
+        n = cand.size
+        claims = self._claims(cand, window.groups, now)
+        planned, _ = window.plan(Claims(claims.window, np.ones(n, dtype=bool), np.ones(n, dtype=bool)), np.inf)
+        rides = [r for part in window.work() for r in part]
+        new = self._mark_scheduled(cand, rides, now, False)
+        if not rides:
+            return None
+        return IterationPlan(self.iteration, new, (), self.budget_vectors, int(math.ceil(planned)), False,
+                             tuple(rides), is_head=True)
 
     def _expire_waiting(self, now: float) -> None:
         """Finish the waiting requests whose answer cannot be out before their deadline: by
@@ -289,7 +321,7 @@ class Scheduler(Intake):
             if not ride.request_ids:
                 return
         table = self.requests[ride.request_ids[0]]._table
-        table.apply(ride.slots, ride.ptr, ride.units, ride.completes, vectors)
+        table.apply(ride.slots, ride.ptr, ride.units, ride.completes, vectors, self.iteration)
         for i in np.flatnonzero(ride.completes | early).tolist():
             rid = ride.request_ids[i]
             self._finish(self.requests[rid], RequestStatus.FINISHED_COMPLETE, *out.results[rid])

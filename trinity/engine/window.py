@@ -63,15 +63,18 @@ class Window:
     def __init__(self, groups: list[Riders], read_weight: float) -> None:
         self.groups, self.read_weight = groups, read_weight
         parts, offset = [], 0
-        for g in groups:
-            rid, pos = np.nonzero(~g.table.seen[g.slots])  # rider by rider, positions ascending
-            parts.append((rid, pos, g.table.unit_ids[g.slots[rid], pos], offset))
+        for g in groups:  # (rider, position, unit id, rank, window unit) per unseen unit, rider by rider
+            parts.append(_pairs(g.table.seen, g.table.unit_ids, g.slots, g.ranks, offset))
             offset += g.unit_sizes.size
         self.parts = parts
         self.bounds = np.cumsum([0] + [p[0].size for p in parts])
-        self.pair_rank = np.concatenate([g.ranks[rid] for g, (rid, *_) in zip(groups, parts)] or [np.zeros(0, int)])
-        self.pair_unit = np.concatenate([lid + off for _, _, lid, off in parts] or [np.zeros(0, int)])
-        self.sizes = np.concatenate([g.unit_sizes for g in groups] or [np.zeros(0, int)]).astype(np.int64)
+        if len(parts) == 1:
+            self.pair_rank, self.pair_unit = parts[0][3], parts[0][4]
+            self.sizes = groups[0].unit_sizes.astype(np.int64)
+        else:
+            self.pair_rank = np.concatenate([p[3] for p in parts] or [np.zeros(0, np.int64)])
+            self.pair_unit = np.concatenate([p[4] for p in parts] or [np.zeros(0, np.int64)])
+            self.sizes = np.concatenate([g.unit_sizes for g in groups] or [np.zeros(0, int)]).astype(np.int64)
         self.unit_window = np.repeat(np.arange(len(groups)), [g.unit_sizes.size for g in groups])
         self.take = np.zeros(self.pair_unit.size, dtype=bool)
         self.chosen = np.zeros(self.sizes.size, dtype=bool)
@@ -92,27 +95,86 @@ class Window:
         """A claim or fill did not fit: the budget bound this iteration."""
         return bool(self.cut.any())
 
-    def work(self) -> tuple[list[RideWork], list[RideWork]]:
-        """Each collection's positions taken as ``(head, rest)`` CSRs (riders in priority
-        order); a rider completes in the last part that holds its positions."""
-        heads, rests = [], []
-        for g, (rid, pos, lid, _), lo, hi in zip(self.groups, self.parts, self.bounds[:-1], self.bounds[1:]):
-            take = self.take[lo:hi]
-            in_head = take & self.head[self.pair_unit[lo:hi]]
-            in_rest = take & ~in_head
-            n = len(g.request_ids)
-            num_head = np.bincount(rid[in_head], minlength=n)
-            num_rest = np.bincount(rid[in_rest], minlength=n)
-            done = num_head + num_rest == np.bincount(rid, minlength=n)
-            for out, sel, counts, completes in ((heads, in_head, num_head, done & (num_rest == 0)),
-                                                (rests, in_rest, num_rest, done)):
-                some = np.flatnonzero(counts)
-                if some.size:
-                    ptr = np.zeros(some.size + 1, dtype=np.int64)
-                    np.cumsum(counts[some], out=ptr[1:])
-                    out.append(RideWork(g.collection, tuple(g.request_ids[i] for i in some.tolist()), ptr, pos[sel],
-                                        lid[sel], completes[some], g.ranks[some], g.slots[some]))
-        return heads, rests
+    def work(self, num_parts: int = 1) -> list[list[RideWork]]:
+        """Each collection's positions taken as CSRs, part by part: the head (possibly empty),
+        then the rest cut into ``num_parts`` slices of about equal cost, units of the riders
+        first in priority order first.  Riders are in priority order; a rider completes in
+        the last part that holds its positions."""
+        part = np.where(self.head, 0, 1 + self._slices(num_parts)) if num_parts > 1 else np.where(self.head, 0, 1)
+        parts: list[list[RideWork]] = [[] for _ in range(1 + num_parts)]
+        for g, (rid, pos, lid, *_), lo, hi in zip(self.groups, self.parts, self.bounds[:-1], self.bounds[1:]):
+            order, part_ptr, counts, completes = _split(rid, self.take[lo:hi], part[self.pair_unit[lo:hi]],
+                                                        len(g.request_ids), num_parts + 1)
+            for p in np.flatnonzero(np.diff(part_ptr)).tolist():
+                some = np.flatnonzero(counts[p])
+                ptr = np.zeros(some.size + 1, dtype=np.int64)
+                np.cumsum(counts[p, some], out=ptr[1:])
+                sel = order[part_ptr[p]:part_ptr[p + 1]]
+                parts[p].append(RideWork(g.collection, tuple(map(g.request_ids.__getitem__, some.tolist())), ptr,
+                                         pos[sel], lid[sel], completes[p, some], g.ranks[some], g.slots[some]))
+        return parts
+
+    def _slices(self, num_parts: int) -> np.ndarray:
+        """Per unit, its slice of the rest: units by their best rider's rank, cut by cost."""
+        rest = self.take & ~self.head[self.pair_unit]
+        units = np.flatnonzero(self.chosen & ~self.head)
+        out = np.zeros(self.sizes.size, dtype=np.int64)
+        if not units.size:
+            return out
+        best = np.full(self.sizes.size, np.iinfo(np.int64).max)
+        np.minimum.at(best, self.pair_unit[rest], self.pair_rank[rest])
+        riders = np.bincount(self.pair_unit[rest], minlength=self.sizes.size)
+        units = units[np.argsort(best[units], kind="stable")]
+        cost = self.sizes[units] * (self.read_weight + riders[units])
+        before = np.cumsum(cost) - cost
+        out[units] = np.minimum(before * num_parts // max(cost.sum(), 1e-9), num_parts - 1).astype(np.int64)
+        return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _pairs(seen, unit_ids, rows, ranks, offset):
+    num_pairs = 0
+    for r in rows:
+        num_pairs += seen.shape[1] - seen[r].sum()
+    rid, pos, lid = np.empty(num_pairs, np.int64), np.empty(num_pairs, np.int64), np.empty(num_pairs, np.int64)
+    rank, unit = np.empty(num_pairs, np.int64), np.empty(num_pairs, np.int64)
+    p = 0
+    for i in range(rows.size):
+        r = rows[i]
+        for j in range(seen.shape[1]):
+            if not seen[r, j]:
+                rid[p], pos[p], lid[p], rank[p], unit[p] = i, j, unit_ids[r, j], ranks[i], unit_ids[r, j] + offset
+                p += 1
+    return rid, pos, lid, rank, unit
+
+
+@numba.njit(cache=True, nogil=True)
+def _split(rid, take, pair_part, num_riders, num_parts):
+    """Taken pairs grouped by part (rider by rider within one); riders' counts per part, and
+    whether the part completes them (the last part holding their positions, all taken)."""
+    counts = np.zeros((num_parts, num_riders), np.int64)
+    last = np.full(num_riders, -1, np.int64)
+    left = np.zeros(num_riders, np.int64)
+    part_ptr = np.zeros(num_parts + 1, np.int64)
+    for p in range(rid.size):
+        left[rid[p]] += 1
+        if take[p]:
+            counts[pair_part[p], rid[p]] += 1
+            left[rid[p]] -= 1
+            last[rid[p]] = max(last[rid[p]], pair_part[p])
+            part_ptr[pair_part[p] + 1] += 1
+    part_ptr = np.cumsum(part_ptr)
+    cursor = part_ptr[:-1].copy()
+    order = np.empty(part_ptr[-1], np.int64)
+    for p in range(rid.size):
+        if take[p]:
+            order[cursor[pair_part[p]]] = p
+            cursor[pair_part[p]] += 1
+    completes = np.zeros((num_parts, num_riders), np.bool_)
+    for r in range(num_riders):
+        if left[r] == 0 and last[r] >= 0:
+            completes[last[r], r] = True
+    return order, part_ptr, counts, completes
 
 
 @numba.njit(cache=True, nogil=True)
@@ -233,5 +295,7 @@ def _fill_new(w, budget_left, sizes, unit_window, demand, worth, unit_ptr, by_un
 def compile_window() -> None:
     """Compile the planner ahead of the first iteration (as :func:`trinity.index.warmup.warmup`)."""
     one = np.zeros(1, np.int64)
+    _pairs(np.zeros((1, 1), bool), np.zeros((1, 1), np.int64), one, one, 0)
+    _split(one, np.ones(1, bool), one, 1, 2)
     _plan(one, one, np.ones(1, np.int64), one, np.ones(1, bool), one, np.ones(1, bool), np.ones(1, bool), 1.0, 1.0,
           np.zeros(1, bool), np.zeros(1, bool), np.zeros(1, bool), np.zeros(1, bool))
