@@ -56,7 +56,7 @@ def make_config(budget, waiting, policy, aging, running, stage_aware, part_ms=No
     else:
         budget_kw = dict(initial_budget_vectors=budget, min_budget_vectors=budget, max_budget_vectors=budget)
     return SchedulerConfig(max_num_waiting=waiting, deadline_policy=policy, aging_s=aging, max_num_running=running,
-                           stage_aware=stage_aware, part_ms=part_ms, **budget_kw)
+                           stage_aware=stage_aware, part_ms=part_ms, min_express_arrivals=0, **budget_kw)
 
 
 config_strategy = st.builds(

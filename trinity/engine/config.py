@@ -78,6 +78,8 @@ class SchedulerConfig:
             (an *express* plan) instead of waiting for the whole iteration.  ``None`` runs
             the scan whole.
         max_num_parts: bound on those parts: each costs a runner call and an update.
+        min_express_arrivals: cut the scan only when at least this many decode-level arrivals
+            are expected while it runs (``0`` always cuts).
         switch_interval_ms: the interpreter's GIL switch interval while the loop runs: with
             CPython's 5 ms a submitter or the loop can stall for a whole iteration.
         idle_wait_ms: how long an idle loop sleeps before it looks at the inbox again.
@@ -103,6 +105,7 @@ class SchedulerConfig:
     max_num_waiting_considered: int = 256
     part_ms: float | None = 1.5
     max_num_parts: int = 4
+    min_express_arrivals: float = 0.5
     switch_interval_ms: float = 0.5
     idle_wait_ms: float = 50.0
     budget: BudgetConfig = BudgetConfig()

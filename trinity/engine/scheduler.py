@@ -64,6 +64,8 @@ class Scheduler(Intake):
         self._finished: list[Finished] = []
         self._head_sample: IterationSample | None = None
         self._started = 0.0  # when the current iteration's planning began
+        self.express_rate = 0.0  # decode-level arrivals per second (EWMA over iterations)
+        self._num_express = 0  # decode-level arrivals since the last plan
 
     # ------------------------------------------------------------------ admission
     def add_request(self, req: SearchRequest) -> None:
@@ -110,8 +112,13 @@ class Scheduler(Intake):
     # ------------------------------------------------------------------ one iteration
     def schedule(self) -> IterationPlan:
         """Plan the next iteration: claims in priority order, then the fill."""
-        now = self._started = self.clock()
+        now, before = self.clock(), self._started
+        self._started = now
         self.iteration += 1
+        if now > before:
+            a = self.config.budget_ewma
+            self.express_rate = (1 - a) * self.express_rate + a * self._num_express / (now - before)
+            self._num_express = 0
         self._expire_waiting(now)
         order = self.slots.order(now, self.config.max_num_waiting_considered)
         if self.config.stage_aware and self.scan_rate and self._saturated:
@@ -140,12 +147,15 @@ class Scheduler(Intake):
         return IterationPlan(self.iteration, (), expiries, budget, total, forced, tuple(rides[-1]), before)
 
     def _num_parts(self, planned: float) -> int:
-        """Slices of the rest of the scan: about ``part_ms`` each (one without decode-level work)."""
+        """Slices of the rest of the scan: about ``part_ms`` each, when a decode-level arrival
+        is likely meanwhile (each part costs a runner call)."""
         cfg = self.config
         if cfg.part_ms is None or not cfg.stage_aware:
             return 1
-        scan_ms = 1e3 * self.iteration_s * planned / max(self.budget_vectors, 1)
-        return int(min(cfg.max_num_parts, max(1, math.ceil(scan_ms / cfg.part_ms))))
+        scan_s = self.iteration_s * planned / max(self.budget_vectors, 1)
+        if self.express_rate * scan_s < cfg.min_express_arrivals:
+            return 1
+        return int(min(cfg.max_num_parts, max(1, math.ceil(1e3 * scan_s / cfg.part_ms))))
 
     def schedule_express(self) -> IterationPlan | None:
         """Between two parts of an iteration: a plan for the waiting decode-level requests only,
