@@ -28,14 +28,10 @@ from trinity.engine.heap import freeze_heap
 from trinity.engine.metrics import EngineMetrics
 from trinity.engine.request import RequestStatus, SearchRequest, SearchResult, Stage
 from trinity.engine.runner import SearchRunner
-from trinity.engine.scheduler import Finished, Scheduler
-from trinity.engine.overload import compile_overload
-from trinity.engine.progress import compile_progress
-from trinity.engine.window import compile_window
+from trinity.engine.scheduler import Finished, Scheduler, compile_kernels
 from trinity.errors import ErrorCode, InvalidInput, TrinityError
 from trinity.index.base import BaseIndex
 from trinity.index.inputs import as_query, check_k
-from trinity.index.warmup import warmup
 
 _log = logging.getLogger(__name__)
 
@@ -187,19 +183,12 @@ class SearchEngine:
             outs.append(out := self.runner.run(part))
             if finished := self.scheduler.update_from_output(part, out):
                 deliver(finished)
-        m = self.metrics
-        scanned = sum(out.num_vectors_scanned for out in outs)
-        m.iterations.inc()
-        m.iteration_time.observe(sum(out.duration_s for out in outs))
-        m.vectors_scanned.inc(scanned)
-        m.vectors_read.inc(sum(out.vectors_read for out in outs))
-        m.iteration_vectors.observe(scanned)
-        m.budget.set(self.scheduler.budget_vectors)
-        m.preemptions.inc(self.scheduler.num_preemptions - preempted_before)
+        self.metrics.observe_iteration(outs, self.scheduler.budget_vectors,
+                                       self.scheduler.num_preemptions - preempted_before)
 
     def _express(self, deliver: Callable[[list[Finished]], None]) -> list:
-        """Admit what arrived (aborts wait for the iteration's end: the parts still to run may
-        hold their rows) and run the decode-level newcomers at once."""
+        """Admit what arrived and run the decode-level newcomers at once (aborts wait for the
+        iteration's end: the parts still to run may hold their rows)."""
         with self._cv:
             new = [item for kind, item in self._inbox if kind == "add"]
             self._inbox = deque(item for item in self._inbox if item[0] == "abort")
@@ -221,7 +210,7 @@ class SearchEngine:
             ids = np.full(req.k, -1, dtype=np.int64)
             sentinel = self.collections.get(req.collection).metric.sentinel if req.collection in self.collections else math.nan
             scores = np.full(req.k, sentinel, dtype=np.float32)
-        result = self._result_of(req, scores, ids)
+        result = SearchResult.of(req, scores, ids)
         self.metrics.observe_finished(req, result.deadline_missed)
         if self.admission is not None:
             answered = req.status in (RequestStatus.FINISHED_COMPLETE, RequestStatus.FINISHED_PARTIAL)
@@ -232,24 +221,10 @@ class SearchEngine:
             fut.set_result(result)
         return result
 
-    @staticmethod
-    def _result_of(req: SearchRequest, scores: np.ndarray, ids: np.ndarray) -> SearchResult:
-        status, finish_time = req.status, req.finish_time
-        missed = req.deadline is not None and finish_time > req.deadline and status in (
-            RequestStatus.FINISHED_COMPLETE, RequestStatus.FINISHED_PARTIAL)
-        first = req.first_scan_time if req.first_scan_time is not None else finish_time
-        fraction = 1.0 if status is RequestStatus.FINISHED_COMPLETE else req.fraction_scanned
-        return SearchResult(req.request_id, ids, scores, status, fraction, req.stage,
-                            (first - req.arrival_time) * 1e3, (finish_time - req.arrival_time) * 1e3,
-                            req.num_iterations, req.num_preemptions, missed, req.message, req.code)
-
     def start(self) -> None:
         """Compile the CPU kernels, freeze the start-up heap, then start the loop thread."""
         if self._thread is None:
-            warmup()
-            compile_window()
-            compile_overload()
-            compile_progress()
+            compile_kernels()
             freeze_heap()
             sys.setswitchinterval(self.config.switch_interval_ms / 1e3)
             self._resolver = threading.Thread(target=self._resolve_loop, name="trinity-resolver", daemon=True)
@@ -267,16 +242,12 @@ class SearchEngine:
                     continue
             try:
                 self._iterate(self._outbox.put)
-            except Exception as exc:  # noqa: BLE001 - the loop must survive and say why
-                # NOTE: a bug in one iteration must not kill the loop thread and leave every
-                # future hanging: fail what is in flight, loudly, and keep serving.
+            except Exception as exc:  # noqa: BLE001 - fail what is in flight, loudly, and keep serving
                 _log.exception("engine iteration failed; failing %d in-flight requests", len(self._futures))
                 self._fail_all(f"engine iteration failed: {type(exc).__name__}: {exc}")
 
     def _resolve_loop(self) -> None:
-        # NOTE: results are resolved (futures, callbacks, metrics) off the loop thread: the
-        # loop's iterations do not grow with the number of requests finishing, and the
-        # resolver mostly runs while the loop thread is in a scan kernel (GIL released).
+        """Futures, callbacks and metrics, off the loop thread (mostly while it is in a kernel)."""
         while (finished := self._outbox.get()) is not None:
             for f in finished:
                 try:

@@ -52,6 +52,17 @@ class EngineMetrics:
         self._stage_misses = {st: self.deadline_misses.labels(st.name.lower()) for st in Stage}
         self._finished_children: dict[tuple[Stage, RequestStatus], object] = {}
 
+    def observe_iteration(self, outs: list, budget: int, num_preempted: int) -> None:
+        """One iteration that ran ``outs`` (its parts' RunnerOutputs)."""
+        scanned = sum(out.num_vectors_scanned for out in outs)
+        self.iterations.inc()
+        self.iteration_time.observe(sum(out.duration_s for out in outs))
+        self.vectors_scanned.inc(scanned)
+        self.vectors_read.inc(sum(out.vectors_read for out in outs))
+        self.iteration_vectors.observe(scanned)
+        self.budget.set(budget)
+        self.preemptions.inc(num_preempted)
+
     def observe_finished(self, req: SearchRequest, deadline_missed: bool) -> None:
         key = (req.stage, req.status)
         child = self._finished_children.get(key)

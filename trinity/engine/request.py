@@ -156,3 +156,15 @@ class SearchResult:
     @property
     def partial(self) -> bool:
         return self.status is not RequestStatus.FINISHED_COMPLETE
+
+    @classmethod
+    def of(cls, req: SearchRequest, scores: np.ndarray, ids: np.ndarray) -> SearchResult:
+        """The result of a finished request."""
+        status, finish_time = req.status, req.finish_time
+        missed = req.deadline is not None and finish_time > req.deadline and status in (
+            RequestStatus.FINISHED_COMPLETE, RequestStatus.FINISHED_PARTIAL)
+        first = req.first_scan_time if req.first_scan_time is not None else finish_time
+        fraction = 1.0 if status is RequestStatus.FINISHED_COMPLETE else req.fraction_scanned
+        return cls(req.request_id, ids, scores, status, fraction, req.stage, (first - req.arrival_time) * 1e3,
+                   (finish_time - req.arrival_time) * 1e3, req.num_iterations, req.num_preemptions, missed,
+                   req.message, req.code)

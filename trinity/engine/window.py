@@ -20,8 +20,11 @@ requests.  Once a claimer cannot take all its units, claiming in its collection 
 units of claims that complete a *head* request (whose answer cannot wait for the rest of
 the iteration) form the head sub-plan, run first with all their riders.
 
-The pairs (rider, unit) are gathered from the progress tables with a few array calls per
-collection; claims and fill are one compiled call, whatever the number of requests.
+The pairs (rider, unit) are gathered from the progress tables and split into parts with one
+compiled call per collection (:mod:`~trinity.engine.pairs`); claims and fill are one
+compiled call, whatever the number of requests.  The rest of the window (past the head)
+may be cut into slices of about equal cost, units of the riders first in priority order
+first, so that decode-level arrivals can run between them.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from trinity.engine.pairs import pairs, split
 from trinity.engine.plan import RideWork
 from trinity.engine.progress import ProgressTable
 
@@ -64,7 +68,7 @@ class Window:
         self.groups, self.read_weight = groups, read_weight
         parts, offset = [], 0
         for g in groups:  # (rider, position, unit id, rank, window unit) per unseen unit, rider by rider
-            parts.append(_pairs(g.table.seen, g.table.unit_ids, g.slots, g.ranks, offset))
+            parts.append(pairs(g.table.seen, g.table.unit_ids, g.slots, g.ranks, offset))
             offset += g.unit_sizes.size
         self.parts = parts
         self.bounds = np.cumsum([0] + [p[0].size for p in parts])
@@ -103,7 +107,7 @@ class Window:
         part = np.where(self.head, 0, 1 + self._slices(num_parts)) if num_parts > 1 else np.where(self.head, 0, 1)
         parts: list[list[RideWork]] = [[] for _ in range(1 + num_parts)]
         for g, (rid, pos, lid, *_), lo, hi in zip(self.groups, self.parts, self.bounds[:-1], self.bounds[1:]):
-            order, part_ptr, counts, completes = _split(rid, self.take[lo:hi], part[self.pair_unit[lo:hi]],
+            order, part_ptr, counts, completes = split(rid, self.take[lo:hi], part[self.pair_unit[lo:hi]],
                                                         len(g.request_ids), num_parts + 1)
             for p in np.flatnonzero(np.diff(part_ptr)).tolist():
                 some = np.flatnonzero(counts[p])
@@ -129,52 +133,6 @@ class Window:
         before = np.cumsum(cost) - cost
         out[units] = np.minimum(before * num_parts // max(cost.sum(), 1e-9), num_parts - 1).astype(np.int64)
         return out
-
-
-@numba.njit(cache=True, nogil=True)
-def _pairs(seen, unit_ids, rows, ranks, offset):
-    num_pairs = 0
-    for r in rows:
-        num_pairs += seen.shape[1] - seen[r].sum()
-    rid, pos, lid = np.empty(num_pairs, np.int64), np.empty(num_pairs, np.int64), np.empty(num_pairs, np.int64)
-    rank, unit = np.empty(num_pairs, np.int64), np.empty(num_pairs, np.int64)
-    p = 0
-    for i in range(rows.size):
-        r = rows[i]
-        for j in range(seen.shape[1]):
-            if not seen[r, j]:
-                rid[p], pos[p], lid[p], rank[p], unit[p] = i, j, unit_ids[r, j], ranks[i], unit_ids[r, j] + offset
-                p += 1
-    return rid, pos, lid, rank, unit
-
-
-@numba.njit(cache=True, nogil=True)
-def _split(rid, take, pair_part, num_riders, num_parts):
-    """Taken pairs grouped by part (rider by rider within one); riders' counts per part, and
-    whether the part completes them (the last part holding their positions, all taken)."""
-    counts = np.zeros((num_parts, num_riders), np.int64)
-    last = np.full(num_riders, -1, np.int64)
-    left = np.zeros(num_riders, np.int64)
-    part_ptr = np.zeros(num_parts + 1, np.int64)
-    for p in range(rid.size):
-        left[rid[p]] += 1
-        if take[p]:
-            counts[pair_part[p], rid[p]] += 1
-            left[rid[p]] -= 1
-            last[rid[p]] = max(last[rid[p]], pair_part[p])
-            part_ptr[pair_part[p] + 1] += 1
-    part_ptr = np.cumsum(part_ptr)
-    cursor = part_ptr[:-1].copy()
-    order = np.empty(part_ptr[-1], np.int64)
-    for p in range(rid.size):
-        if take[p]:
-            order[cursor[pair_part[p]]] = p
-            cursor[pair_part[p]] += 1
-    completes = np.zeros((num_parts, num_riders), np.bool_)
-    for r in range(num_riders):
-        if left[r] == 0 and last[r] >= 0:
-            completes[last[r], r] = True
-    return order, part_ptr, counts, completes
 
 
 @numba.njit(cache=True, nogil=True)
@@ -295,7 +253,7 @@ def _fill_new(w, budget_left, sizes, unit_window, demand, worth, unit_ptr, by_un
 def compile_window() -> None:
     """Compile the planner ahead of the first iteration (as :func:`trinity.index.warmup.warmup`)."""
     one = np.zeros(1, np.int64)
-    _pairs(np.zeros((1, 1), bool), np.zeros((1, 1), np.int64), one, one, 0)
-    _split(one, np.ones(1, bool), one, 1, 2)
+    pairs(np.zeros((1, 1), bool), np.zeros((1, 1), np.int64), one, one, 0)
+    split(one, np.ones(1, bool), one, 1, 2)
     _plan(one, one, np.ones(1, np.int64), one, np.ones(1, bool), one, np.ones(1, bool), np.ones(1, bool), 1.0, 1.0,
           np.zeros(1, bool), np.zeros(1, bool), np.zeros(1, bool), np.zeros(1, bool))
