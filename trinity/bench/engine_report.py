@@ -164,7 +164,7 @@ def summarize(rows: Sequence[dict[str, Any]], cfg: EngineBenchConfig) -> dict[st
     if crossing is not None:
         s = by[("static", crossing)]
         out["static_decode_p99_ms_at_crossing"] = s[key]
-        for name in ("trinity", "trinity-fifo"):
+        for name in ("trinity", "trinity-fifo", "trinity-whole"):
             t = by.get((name, crossing))
             if t is None:
                 continue
@@ -183,7 +183,7 @@ def summarize(rows: Sequence[dict[str, Any]], cfg: EngineBenchConfig) -> dict[st
         sustained[system] = max(ok) if ok else 0.0
     out["sustained_rate"] = sustained
     s0 = sustained.get("static", 0.0)
-    for name in ("trinity", "trinity-fifo"):
+    for name in ("trinity", "trinity-fifo", "trinity-whole"):
         if name in sustained:
             t = out.setdefault(name, {})
             if s0:
@@ -336,7 +336,7 @@ def plot_results(rows: Sequence[dict[str, Any]], cfg: EngineBenchConfig, path: P
     cols = 2
     nrows = math.ceil(panels / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(6 * cols, 4 * nrows), squeeze=False)
-    colors = {"static": "tab:red", "trinity-fifo": "tab:orange", "trinity": "tab:blue"}
+    colors = {"static": "tab:red", "trinity-fifo": "tab:orange", "trinity": "tab:blue", "trinity-whole": "tab:green"}
     systems = [s for s in cfg.systems if any(r["system"] == s for r in rows)]
     for ax, c in zip(axes.flat, classes):
         key = f"{c.name}_p99_ms"

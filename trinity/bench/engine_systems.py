@@ -224,10 +224,10 @@ class _TimedRunner:
 class TrinitySystem(_System):
     """Trinity's engine (stage-aware or FIFO) with the real runner."""
 
-    def __init__(self, ivf, stage_aware: bool, target_iteration_ms: float, **scheduler_kwargs: Any) -> None:
+    def __init__(self, ivf, name: str, target_iteration_ms: float, **scheduler_kwargs: Any) -> None:
         from trinity.engine import Collections, RequestStatus, SchedulerConfig, SearchEngine, SearchRunner
 
-        self.name = "trinity" if stage_aware else "trinity-fifo"
+        self.name, stage_aware = name, name != "trinity-fifo"
         collections = Collections()
         collections.add(_COLLECTION, ivf)
         self.runner = _TimedRunner(SearchRunner(collections))
