@@ -118,8 +118,6 @@ def bench_engine(
     target_iteration_ms: float = typer.Option(4.0, min=0.1, help="Trinity: target iteration duration."),
     max_num_running: int | None = typer.Option(None, min=1, help="Trinity: requests holding runner state "
                                                "(default: SchedulerConfig's, 64)."),
-    part_ms: float = typer.Option(1.5, min=0.0, help="Trinity: cut the scan into parts of about this long while "
-                                                      "decode-level arrivals are expected (0: the scan whole)."),
     drain_cap: float = typer.Option(10.0, min=0.1, help="Seconds to wait for outstanding results after a stream."),
     data: str = typer.Option("real", help="real: embedded docstring corpus; synthetic: clustered random (tests)."),
     embed_missing: bool = typer.Option(False, help="Embed passages missing from the cache instead of shrinking."),
@@ -153,8 +151,7 @@ def bench_engine(
             drain_cap_s=drain_cap, data=data, embed_missing=embed_missing, cache_index=cache_index, threads=threads,
             blas_threshold=faiss_blas_threshold, switch_interval_ms=switch_interval_ms, seed=seed, out=out, plot=plot,
             device=device, dtype=dtype, peer=peer, index=index, graph_degree=graph_degree,
-            scheduler_kwargs={"part_ms": part_ms or None,
-                              **({} if max_num_running is None else {"max_num_running": max_num_running})})
+            scheduler_kwargs={} if max_num_running is None else {"max_num_running": max_num_running})
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     run_engine_bench(cfg)
@@ -214,8 +211,6 @@ def bench_overhead(
     fixed_ms: float = typer.Option(3.0, min=0.0, help="Modelled clock: fixed cost of an iteration."),
     scan_rate: float = typer.Option(30e6, min=1.0, help="Modelled clock: (query, vector) pairs per second."),
     target_iteration_ms: float = typer.Option(4.0, min=0.1, help="Trinity: target iteration duration."),
-    part_ms: float = typer.Option(1.5, min=0.0, help="Trinity: cut the scan into parts of about this long while "
-                                                      "decode-level arrivals are expected (0: the scan whole)."),
     data: str = typer.Option("real", help="real: embedded docstring corpus; synthetic: clustered random (tests)."),
     threads: int | None = typer.Option(None, min=1, help="Threads for torch and numba [default: all cores]."),
     seed: int = typer.Option(0, help="Seed for the workload, k-means and synthetic data."),
@@ -229,7 +224,7 @@ def bench_overhead(
         cfg = EngineBenchConfig(num_vectors=num_vectors, nlist=nlist, num_queries=num_queries,
                                 rates=parse_float_list(rates), duration_s=duration, repeats=repeats,
                                 target_iteration_ms=target_iteration_ms, data=data, threads=threads, seed=seed,
-                                out=out, plot=False, scheduler_kwargs={"part_ms": part_ms or None})
+                                out=out, plot=False)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     run_overhead_bench(cfg, ClockModel(fixed_s=fixed_ms / 1e3, pairs_per_s=scan_rate))

@@ -84,9 +84,7 @@ def queries(name: str, n: int = 64) -> np.ndarray:
 
 
 def fixed_budget(budget: int, **kw) -> SchedulerConfig:
-    """A scheduler config whose vector budget does not adapt (deterministic plans); the scan
-    runs whole (one part after the head) unless ``part_ms`` says otherwise."""
-    kw.setdefault("part_ms", None)
+    """A scheduler config whose vector budget does not adapt (deterministic plans)."""
     return SchedulerConfig(initial_budget_vectors=budget, min_budget_vectors=budget, max_budget_vectors=budget, **kw)
 
 

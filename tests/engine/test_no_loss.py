@@ -49,20 +49,20 @@ def op_strategy(names):
     return st.lists(st.one_of(submit, submit, abort, step, step), min_size=6, max_size=50)
 
 
-def make_config(budget, waiting, policy, aging, running, stage_aware, part_ms=None) -> SchedulerConfig:
+def make_config(budget, waiting, policy, aging, running, stage_aware) -> SchedulerConfig:
     if budget == "adaptive":  # adapts to TimedRunner's deterministic durations
         budget_kw = dict(initial_budget_vectors=2_000, min_budget_vectors=256, max_budget_vectors=50_000,
                          target_iteration_ms=2.0)
     else:
         budget_kw = dict(initial_budget_vectors=budget, min_budget_vectors=budget, max_budget_vectors=budget)
     return SchedulerConfig(max_num_waiting=waiting, deadline_policy=policy, aging_s=aging, max_num_running=running,
-                           stage_aware=stage_aware, part_ms=part_ms, min_express_arrivals=0, **budget_kw)
+                           stage_aware=stage_aware, **budget_kw)
 
 
 config_strategy = st.builds(
     make_config, st.sampled_from([700, 1500, 4000, "adaptive"]), st.sampled_from([4, 10_000]),
     st.sampled_from(["partial", "reject"]), st.sampled_from([0.005, 0.25]), st.sampled_from([2, 8, 512]),
-    st.sampled_from([True, True, False]), st.sampled_from([None, 0.3]))
+    st.sampled_from([True, True, False]))
 
 
 def run_and_check(names, config, ops) -> None:
@@ -82,7 +82,7 @@ def run_and_check(names, config, ops) -> None:
 
     for op in ops:
         if op[0] == "submit":
-            if op[-1]:  # arrives while a part runs (a decode-level one runs in an express plan)
+            if op[-1]:  # arrives while the runner runs a part of an iteration
                 runner.meanwhile.append(lambda args=op[1:-1]: submit(*args))
             else:
                 submit(*op[1:-1])

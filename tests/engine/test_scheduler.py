@@ -124,10 +124,9 @@ def test_budget_adapts_to_scan_rate(clock, overhead_s, budget):
     """A device scanning 2M vectors/s with a fixed per-iteration overhead: iterations of
     ``target_iteration_ms`` = 4 ms hold (4 ms - overhead) * 2M vectors."""
     cols = make_collections(IVF)
-    # NOTE: a fixed target (no stretch under saturation) and the scan whole (the overhead is
-    # per runner call): the budget is then exact
+    # NOTE: a fixed target (no stretch under saturation): the budget is then exact
     cfg = SchedulerConfig(target_iteration_ms=4.0, initial_budget_vectors=2000, min_budget_vectors=500,
-                          max_budget_vectors=100_000, saturated_stretch=1.0, part_ms=None)
+                          max_budget_vectors=100_000, saturated_stretch=1.0)
     sched = Scheduler(cfg, cols, clock)
     runner = FakeRunner(cols, clock=clock, rate=2e6, overhead_s=overhead_s)
     rng = np.random.default_rng(0)

@@ -11,9 +11,7 @@ same ids):
   scanned by the torch gather + bmm + topk path (``--peer`` picks either);
 * ``trinity-fifo`` -- :class:`~trinity.engine.SearchEngine` with ``stage_aware=False``
   (FIFO continuous batching);
-* ``trinity`` -- the stage-aware, deadline-driven engine;
-* ``trinity-whole`` -- the same with each scan whole (``part_ms=None``: no parts, no express
-  plans), an ablation run on request (``--systems``).
+* ``trinity`` -- the stage-aware, deadline-driven engine.
 
 Rates run interleaved (static, fifo, trinity at one rate, then the next rate) so machine
 noise hits all systems alike.  Latency is completion minus *scheduled* arrival.  A
@@ -154,8 +152,8 @@ def run_engine_bench(cfg: EngineBenchConfig, console: Console | None = None) -> 
         if name == "static":
             systems[name] = StaticSystem(peer, cfg.max_batch, cfg.max_wait_ms)
         else:
-            kwargs = {**cfg.scheduler_kwargs, **({"part_ms": None} if name == "trinity-whole" else {})}
-            systems[name] = TrinitySystem(ivf, name, target_iteration_ms=cfg.target_iteration_ms, **kwargs)
+            systems[name] = TrinitySystem(ivf, name, target_iteration_ms=cfg.target_iteration_ms,
+                                          **cfg.scheduler_kwargs)
     old_switch = sys.getswitchinterval()
     raw_rows: list[dict[str, Any]] = []
     try:

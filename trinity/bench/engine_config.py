@@ -8,7 +8,7 @@ from typing import Any
 
 from trinity.bench.workload import DEFAULT_CLASSES, RequestClass
 
-SYSTEMS = ("static", "trinity-fifo", "trinity", "trinity-whole")
+SYSTEMS = ("static", "trinity-fifo", "trinity")
 PEERS = ("auto", "faiss", "torch")
 DEFAULT_RATES = (500.0, 1000.0, 1500.0, 2000.0, 2500.0, 3000.0, 3500.0, 4000.0)
 
@@ -22,7 +22,7 @@ class EngineBenchConfig:
     num_queries: int = 1000  # held-out query pool (passages not in the index)
     rates: tuple[float, ...] = DEFAULT_RATES
     duration_s: float = 3.0
-    systems: tuple[str, ...] = SYSTEMS[:3]
+    systems: tuple[str, ...] = SYSTEMS
     classes: tuple[RequestClass, ...] = DEFAULT_CLASSES
     max_batch: int = 64
     max_wait_ms: float = 2.0

@@ -164,7 +164,7 @@ def summarize(rows: Sequence[dict[str, Any]], cfg: EngineBenchConfig) -> dict[st
     if crossing is not None:
         s = by[("static", crossing)]
         out["static_decode_p99_ms_at_crossing"] = s[key]
-        for name in ("trinity", "trinity-fifo", "trinity-whole"):
+        for name in ("trinity", "trinity-fifo"):
             t = by.get((name, crossing))
             if t is None:
                 continue
@@ -183,7 +183,7 @@ def summarize(rows: Sequence[dict[str, Any]], cfg: EngineBenchConfig) -> dict[st
         sustained[system] = max(ok) if ok else 0.0
     out["sustained_rate"] = sustained
     s0 = sustained.get("static", 0.0)
-    for name in ("trinity", "trinity-fifo", "trinity-whole"):
+    for name in ("trinity", "trinity-fifo"):
         if name in sustained:
             t = out.setdefault(name, {})
             if s0:
@@ -311,7 +311,7 @@ def _summary_lines(summary: dict[str, Any], cfg: EngineBenchConfig) -> list[str]
     o = t.get("overload")
     lines.append(f"(3) at {o['rate']:g} req/s ({o['times_sustained']:.1f}x Trinity's sustained rate) Trinity's {dn} p99 "
                  f"is {o['decode_p99_ms']:.1f} ms, {dn} misses {o['decode_miss_pct']:.2f}%, all misses "
-                 f"{o['miss_pct']:.2f}%" if o else f"(3) no tested rate reaches 2x Trinity's sustained rate")
+                 f"{o['miss_pct']:.2f}%" if o else "(3) no tested rate reaches 2x Trinity's sustained rate")
     if "max_step_ms" in t:
         lines.append(f"(4) Trinity's longest iteration: {t['max_step_ms']:.1f} ms = {t['max_step_over_target']:.1f}x the "
                      f"target (<= 3x); misses by rate: " + ", ".join(
@@ -336,7 +336,7 @@ def plot_results(rows: Sequence[dict[str, Any]], cfg: EngineBenchConfig, path: P
     cols = 2
     nrows = math.ceil(panels / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(6 * cols, 4 * nrows), squeeze=False)
-    colors = {"static": "tab:red", "trinity-fifo": "tab:orange", "trinity": "tab:blue", "trinity-whole": "tab:green"}
+    colors = {"static": "tab:red", "trinity-fifo": "tab:orange", "trinity": "tab:blue"}
     systems = [s for s in cfg.systems if any(r["system"] == s for r in rows)]
     for ax, c in zip(axes.flat, classes):
         key = f"{c.name}_p99_ms"

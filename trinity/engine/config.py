@@ -73,13 +73,6 @@ class SchedulerConfig:
         admission_interval_ms: the window of that sojourn reading.
         max_num_waiting_considered: waiting requests a plan reads from the head of the
             queue: bounds planning under a backlog (few more could start in one iteration).
-        part_ms: an iteration's scan is cut into parts of about this long (at most
-            ``max_num_parts``); decode-level requests that arrive meanwhile run between parts
-            (an *express* plan) instead of waiting for the whole iteration.  ``None`` runs
-            the scan whole.
-        max_num_parts: bound on those parts: each costs a runner call and an update.
-        min_express_arrivals: cut the scan only when at least this many decode-level arrivals
-            are expected while it runs (``0`` always cuts).
         switch_interval_ms: the interpreter's GIL switch interval while the loop runs: with
             CPython's 5 ms a submitter or the loop can stall for a whole iteration.
         idle_wait_ms: how long an idle loop sleeps before it looks at the inbox again.
@@ -103,9 +96,6 @@ class SchedulerConfig:
     admission_share: float | None = None
     admission_interval_ms: float = 50.0
     max_num_waiting_considered: int = 256
-    part_ms: float | None = 1.5
-    max_num_parts: int = 4
-    min_express_arrivals: float = 0.5
     switch_interval_ms: float = 0.5
     idle_wait_ms: float = 50.0
     budget: BudgetConfig = BudgetConfig()
@@ -125,8 +115,6 @@ class SchedulerConfig:
             raise ValueError("default_deadline_ms: expected (decode, prefill, background), each > 0 or None")
         if self.admission_share is not None and not self.admission_share > 0 or self.admission_interval_ms <= 0:
             raise ValueError("admission_share and admission_interval_ms: expected > 0")
-        if (self.part_ms is not None and self.part_ms <= 0) or self.max_num_parts < 1:
-            raise ValueError("part_ms: expected > 0 or None; max_num_parts: expected >= 1")
         if self.max_num_waiting_considered < 1:
             raise ValueError("max_num_waiting_considered: expected >= 1")
         if self.switch_interval_ms <= 0 or self.idle_wait_ms <= 0:

@@ -63,7 +63,6 @@ class SearchEngine:
         self.admission = None if self.config.admission_share is None else SojournAdmission(
             self.config.admission_share, self.config.admission_interval_ms / 1e3, clock)
         self._inbox: deque[tuple[str, object]] = deque()
-        self._num_express = 0  # decode-level requests in the inbox
         self._futures: dict[str, Future] = {}
         self._cv = threading.Condition()
         self._closing = False
@@ -122,8 +121,6 @@ class SearchEngine:
                     raise
             self._futures[req.request_id] = fut
             self._inbox.append(("add", req))
-            self._num_express += stage is Stage.DECODE or (deadline_ms is not None and
-                                                           deadline_ms <= self.config.urgent_deadline_ms)
             self._cv.notify()
         fut.request_id = req.request_id  # type: ignore[attr-defined]
         return fut
@@ -158,12 +155,11 @@ class SearchEngine:
         """One iteration; every batch of finished requests goes to ``deliver`` as soon as it is known.
 
         Requests that finish without the runner (rejections, aborts, expiries before any
-        scan) leave before the scan runs, and each part of a plan is run and updated before
-        the next, so answers never wait for the rest of the iteration.  Decode-level requests
-        that arrive meanwhile run between two parts (``Scheduler.schedule_express``).
+        scan) leave before the scan runs, and a plan's head is run and updated before the
+        rest of it, so neither waits for the rest of the iteration.
         """
         with self._cv:
-            inbox, self._inbox, self._num_express = self._inbox, deque(), 0
+            inbox, self._inbox = self._inbox, deque()
         new = [item for kind, item in inbox if kind == "add"]
         if new:
             self.scheduler.add_requests(new)
@@ -177,32 +173,12 @@ class SearchEngine:
         if plan.is_empty and not plan.before:
             return
         outs = []
-        for i, part in enumerate(plan.parts):
-            if i and self._num_express:
-                outs += self._express(deliver)
+        for part in plan.parts:
             outs.append(out := self.runner.run(part))
             if finished := self.scheduler.update_from_output(part, out):
                 deliver(finished)
         self.metrics.observe_iteration(outs, self.scheduler.budget_vectors,
                                        self.scheduler.num_preemptions - preempted_before)
-
-    def _express(self, deliver: Callable[[list[Finished]], None]) -> list:
-        """Admit what arrived and run the decode-level newcomers at once (aborts wait for the
-        iteration's end: the parts still to run may hold their rows)."""
-        with self._cv:
-            new = [item for kind, item in self._inbox if kind == "add"]
-            self._inbox = deque(item for item in self._inbox if item[0] == "abort")
-            self._num_express = 0
-        self.scheduler.add_requests(new)
-        plan = self.scheduler.schedule_express()
-        if finished := self.scheduler.pop_finished():
-            deliver(finished)
-        if plan is None:
-            return []
-        out = self.runner.run(plan)
-        if finished := self.scheduler.update_from_output(plan, out):
-            deliver(finished)
-        return [out]
 
     def _resolve(self, finished: Finished) -> SearchResult:
         req, scores, ids = finished

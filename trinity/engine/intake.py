@@ -87,7 +87,6 @@ class Intake:
         for i, (req, row, n) in enumerate(zip(group, rows.tolist(), counts.tolist())):
             req.unit_ids, req.num_units_total, req.slot, req._table = units[i, :n], n, row, table
             req.request_slot = self.slots.add(req, req.admission_seq, table.tid, row)
-            self._num_express += self.slots.level[req.request_slot] == 0
             if infeasible[i]:
                 self._finish(req, RequestStatus.FINISHED_REJECTED, message="deadline infeasible at admission",
                              code=ErrorCode.DEADLINE_EXCEEDED)

@@ -14,8 +14,6 @@ The policy, in full:
    their deadline yield to those that can (:mod:`~trinity.engine.overload`).
 4. Claims that complete a decode-level request (by stage or deadline window, not by aging)
    form the *head*: run first, their answers leave before the rest of the iteration scans.
-   When decode-level arrivals are expected meanwhile, the rest is cut into parts of about
-   ``part_ms``, and those that arrive run between two parts (*express*), alone.
 5. Work not scheduled keeps its progress and running top-k: nothing is recomputed.  A
    request whose deadline falls before the next iteration could end is finished with its
    best-so-far answer (``partial``); nothing ever misses silently.
@@ -73,8 +71,6 @@ class Scheduler(Intake, Completion):
         self._finished: list[Finished] = []
         self._head_sample: IterationSample | None = None
         self._started = 0.0  # when the current iteration's planning began
-        self.express_rate = 0.0  # decode-level arrivals per second (EWMA over iterations)
-        self._num_express = 0  # decode-level arrivals since the last plan
 
     # ------------------------------------------------------------------ admission
     def add_request(self, req: SearchRequest) -> None:
@@ -108,13 +104,8 @@ class Scheduler(Intake, Completion):
     # ------------------------------------------------------------------ one iteration
     def schedule(self) -> IterationPlan:
         """Plan the next iteration: claims in priority order, then the fill."""
-        now, before = self.clock(), self._started
-        self._started = now
+        now = self._started = self.clock()
         self.iteration += 1
-        if now > before:
-            a = self.config.budget_ewma
-            self.express_rate = (1 - a) * self.express_rate + a * self._num_express / (now - before)
-            self._num_express = 0
         self._expire_waiting(now)
         order = self.slots.order(now, self.config.max_num_waiting_considered)
         if self.config.stage_aware and self.scan_rate and self._saturated:
@@ -124,7 +115,7 @@ class Scheduler(Intake, Completion):
         cand = self._admissible(order)
         window, closing = self._open_window(cand)
         planned, forced = window.plan(self._claims(cand, window.groups, now), self.budget_vectors)
-        parts = window.work(self._num_parts(planned))
+        parts = window.work()
         exhausted = window.exhausted
         new = self._mark_scheduled(cand, [r for part in parts for r in part], now, exhausted)
         # NOTE: "under load" needs a binding budget and iterations that actually run long: at
@@ -141,37 +132,6 @@ class Scheduler(Intake, Completion):
         before = tuple(IterationPlan(self.iteration, new if i == 0 else (), (), budget, 0, False, tuple(r), is_head=True)
                        for i, r in enumerate(rides[:-1]))
         return IterationPlan(self.iteration, (), expiries, budget, total, forced, tuple(rides[-1]), before)
-
-    def _num_parts(self, planned: float) -> int:
-        """Slices of the rest of the scan: about ``part_ms`` each, when a decode-level arrival
-        is likely meanwhile (each part costs a runner call)."""
-        cfg = self.config
-        if cfg.part_ms is None or not cfg.stage_aware:
-            return 1
-        scan_s = self.iteration_s * planned / max(self.budget_vectors, 1)
-        if self.express_rate * scan_s < cfg.min_express_arrivals:
-            return 1
-        return int(min(cfg.max_num_parts, max(1, math.ceil(1e3 * scan_s / cfg.part_ms))))
-
-    def schedule_express(self) -> IterationPlan | None:
-        """Between two parts of an iteration: a plan for the waiting decode-level requests only,
-        each scanned to the end, riding with each other but with no running request (those may
-        hold units in the parts still to run)."""
-        now, s = self.clock(), self.slots
-        waiting = s.waiting()
-        cand = s.sort(waiting[s.level[waiting] == 0], now)
-        if not cand.size:
-            return None
-        window, _ = self._open_window(cand)
-        n = cand.size
-        claims = self._claims(cand, window.groups, now)
-        planned, _ = window.plan(Claims(claims.window, np.ones(n, dtype=bool), np.ones(n, dtype=bool)), np.inf)
-        rides = [r for part in window.work() for r in part]
-        new = self._mark_scheduled(cand, rides, now, False)
-        if not rides:
-            return None
-        return IterationPlan(self.iteration, new, (), self.budget_vectors, int(math.ceil(planned)), False,
-                             tuple(rides), is_head=True)
 
     def _expire_waiting(self, now: float) -> None:
         """Finish the waiting requests whose answer cannot be out before their deadline: by

@@ -22,9 +22,7 @@ the iteration) form the head sub-plan, run first with all their riders.
 
 The pairs (rider, unit) are gathered from the progress tables and split into parts with one
 compiled call per collection (:mod:`~trinity.engine.pairs`); claims and fill are one
-compiled call, whatever the number of requests.  The rest of the window (past the head)
-may be cut into slices of about equal cost, units of the riders first in priority order
-first, so that decode-level arrivals can run between them.
+compiled call, whatever the number of requests.
 """
 
 from __future__ import annotations
@@ -99,16 +97,15 @@ class Window:
         """A claim or fill did not fit: the budget bound this iteration."""
         return bool(self.cut.any())
 
-    def work(self, num_parts: int = 1) -> list[list[RideWork]]:
-        """Each collection's positions taken as CSRs, part by part: the head (possibly empty),
-        then the rest cut into ``num_parts`` slices of about equal cost, units of the riders
-        first in priority order first.  Riders are in priority order; a rider completes in
-        the last part that holds its positions."""
-        part = np.where(self.head, 0, 1 + self._slices(num_parts)) if num_parts > 1 else np.where(self.head, 0, 1)
-        parts: list[list[RideWork]] = [[] for _ in range(1 + num_parts)]
+    def work(self) -> list[list[RideWork]]:
+        """Each collection's positions taken as CSRs, ``[head, rest]`` (either may be empty).
+        Riders are in priority order; a rider completes in the last part that holds its
+        positions."""
+        part = np.where(self.head, 0, 1)
+        parts: list[list[RideWork]] = [[], []]
         for g, (rid, pos, lid, *_), lo, hi in zip(self.groups, self.parts, self.bounds[:-1], self.bounds[1:]):
             order, part_ptr, counts, completes = split(rid, self.take[lo:hi], part[self.pair_unit[lo:hi]],
-                                                        len(g.request_ids), num_parts + 1)
+                                                       len(g.request_ids), 2)
             for p in np.flatnonzero(np.diff(part_ptr)).tolist():
                 some = np.flatnonzero(counts[p])
                 ptr = np.zeros(some.size + 1, dtype=np.int64)
@@ -117,22 +114,6 @@ class Window:
                 parts[p].append(RideWork(g.collection, tuple(map(g.request_ids.__getitem__, some.tolist())), ptr,
                                          pos[sel], lid[sel], completes[p, some], g.ranks[some], g.slots[some]))
         return parts
-
-    def _slices(self, num_parts: int) -> np.ndarray:
-        """Per unit, its slice of the rest: units by their best rider's rank, cut by cost."""
-        rest = self.take & ~self.head[self.pair_unit]
-        units = np.flatnonzero(self.chosen & ~self.head)
-        out = np.zeros(self.sizes.size, dtype=np.int64)
-        if not units.size:
-            return out
-        best = np.full(self.sizes.size, np.iinfo(np.int64).max)
-        np.minimum.at(best, self.pair_unit[rest], self.pair_rank[rest])
-        riders = np.bincount(self.pair_unit[rest], minlength=self.sizes.size)
-        units = units[np.argsort(best[units], kind="stable")]
-        cost = self.sizes[units] * (self.read_weight + riders[units])
-        before = np.cumsum(cost) - cost
-        out[units] = np.minimum(before * num_parts // max(cost.sum(), 1e-9), num_parts - 1).astype(np.int64)
-        return out
 
 
 @numba.njit(cache=True, nogil=True)

@@ -85,7 +85,6 @@ def fit_costs(d: dict[str, Any], cores: int = 2) -> HostCosts:
     net = {p: max(cpu[p] - idle[p] * wall, 0.0) for p in PROCS}
     embeds = [r["timings_ms"]["embed"] for r in rows if "embed" in r["timings_ms"]]
     dembeds = [x["embed_ms"] for r in rows for x in r["decode_retrievals"] if x.get("embed_ms")]
-    hits = sum(r["cache"] == "hit" for r in rows)
     searches = sum("retrieval" in r["timings_ms"] for r in rows)
     dsearch = sum(len(r["decode_retrievals"]) for r in rows)
     prefills = sum("prefill" in r["timings_ms"] for r in rows)
