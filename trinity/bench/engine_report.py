@@ -89,8 +89,7 @@ def summarize_run(rec: RunRecord, system: str, refs: dict[str, np.ndarray] | Non
         row["partial_recall"] = float(np.mean(recall_partial)) if recall_partial else math.nan
     if before is not None and after is not None:
         d = {k: after[k] - before.get(k, 0.0) for k in after}
-        if "longest_step_ms" in after:
-            row["max_step_ms"] = after["longest_step_ms"]
+        row.update((f"max_{k.removeprefix('longest_')}", v) for k, v in after.items() if k.startswith("longest_"))
         if "batches" in d:
             row["mean_batch"] = d["batched_requests"] / d["batches"] if d["batches"] else math.nan
             row["busy_pct"] = 100.0 * d["busy_s"] / span
@@ -139,7 +138,7 @@ def merge_repeats(rows: Sequence[dict[str, Any]], cfg: EngineBenchConfig) -> lis
                 continue
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 vals = [float(r[key]) for r in runs if isinstance(r.get(key), (int, float))]
-                row[key] = float((max if key == "max_step_ms" else np.median)(vals)) if vals else math.nan
+                row[key] = float((max if key.startswith("max_") else np.median)(vals)) if vals else math.nan
         key = f"{decode.name}_p99_ms"
         row[f"{key}_min"], row[f"{key}_max"] = min(r[key] for r in runs), max(r[key] for r in runs)
         _set_verdict_flags(row, cfg.classes, cfg.miss_target)

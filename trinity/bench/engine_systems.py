@@ -289,8 +289,13 @@ class TrinitySystem(_System):
                 "runner_busy_s": self.runner.busy_s, "budget_vectors": sch.budget_vectors,
                 "vectors_scanned": reg.get_sample_value("trinity_engine_vectors_scanned_total") or 0.0,
                 "vectors_read": reg.get_sample_value("trinity_engine_vectors_read_total") or 0.0,
-                "longest_step_ms": 1e3 * self.phases.longest.pop("step_s", 0.0),  # since the last call
-                **self.phases.seconds}
+                **self._longest(), **self.phases.seconds}
+
+    def _longest(self) -> dict[str, float]:
+        """Each phase's longest call since the last reading (``longest_step_ms``: whole iterations)."""
+        out = {f"longest_{k.removesuffix('_s')}_ms": 1e3 * v for k, v in self.phases.longest.items()}
+        self.phases.longest.clear()
+        return out
 
     def close(self):
         self.engine.shutdown(drain=False, timeout_s=2.0)
