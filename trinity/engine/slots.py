@@ -42,7 +42,7 @@ class RequestSlots:
             setattr(self, name, col)
         self.reqs.extend([None] * (capacity - n))
         self.ids.extend([""] * (capacity - n))
-        self._free[:0] = range(capacity - 1, n - 1, -1)  # pop() hands out the lowest free slot
+        self._free[:0] = range(capacity - 1, n - 1, -1)  # new slots are handed out lowest first
 
     def add(self, req: SearchRequest, seq: int, table: int, row: int) -> int:
         """Take a slot for an admitted request (waiting, row ``row`` of progress table ``table``)."""
