@@ -259,3 +259,16 @@ def test_overhead_bench_replays_the_same_plans(tmp_path):
     assert row["n_complete"] + row.get("n_partial", 0) == row["requests"]
     assert row["host_ms"] > 0 and row["kernel_ms"] > 0
     assert json.loads((tmp_path / "overhead.json").read_text())["rows"][0]["digest"] == row["digest"]
+
+
+def test_engine_bench_counts_admission_refusals_as_rejected(tmp_path):
+    """With sojourn admission (as the pool runs the engine), a refusal at submission is a
+    rejected request in the rows, not a crash of the client."""
+    out = tmp_path / "engine.json"
+    cfg = EngineBenchConfig(data="synthetic", num_vectors=4000, nlist=32, num_queries=64, rates=(400.0,),
+                            duration_s=0.3, warmup_s=0.2, drain_cap_s=5.0, settle_s=0.05, systems=("trinity",),
+                            scheduler_kwargs={"admission_share": 1e-6, "admission_interval_ms": 1e-3},
+                            out=out, plot=False)
+    run_engine_bench(cfg)
+    (row,) = json.loads(out.read_text())["runs"]
+    assert row["rejected_pct"] > 0 and row["unfinished_pct"] == 0.0 and row["error_pct"] == 0.0

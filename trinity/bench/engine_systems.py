@@ -252,6 +252,8 @@ class TrinitySystem(_System):
         self._rids: list[str | None] = []
 
     def submitter(self, schedule, queries):
+        from trinity.engine import OverloadedError
+
         classes, cls, qi = schedule.classes, schedule.cls, schedule.query
         submit, status = self.engine.submit, self._status
         rids = self._rids = [None] * len(schedule)
@@ -260,7 +262,11 @@ class TrinitySystem(_System):
             c = classes[cls[i]]
             # NOTE: the client holds an absolute deadline; a late submission leaves less of it.
             deadline_ms = max(c.deadline_ms - lag_s * 1e3, 1e-3)
-            fut = submit(_COLLECTION, queries[qi[i]], c.k, nprobe=c.nprobe, stage=c.stage, deadline_ms=deadline_ms)
+            try:
+                fut = submit(_COLLECTION, queries[qi[i]], c.k, nprobe=c.nprobe, stage=c.stage, deadline_ms=deadline_ms)
+            except OverloadedError:  # sojourn admission (``admission_share``) refused it
+                rec.complete(i, Status.REJECTED)
+                return
             rids[i] = fut.request_id
 
             def done(f, i=i):
