@@ -86,7 +86,7 @@ class IterationPlan:
     planned_vectors: int = 0  # cost charged against the budget (pair vectors + weighted reads)
     forced: bool = False  # one list was planned past the budget (the progress guarantee)
     rides: tuple[RideWork, ...] = ()  # every request with work, one item per collection
-    before: tuple[IterationPlan, ...] = ()  # parts run and updated first, in order (the head, earlier slices)
+    before: tuple[IterationPlan, ...] = ()  # parts run and updated first (the head): their results leave first
     is_head: bool = False  # not the iteration's last part: its cost is observed with the rest of the iteration
 
     @property

@@ -20,8 +20,8 @@ requests.  Once a claimer cannot take all its units, claiming in its collection 
 units of claims that complete a *head* request (whose answer cannot wait for the rest of
 the iteration) form the head sub-plan, run first with all their riders.
 
-The pairs (rider, unit) are gathered from the progress tables and split into parts with one
-compiled call per collection (:mod:`~trinity.engine.pairs`); claims and fill are one
+The pairs (rider, unit) are gathered from the progress tables and split into head and rest
+with one compiled call per collection (:mod:`~trinity.engine.pairs`); claims and fill are one
 compiled call, whatever the number of requests.
 """
 
