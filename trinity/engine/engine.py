@@ -27,7 +27,7 @@ from trinity.engine.graph_rows import GRAPH_MAX_SEARCH_WIDTH
 from trinity.engine.heap import freeze_heap
 from trinity.engine.metrics import EngineMetrics
 from trinity.engine.request import RequestStatus, SearchRequest, SearchResult, Stage
-from trinity.engine.runner import SearchRunner
+from trinity.engine.runner import SearchRunner, compile_runner
 from trinity.engine.scheduler import Finished, Scheduler, compile_kernels
 from trinity.errors import ErrorCode, InvalidInput, TrinityError
 from trinity.index.base import BaseIndex
@@ -201,6 +201,7 @@ class SearchEngine:
         """Compile the CPU kernels, freeze the start-up heap, then start the loop thread."""
         if self._thread is None:
             compile_kernels()
+            compile_runner()
             freeze_heap()
             sys.setswitchinterval(self.config.switch_interval_ms / 1e3)
             self._resolver = threading.Thread(target=self._resolve_loop, name="trinity-resolver", daemon=True)

@@ -12,13 +12,14 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 
+import numba
 import numpy as np
 import torch
 
 from trinity.engine.collections import Collections, UnknownCollectionError
 from trinity.engine.graph_rows import GraphRows
 from trinity.engine.plan import IterationPlan, NewRequest, RideWork, RunnerOutput
-from trinity.engine.rows import RunningRows
+from trinity.engine.rows import RunningRows, compile_rows
 from trinity.index import GraphIndex, IVFIndex, ProbeChunk
 
 
@@ -103,26 +104,20 @@ class SearchRunner:
             if finished.size:
                 self._results(rows, [ride.request_ids[i] for i in finished.tolist()], ride.slots[finished], out)
             return
-        pair_row = np.repeat(ride.slots, counts)
         with index.write_lock:
             sizes = self.collections.stats(ride.collection).unit_sizes
+            row_ptr, lists, scanned, num_read = ride_csr(ride.slots, ride.ptr, ride.unit_ids, sizes, rows.num_rows)
             if isinstance(index, IVFIndex):
-                order = np.argsort(pair_row, kind="stable")  # CSR rows of the persistent batch, ascending
-                ptr = np.zeros(rows.num_rows + 1, dtype=np.int64)
-                np.cumsum(np.bincount(pair_row, minlength=rows.num_rows), out=ptr[1:])
-                index.scan(rows.queries, ProbeChunk(ptr, ride.unit_ids[order]), rows.topk)
+                index.scan(rows.queries, ProbeChunk(row_ptr, lists), rows.topk)
             else:
+                pair_row = np.repeat(ride.slots, counts)
                 for chunk in np.unique(ride.unit_ids).tolist():  # one GEMM per chunk, shared by every rider
                     sel = pair_row[ride.unit_ids == chunk]
                     queries, topk = rows.gather(sel)
                     index.scan_chunk(queries, chunk, topk)
                     rows.scatter(sel, topk)
-            read = np.zeros(sizes.size, dtype=bool)
-            read[ride.unit_ids] = True
-            out.vectors_read += int(sizes[read].sum())
-            rider = np.repeat(np.arange(counts.size), counts)
-            out.vectors_scanned[ride.collection] = np.bincount(rider, weights=sizes[ride.unit_ids],
-                                                               minlength=counts.size).astype(np.int64)
+            out.vectors_read += num_read
+            out.vectors_scanned[ride.collection] = scanned
             done = np.flatnonzero(ride.completes)
             if done.size:
                 self._results(rows, [ride.request_ids[i] for i in done.tolist()], ride.slots[done], out)
@@ -131,3 +126,34 @@ class SearchRunner:
     def _results(rows: RunningRows, rids: list[str], slots: np.ndarray, out: RunnerOutput) -> None:
         d, i, ks = rows.results(slots)
         out.results.update((rid, (d[n, :ks[n]], i[n, :ks[n]])) for n, rid in enumerate(rids))
+
+
+@numba.njit(cache=True)
+def ride_csr(slots, ptr, unit_ids, sizes, num_rows):
+    """A ride's pairs as a CSR over the persistent batch's rows (ascending), the vectors each
+    rider scans, and the distinct vectors read."""
+    row_ptr = np.zeros(num_rows + 1, np.int64)
+    for i in range(slots.size):
+        row_ptr[slots[i] + 1] = ptr[i + 1] - ptr[i]
+    row_ptr = np.cumsum(row_ptr)
+    lists = np.empty(unit_ids.size, np.int64)
+    scanned = np.zeros(slots.size, np.int64)
+    read = np.zeros(sizes.size, np.bool_)
+    num_read = 0
+    for i in range(slots.size):
+        at = row_ptr[slots[i]] - ptr[i]
+        for j in range(ptr[i], ptr[i + 1]):
+            u = unit_ids[j]
+            lists[at + j] = u
+            scanned[i] += sizes[u]
+            if not read[u]:
+                read[u] = True
+                num_read += sizes[u]
+    return row_ptr, lists, scanned, num_read
+
+
+def compile_runner() -> None:
+    """Compile the runner's kernels ahead of the first iteration."""
+    one = np.zeros(1, np.int64)
+    ride_csr(one, np.zeros(2, np.int64), np.zeros(0, np.int64), one, 1)
+    compile_rows()
