@@ -25,29 +25,31 @@ def pairs(seen, unit_ids, rows, ranks, offset):
 
 
 @numba.njit(cache=True, nogil=True)
-def split(rid, take, pair_part, num_riders, num_parts):
-    """Taken pairs grouped by part (rider by rider within one); riders' counts per part, and
-    whether the part completes them (the last part holding their positions, all taken)."""
-    counts = np.zeros((num_parts, num_riders), np.int64)
-    last = np.full(num_riders, -1, np.int64)
+def split(rid, pos, lid, ranks, rows, take, in_head, num_riders):
+    """The taken pairs as two CSRs, the head's and the rest's: per part its riders (ascending),
+    their pointer, positions, unit ids, ranks and rows, and whether the part completes them
+    (the last part holding their positions, all of them taken)."""
+    counts = np.zeros((2, num_riders), np.int64)
     left = np.zeros(num_riders, np.int64)
-    part_ptr = np.zeros(num_parts + 1, np.int64)
     for p in range(rid.size):
         left[rid[p]] += 1
         if take[p]:
-            counts[pair_part[p], rid[p]] += 1
+            counts[1 - in_head[p], rid[p]] += 1
             left[rid[p]] -= 1
-            last[rid[p]] = max(last[rid[p]], pair_part[p])
-            part_ptr[pair_part[p] + 1] += 1
-    part_ptr = np.cumsum(part_ptr)
-    cursor = part_ptr[:-1].copy()
-    order = np.empty(part_ptr[-1], np.int64)
-    for p in range(rid.size):
-        if take[p]:
-            order[cursor[pair_part[p]]] = p
-            cursor[pair_part[p]] += 1
-    completes = np.zeros((num_parts, num_riders), np.bool_)
-    for r in range(num_riders):
-        if left[r] == 0 and last[r] >= 0:
-            completes[last[r], r] = True
-    return order, part_ptr, counts, completes
+    out = []
+    for part in range(2):
+        some = np.flatnonzero(counts[part])
+        ptr = np.zeros(some.size + 1, np.int64)
+        ptr[1:] = np.cumsum(counts[part][some])
+        completes = np.empty(some.size, np.bool_)
+        for i in range(some.size):
+            r = some[i]
+            completes[i] = left[r] == 0 and (part == 1 or counts[1, r] == 0)
+        sel = np.empty(ptr[-1], np.int64)
+        n = 0
+        for p in range(rid.size):
+            if take[p] and in_head[p] == (part == 0):
+                sel[n] = p
+                n += 1
+        out.append((some, ptr, pos[sel], lid[sel], completes, ranks[some], rows[some]))
+    return out[0], out[1]

@@ -190,7 +190,7 @@ class Scheduler(Intake, Completion):
             stats = self.collections.stats(table.name)
             ranks = np.flatnonzero(tids == tid)
             rows = s.row[cand[ranks]]
-            if table.skip_missing(rows, stats.unit_sizes.size):  # a flat collection shrank under its scans
+            if stats.kind == "flat" and table.skip_missing(rows, stats.unit_sizes.size):  # it shrank under its scans
                 empty = (~table.seen[rows]).sum(axis=1) == 0
                 for slot in cand[ranks[empty]].tolist():
                     if s.joined[slot]:

@@ -101,18 +101,14 @@ class Window:
         """Each collection's positions taken as CSRs, ``[head, rest]`` (either may be empty).
         Riders are in priority order; a rider completes in the last part that holds its
         positions."""
-        part = np.where(self.head, 0, 1)
         parts: list[list[RideWork]] = [[], []]
         for g, (rid, pos, lid, *_), lo, hi in zip(self.groups, self.parts, self.bounds[:-1], self.bounds[1:]):
-            order, part_ptr, counts, completes = split(rid, self.take[lo:hi], part[self.pair_unit[lo:hi]],
-                                                       len(g.request_ids), 2)
-            for p in np.flatnonzero(np.diff(part_ptr)).tolist():
-                some = np.flatnonzero(counts[p])
-                ptr = np.zeros(some.size + 1, dtype=np.int64)
-                np.cumsum(counts[p, some], out=ptr[1:])
-                sel = order[part_ptr[p]:part_ptr[p + 1]]
-                parts[p].append(RideWork(g.collection, tuple(map(g.request_ids.__getitem__, some.tolist())), ptr,
-                                         pos[sel], lid[sel], completes[p, some], g.ranks[some], g.slots[some]))
+            for out, (some, ptr, positions, unit_ids, completes, ranks, rows) in zip(parts, split(
+                    rid, pos, lid, g.ranks, g.slots, self.take[lo:hi], self.head[self.pair_unit[lo:hi]],
+                    len(g.request_ids))):
+                if some.size:
+                    out.append(RideWork(g.collection, tuple(map(g.request_ids.__getitem__, some.tolist())), ptr,
+                                        positions, unit_ids, completes, ranks, rows))
         return parts
 
 
@@ -235,6 +231,6 @@ def compile_window() -> None:
     """Compile the planner ahead of the first iteration (as :func:`trinity.index.warmup.warmup`)."""
     one = np.zeros(1, np.int64)
     pairs(np.zeros((1, 1), bool), np.zeros((1, 1), np.int64), one, one, 0)
-    split(one, np.ones(1, bool), one, 1, 2)
+    split(one, one, one, one, one, np.ones(1, bool), np.ones(1, bool), 1)
     _plan(one, one, np.ones(1, np.int64), one, np.ones(1, bool), one, np.ones(1, bool), np.ones(1, bool), 1.0, 1.0,
           np.zeros(1, bool), np.zeros(1, bool), np.zeros(1, bool), np.zeros(1, bool))
