@@ -108,7 +108,7 @@ class Collections:
         return CollectionStats("flat", index.num_chunks, 0, sizes)
 
     def assign(self, name: str, queries: np.ndarray, nprobes: np.ndarray, request_ids: list[str]) -> np.ndarray:
-        """Each query's units, ``-1`` padded: IVF probes best first (the coarse quantizer,
+        """Each query's units, ``-1`` padded at the end of its row: IVF probes best first (the coarse quantizer,
         one batched call), flat every chunk, graph its hops (``nprobes``: how many).  ``request_ids``
         let a simulated index assign."""
         index = self.get(name)

@@ -76,10 +76,9 @@ class Intake:
             for req in group:
                 self._fail(req, str(e))
             return
-        valid = units >= 0
-        units = np.take_along_axis(units, np.argsort(~valid, axis=1, kind="stable"), axis=1)  # valid ones first
+        valid = units >= 0  # a prefix of each row (-1 padded at the end)
         counts = valid.sum(axis=1)
-        costs = np.where(units >= 0, stats.unit_sizes[np.maximum(units, 0)], 0)
+        costs = np.where(valid, stats.unit_sizes[np.maximum(units, 0)], 0)
         if graph:
             costs *= np.array([r.search_width for r in group], dtype=np.int64)[:, None]
         rows = table.add_many([r.request_id for r in group], units, costs)
