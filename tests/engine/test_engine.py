@@ -182,8 +182,8 @@ def test_flat_collections_are_continuously_batched():
         engine.step()
     step_until_idle(engine)
     chunks: dict = {}
-    for part in runner.plans:  # each part of each plan, as run
-        for _, w in (item for ride in part.rides for item in ride.items()):
+    for plan in runner.plans:
+        for w in plan.items():
             chunks.setdefault(w.request_id, []).extend(w.units)
     firsts = set()
     for (name, step), fut in futures.items():
@@ -479,7 +479,7 @@ class GatedFailingRunner(SearchRunner):
         if self.calls == 1:
             self.entered.set()
             self.gate.wait(10)
-        if plan.iteration == 2:
+        if self.calls == 2:
             raise RuntimeError("device lost")
         return super().run(plan)
 

@@ -39,7 +39,7 @@ def test_every_rider_scans_each_claimed_list_in_the_same_iteration():
     reqs = joined_requests(clock, sched, runner, 12)
     plan = sched.schedule()
     read = set().union(*lists_of(reqs, plan).values())
-    assert plan.planned_vectors <= plan.budget_vectors and not plan.forced and not plan.before
+    assert plan.planned_vectors <= plan.budget_vectors and not plan.forced and plan.head is None
     for r in reqs:  # ample budget: everything needed is read, and every need is served
         wanted = {int(p) for p in r.unit_ids}
         assert wanted <= read and lists_of(reqs, plan)[r.request_id] == wanted
@@ -158,7 +158,7 @@ def test_tight_deadline_lookups_go_in_the_head_under_load():
     rag = make_req(clock, IVF, nprobe=32, k=32, qi=2, deadline_s=0.150)
     sched.add_requests([lookup, rag])
     plan = sched.schedule()
-    assert plan.before and {w.request_id for w in plan.before[0].items()} >= {lookup.request_id}
-    (head_lookup,) = [w for w in plan.before[0].items() if w.request_id == lookup.request_id]
+    assert plan.head is not None and {w.request_id for w in plan.head.items()} >= {lookup.request_id}
+    (head_lookup,) = [w for w in plan.head.items() if w.request_id == lookup.request_id]
     assert head_lookup.returns_result and len(head_lookup.units) == 4
-    assert rag.request_id not in {w.request_id for w in plan.before[0].items() if w.returns_result}
+    assert rag.request_id not in {w.request_id for w in plan.head.items() if w.returns_result}

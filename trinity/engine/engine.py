@@ -170,7 +170,7 @@ class SearchEngine:
         plan = self.scheduler.schedule()
         if finished := self.scheduler.pop_finished():
             deliver(finished)
-        if plan.is_empty and not plan.before:
+        if plan.is_empty and plan.head is None:
             return
         outs = []
         for part in plan.parts:

@@ -86,8 +86,8 @@ class IterationPlan:
     planned_vectors: int = 0  # cost charged against the budget (pair vectors + weighted reads)
     forced: bool = False  # one list was planned past the budget (the progress guarantee)
     rides: tuple[RideWork, ...] = ()  # every request with work, one item per collection
-    before: tuple[IterationPlan, ...] = ()  # parts run and updated first (the head): their results leave first
-    is_head: bool = False  # not the iteration's last part: its cost is observed with the rest of the iteration
+    head: IterationPlan | None = None  # run and updated first: its results leave before this plan scans
+    is_head: bool = False  # this is a head: its cost is observed with the rest of the iteration
 
     @property
     def is_empty(self) -> bool:
@@ -95,8 +95,8 @@ class IterationPlan:
 
     @property
     def parts(self) -> tuple[IterationPlan, ...]:
-        """What the engine runs, in order: the parts before (if any), then this plan."""
-        return self.before + (self,)
+        """What the engine runs, in order: the head (if any), then this plan."""
+        return (self,) if self.head is None else (self.head, self)
 
     @property
     def num_items(self) -> int:

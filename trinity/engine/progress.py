@@ -35,7 +35,7 @@ class ProgressTable:
             counters[:, :n] = self._counters
             self._free[:0] = range(num_slots - 1, n - 1, -1)
         self.unit_ids, self.unit_costs, self.seen, self._counters = unit_ids, unit_costs, seen, counters
-        # views, growing together; ``last_iteration``: the iteration that counted last (parts count once)
+        # views, growing together; ``last_iteration``: the iteration that counted last (head and rest count once)
         self.num_done, self.remaining, self.num_vectors, self.num_iterations, self.last_iteration = counters
 
     @property

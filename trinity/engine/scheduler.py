@@ -115,23 +115,19 @@ class Scheduler(Intake, Completion):
         cand = self._admissible(order)
         window, closing = self._open_window(cand)
         planned, forced = window.plan(self._claims(cand, window.groups, now), self.budget_vectors)
-        parts = window.work()
+        head_rides, rides = window.work()
         exhausted = window.exhausted
-        new = self._mark_scheduled(cand, [r for part in parts for r in part], now, exhausted)
+        new = self._mark_scheduled(cand, head_rides + rides, now, exhausted)
         # NOTE: "under load" needs a binding budget and iterations that actually run long: at
         # light load the fit extrapolates from tiny iterations and must not make slack wait.
         self._saturated = exhausted and self.iteration_s >= 0.5 * self.config.target_iteration_ms / 1e3
         expiries = self._closing(cand, closing, now + 2 * self.iteration_s)
         budget, total = self.budget_vectors, int(math.ceil(planned))
         assert total <= budget or forced, "budget exceeded"
-        rides = [p for p in parts if p]
-        if parts[0] and expiries and len(rides) == 1:
-            rides.append([])  # the head's answers leave before the expiries are read out
-        if len(rides) <= 1:
-            return IterationPlan(self.iteration, new, expiries, budget, total, forced, tuple(sum(rides, [])))
-        before = tuple(IterationPlan(self.iteration, new if i == 0 else (), (), budget, 0, False, tuple(r), is_head=True)
-                       for i, r in enumerate(rides[:-1]))
-        return IterationPlan(self.iteration, (), expiries, budget, total, forced, tuple(rides[-1]), before)
+        if not head_rides or not (rides or expiries):
+            return IterationPlan(self.iteration, new, expiries, budget, total, forced, tuple(head_rides + rides))
+        head = IterationPlan(self.iteration, new, (), budget, 0, False, tuple(head_rides), is_head=True)
+        return IterationPlan(self.iteration, (), expiries, budget, total, forced, tuple(rides), head)
 
     def _expire_waiting(self, now: float) -> None:
         """Finish the waiting requests whose answer cannot be out before their deadline: by

@@ -97,11 +97,10 @@ class Window:
         """A claim or fill did not fit: the budget bound this iteration."""
         return bool(self.cut.any())
 
-    def work(self) -> list[list[RideWork]]:
-        """Each collection's positions taken as CSRs, ``[head, rest]`` (either may be empty).
-        Riders are in priority order; a rider completes in the last part that holds its
-        positions."""
-        parts: list[list[RideWork]] = [[], []]
+    def work(self) -> tuple[list[RideWork], list[RideWork]]:
+        """Each collection's positions taken as ``(head, rest)`` CSRs (riders in priority
+        order); a rider completes in the last part that holds its positions."""
+        parts: tuple[list[RideWork], list[RideWork]] = ([], [])
         for g, (rid, pos, lid, *_), lo, hi in zip(self.groups, self.parts, self.bounds[:-1], self.bounds[1:]):
             for out, (some, ptr, positions, unit_ids, completes, ranks, rows) in zip(parts, split(
                     rid, pos, lid, g.ranks, g.slots, self.take[lo:hi], self.head[self.pair_unit[lo:hi]],
