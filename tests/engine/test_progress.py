@@ -43,7 +43,7 @@ def test_table_tracks_progress_like_per_request_masks(num_probes, seed):
     alive: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # id -> (costs, seen mask)
     for i, n in enumerate(num_probes):
         costs = rng.integers(0, 50, n)
-        table.add(f"r{i}", rng.permutation(1000)[:n], costs)
+        table.add([f"r{i}"], rng.permutation(1000)[:n][None], costs[None])
         alive[f"r{i}"] = (costs, np.zeros(n, dtype=bool))
         if rng.random() < 0.3:  # someone finishes: its row is freed and reused
             gone = str(rng.choice(sorted(alive)))

@@ -81,10 +81,10 @@ class Intake:
         costs = np.where(valid, stats.unit_sizes[np.maximum(units, 0)], 0)
         if graph:
             costs *= np.array([r.search_width for r in group], dtype=np.int64)[:, None]
-        rows = table.add_many([r.request_id for r in group], units, costs)
+        rows = table.add([r.request_id for r in group], units, costs)
         infeasible = self._clearly_infeasible(group, costs.sum(axis=1), now)
         for i, (req, row, n) in enumerate(zip(group, rows.tolist(), counts.tolist())):
-            req.unit_ids, req.num_units_total, req.slot, req._table = units[i, :n], n, row, table
+            req.attach(table, row, units[i, :n])
             req.request_slot = self.slots.add(req, req.admission_seq, table.tid, row)
             if infeasible[i]:
                 self._finish(req, RequestStatus.FINISHED_REJECTED, message="deadline infeasible at admission",

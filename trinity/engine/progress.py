@@ -45,26 +45,9 @@ class ProgressTable:
     def __len__(self) -> int:
         return len(self.slot_of)
 
-    def add(self, request_id: str, unit_ids: np.ndarray, unit_costs: np.ndarray) -> int:
-        """Give a newly admitted request a slot holding its units (none seen); return the slot."""
-        n = len(unit_ids)
-        if not self._free or n > self.seen.shape[1]:
-            self._alloc(self.num_slots * (1 + (not self._free)), max(n, self.seen.shape[1]))
-        slot = self._free.pop()
-        self.slot_of[request_id] = slot
-        self.unit_ids[slot] = -1
-        self.unit_costs[slot] = 0
-        self.seen[slot] = True
-        self.unit_ids[slot, :n] = unit_ids
-        self.unit_costs[slot, :n] = unit_costs
-        self.seen[slot, :n] = False
-        self._counters[:, slot] = 0
-        self.remaining[slot] = int(unit_costs.sum())
-        return slot
-
-    def add_many(self, request_ids: list[str], unit_ids: np.ndarray, unit_costs: np.ndarray) -> np.ndarray:
-        """:meth:`add` for a batch: row ``i`` of ``unit_ids`` (``-1`` padded at the end) and
-        ``unit_costs`` (``0`` there); return the slots."""
+    def add(self, request_ids: list[str], unit_ids: np.ndarray, unit_costs: np.ndarray) -> np.ndarray:
+        """Give newly admitted requests a slot each holding their units (none seen): row ``i`` of
+        ``unit_ids`` (``-1`` padded at the end) and ``unit_costs`` (``0`` there); return the slots."""
         n, width = unit_ids.shape
         while len(self._free) < n or width > self.seen.shape[1]:
             self._alloc(self.num_slots * (1 + (len(self._free) < n)), max(width, self.seen.shape[1]))

@@ -120,11 +120,9 @@ class SearchRequest:
     def fraction_scanned(self) -> float:
         return 1.0 if self.num_units_total == 0 else self.num_units_done / self.num_units_total
 
-    def attach(self, table: ProgressTable, unit_ids: np.ndarray, unit_costs: np.ndarray) -> None:
-        """Admission: take a slot of ``table`` holding the request's units."""
-        self.unit_ids, self.num_units_total = unit_ids, len(unit_ids)
-        self.slot = table.add(self.request_id, unit_ids, unit_costs)
-        self._table = table
+    def attach(self, table: ProgressTable, slot: int, unit_ids: np.ndarray) -> None:
+        """Admission: the request's units live in ``slot`` of ``table`` from now on."""
+        self.unit_ids, self.num_units_total, self.slot, self._table = unit_ids, len(unit_ids), slot, table
 
     def detach(self) -> None:
         """The finish: copy the counters out of the table and free the slot."""
