@@ -8,7 +8,6 @@ the scan kernel names rows of the whole batch, so nothing is gathered or scatter
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import torch
 
@@ -66,13 +65,9 @@ class RunningRows:
 
     def results(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(scores, ids, k)`` of rows ``slots`` in user units (row ``n``'s answer: its first ``k[n]``)."""
-        if self.device.type == "cpu":
-            metric = self.index.metric
-            return take_results(self._s, self._i, self._k, self._off, slots, metric.uses_norms, metric.sentinel)
-        sub = self.topk.rows(slots)
-        offsets = self.offsets[torch.from_numpy(slots).to(self.device)]
-        d, i = sub.to_results(self.index.metric, offsets)
-        return d, i, sub.k.cpu().numpy()
+        d, i = self.topk.to_results(self.index.metric, self.offsets, rows=slots)
+        return d, i, self._k[slots] if self.device.type == "cpu" else self.topk.k[torch.from_numpy(slots).to(
+            self.device)].cpu().numpy()
 
     def gather(self, rows: np.ndarray) -> tuple[torch.Tensor, RunningTopK]:
         """A copy of ``rows`` (queries, running top-k), for kernels that take a dense batch."""
@@ -83,33 +78,3 @@ class RunningRows:
         sel = torch.from_numpy(rows).to(self.device)
         self.topk.scores[sel] = topk.scores
         self.topk.ids[sel] = topk.ids
-
-
-@numba.njit(cache=True)
-def take_results(scores, ids, ks, offsets, slots, uses_norms, sentinel):
-    """``to_results`` of rows ``slots`` of a CPU running top-k: user units, padded past each k."""
-    width = scores.shape[1]
-    d = np.empty((slots.size, width), np.float32)
-    out = np.empty((slots.size, width), np.int64)
-    k = np.empty(slots.size, ks.dtype)
-    pad = np.float32(sentinel)
-    for r in range(slots.size):
-        row = slots[r]
-        k[r] = ks[row]
-        for c in range(width):
-            v = ids[row, c]
-            if v >= 0 and c < ks[row]:
-                out[r, c] = v
-                d[r, c] = max(offsets[row] - scores[row, c], np.float32(0.0)) if uses_norms else scores[row, c]
-            else:
-                out[r, c] = -1
-                d[r, c] = pad
-    return d, out, k
-
-
-def compile_rows() -> None:
-    """Compile the results readout for both metric families (as :func:`trinity.index.warmup.warmup`)."""
-    one = np.zeros(1, np.int64)
-    for uses_norms, sentinel in ((True, np.inf), (False, -np.inf)):
-        take_results(np.zeros((1, 1), np.float32), np.zeros((1, 1), np.int64), np.ones(1, np.int32),
-                     np.zeros(1, np.float32), one, uses_norms, sentinel)

@@ -19,7 +19,7 @@ import torch
 from trinity.engine.collections import Collections, UnknownCollectionError
 from trinity.engine.graph_rows import GraphRows
 from trinity.engine.plan import IterationPlan, NewRequest, RideWork, RunnerOutput
-from trinity.engine.rows import RunningRows, compile_rows
+from trinity.engine.rows import RunningRows
 from trinity.index import GraphIndex, IVFIndex, ProbeChunk
 
 
@@ -156,4 +156,3 @@ def compile_runner() -> None:
     """Compile the runner's kernels ahead of the first iteration."""
     one = np.zeros(1, np.int64)
     ride_csr(one, np.zeros(2, np.int64), np.zeros(0, np.int64), one, 1)
-    compile_rows()

@@ -76,24 +76,42 @@ class RunningTopK:
         else:
             merge_dense_torch(self, cand_scores, cand_ids)
 
-    def to_results(self, metric: Metric, query_offset: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Final ``(D, I)`` numpy arrays in user units, padded with ``-1`` / the metric sentinel."""
-        if self.scores.device.type == "cpu":  # numpy: a handful of small torch ops cost more
-            ids = self.ids.numpy()
-            valid = (ids >= 0) & (np.arange(self.max_k)[None, :] < self.k.numpy()[:, None])
-            scores = self.scores.numpy()
-            if metric.uses_norms:
-                dist = np.maximum(query_offset.numpy()[:, None] - scores, 0.0)
-            else:
-                dist = scores.copy()
-            dist[~valid] = metric.sentinel
-            return dist.astype(np.float32, copy=False), np.where(valid, ids, -1)
+    def to_results(self, metric: Metric, query_offset: torch.Tensor,
+                   rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Final ``(D, I)`` numpy arrays in user units, padded with ``-1`` / the metric sentinel;
+        ``rows``: of these rows only (``query_offset`` still has one entry per row)."""
+        if self.scores.device.type == "cpu":  # one compiled pass: a handful of small torch ops cost more
+            rows = np.arange(self.num_rows) if rows is None else rows
+            return _to_results(self.scores.numpy(), self.ids.numpy(), self.k.numpy(), query_offset.numpy(), rows,
+                               metric.uses_norms, metric.sentinel)
+        if rows is not None:
+            sel = torch.from_numpy(rows).to(self.scores.device)
+            return self.rows(rows).to_results(metric, query_offset.to(self.scores.device)[sel])
         valid = self.ids >= 0
         cols = torch.arange(self.max_k, device=self.ids.device)
         valid &= cols[None, :] < self.k[:, None].long()
         dist = metric.to_user(self.scores, query_offset.to(self.scores.device), valid)
         ids = self.ids.masked_fill(~valid, -1)
         return dist.cpu().numpy().astype(np.float32, copy=False), ids.cpu().numpy()
+
+
+@numba.njit(cache=True)
+def _to_results(scores, ids, ks, offsets, rows, uses_norms, sentinel):  # pragma: no cover - compiled
+    width = scores.shape[1]
+    d = np.empty((rows.size, width), np.float32)
+    out = np.empty((rows.size, width), np.int64)
+    pad = np.float32(sentinel)
+    for r in range(rows.size):
+        row = rows[r]
+        for c in range(width):
+            v = ids[row, c]
+            if v >= 0 and c < ks[row]:
+                out[r, c] = v
+                d[r, c] = max(offsets[row] - scores[row, c], np.float32(0.0)) if uses_norms else scores[row, c]
+            else:
+                out[r, c] = -1
+                d[r, c] = pad
+    return d, out
 
 
 def merge_dense_torch(topk: RunningTopK, cand_scores: torch.Tensor, cand_ids: torch.Tensor) -> None:
