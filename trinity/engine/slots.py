@@ -82,11 +82,10 @@ class RequestSlots:
 
     def order(self, now: float, max_num_waiting: int) -> np.ndarray:
         """The joined requests and the ``max_num_waiting`` first waiting ones, in priority order."""
-        live = np.flatnonzero(self.active)
-        waiting = live[~self.joined[live]]
+        waiting = self.waiting()
         if waiting.size > max_num_waiting:
             waiting = self._head(waiting, now, max_num_waiting)
-        return self.sort(np.concatenate((live[self.joined[live]], waiting)), now)
+        return self.sort(np.concatenate((np.flatnonzero(self.joined), waiting)), now)  # joined: active too
 
     def _head(self, waiting: np.ndarray, now: float, n: int) -> np.ndarray:
         """The ``n`` first of ``waiting``: a partition on a coarse key, then an exact sort of its front."""
