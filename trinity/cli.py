@@ -214,6 +214,7 @@ def bench_overhead(
     data: str = typer.Option("real", help="real: embedded docstring corpus; synthetic: clustered random (tests)."),
     threads: int | None = typer.Option(None, min=1, help="Threads for torch and numba [default: all cores]."),
     seed: int = typer.Option(0, help="Seed for the workload, k-means and synthetic data."),
+    contend: bool = typer.Option(False, help="Run a busy Python thread beside the loop (GIL and core contention)."),
     out: Path | None = typer.Option(None, help="JSON output [default: benchmarks/results/overhead-<host>-<date>.json]."),
 ) -> None:
     """Engine host (Python) time per iteration, replayed on a modelled clock: same plans, kernels apart."""
@@ -227,7 +228,7 @@ def bench_overhead(
                                 out=out, plot=False)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    run_overhead_bench(cfg, ClockModel(fixed_s=fixed_ms / 1e3, pairs_per_s=scan_rate))
+    run_overhead_bench(cfg, ClockModel(fixed_s=fixed_ms / 1e3, pairs_per_s=scan_rate), contend=contend)
 
 
 @bench_app.command("graph")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -259,6 +260,10 @@ def test_overhead_bench_replays_the_same_plans(tmp_path):
     assert row["n_complete"] + row.get("n_partial", 0) == row["requests"]
     assert row["host_ms"] > 0 and row["kernel_ms"] > 0
     assert json.loads((tmp_path / "overhead.json").read_text())["rows"][0]["digest"] == row["digest"]
+    assert row["p50_step_ms"] <= row["p99_step_ms"] <= row["max_step_ms"]
+    busy = run_overhead_bench(dataclasses.replace(cfg, repeats=1, out=tmp_path / "busy.json"), ClockModel(fixed_s=0.002),
+                              contend=True)
+    assert busy["contend"] and busy["rows"][0]["digest"] == row["digest"]  # a busy thread changes timings, not plans
 
 
 def test_engine_bench_counts_admission_refusals_as_rejected(tmp_path):

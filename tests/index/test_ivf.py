@@ -227,6 +227,17 @@ def test_assign_shapes_and_per_query_nprobe():
     assert torch.is_tensor(queries)
 
 
+@pytest.mark.parametrize("metric", METRICS)
+def test_probes_do_not_depend_on_the_batch(metric):
+    """Small batches take the serial coarse kernel, large ones the parallel one: a query's
+    probes must be the same either way (the engine admits a few at a time, search() many)."""
+    index = trained_ivf(metric)
+    _, q = clustered()
+    many = index.assign(q[:100], 16)
+    few = np.concatenate([index.assign(q[i:i + 3], 16) for i in range(0, 100, 3)])
+    np.testing.assert_array_equal(many, few[:100])
+
+
 @pytest.mark.parametrize("nprobe", [0, -1])
 def test_bad_default_nprobe_raises_at_construction(nprobe):
     """A default nprobe < 1 must be rejected up front: nprobe=0 used to make every

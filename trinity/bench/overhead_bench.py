@@ -17,7 +17,10 @@ does it off the loop thread.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -73,9 +76,33 @@ class _ModelledRunner:
         self.inner.reset()
 
 
+class BusyThread:
+    """A thread that runs Python bytecode until stopped: the submitters, resolver and HTTP server
+    that share the GIL and the 2 cores with the loop thread in a deployment."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, name="busy", daemon=True)
+
+    def _spin(self) -> None:
+        x = 0
+        while not self._stop.is_set():
+            for i in range(1000):
+                x += i
+
+    def __enter__(self) -> BusyThread:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def replay(ivf, queries: np.ndarray, cfg: EngineBenchConfig, rate: float, model: ClockModel,
-           seed: int) -> dict[str, Any]:
-    """One replay of a Poisson stream at ``rate``; host and kernel time per iteration."""
+           seed: int, contend: bool = False) -> dict[str, Any]:
+    """One replay of a Poisson stream at ``rate``; host and kernel time per iteration.  With
+    ``contend`` a :class:`BusyThread` competes for the GIL and the cores, as in a deployment."""
     from trinity.engine import Collections, GcPauses, SchedulerConfig, SearchEngine, SearchRunner, freeze_heap
 
     clock, timer = [0.0], PhaseTimer()
@@ -91,10 +118,12 @@ def replay(ivf, queries: np.ndarray, cfg: EngineBenchConfig, rate: float, model:
     ivf.scan, ivf.assign_prepared = timer.wrap(ivf.scan, "kernel"), timer.wrap(ivf.assign_prepared, "assign")
     stream = poisson_schedule(rate, cfg.duration_s, cfg.classes, len(queries), seed=seed)
     status: Counter[str] = Counter()
-    steps, step_s, max_step_s, resolve_s, i = 0, 0.0, 0.0, 0.0, 0
-    freeze_heap()  # NOTE: as SearchEngine.start() does
+    steps, step_s, resolve_s, i, durations = 0, 0.0, 0.0, 0, []
+    freeze_heap()  # NOTE: as SearchEngine.start() does, with the switch interval
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(engine.config.switch_interval_ms / 1e3)
     try:
-        with GcPauses() as pauses:
+        with GcPauses() as pauses, BusyThread() if contend else contextlib.nullcontext():
             while i < len(stream.times) or sched.has_work:
                 first = i
                 while i < len(stream.times) and stream.times[i] <= clock[0]:
@@ -111,8 +140,10 @@ def replay(ivf, queries: np.ndarray, cfg: EngineBenchConfig, rate: float, model:
                 t1 = time.perf_counter()
                 status.update(engine._resolve(f).status.value for f in finished)
                 resolve_s += time.perf_counter() - t1
-                step_s, max_step_s, steps = step_s + t1 - t, max(max_step_s, t1 - t), steps + 1
+                step_s, steps = step_s + t1 - t, steps + 1
+                durations.append(t1 - t)
     finally:
+        sys.setswitchinterval(switch_interval)
         del ivf.scan, ivf.assign_prepared
         engine.shutdown(drain=False)
     sec = timer.seconds
@@ -124,12 +155,14 @@ def replay(ivf, queries: np.ndarray, cfg: EngineBenchConfig, rate: float, model:
             "runner_host_ms": (sec["runner"] - sec["kernel"]) * per, "update_ms": sec["update"] * per,
             "other_ms": (step_s - sec["schedule"] - sec["runner"] - sec["update"] - sec["assign"]) * per,
             "kernel_ms": (sec["kernel"] + sec["assign"]) * per, "host_share": host / max(step_s, 1e-12),
-            "resolve_ms": resolve_s * per, "max_step_ms": max_step_s * 1e3, "gc_max_ms": pauses.max_s * 1e3, "gc_full": pauses.count[2],
+            "resolve_ms": resolve_s * per, "p50_step_ms": float(np.median(durations)) * 1e3,
+            "p99_step_ms": float(np.percentile(durations, 99)) * 1e3, "max_step_ms": max(durations) * 1e3,
+            "gc_max_ms": pauses.max_s * 1e3, "gc_full": pauses.count[2],
             "digest": runner.digest.hexdigest()[:16]}
 
 
 def run_overhead_bench(cfg: EngineBenchConfig, model: ClockModel = ClockModel(),
-                       console: Console | None = None) -> dict[str, Any]:
+                       console: Console | None = None, contend: bool = False) -> dict[str, Any]:
     """Replay every rate ``cfg.repeats`` times (medians of the timings); print; write JSON."""
     console = console or make_console()
     data = load_bench_data(cfg, console)
@@ -144,10 +177,10 @@ def run_overhead_bench(cfg: EngineBenchConfig, model: ClockModel = ClockModel(),
         ivf.search(data.queries[:8], c.k, nprobe=c.nprobe)
     rows = []
     for rate in cfg.rates:
-        runs = [replay(ivf, data.queries, cfg, rate, model, cfg.seed) for _ in range(cfg.repeats)]
+        runs = [replay(ivf, data.queries, cfg, rate, model, cfg.seed, contend) for _ in range(cfg.repeats)]
         row = dict(runs[0])
         for key in ("host_ms", "schedule_ms", "runner_host_ms", "update_ms", "other_ms", "kernel_ms", "host_share",
-                    "resolve_ms", "max_step_ms", "gc_max_ms"):
+                    "resolve_ms", "p50_step_ms", "p99_step_ms", "max_step_ms", "gc_max_ms"):
             row[key] = float(np.median([r[key] for r in runs]))
         row["deterministic"] = len({r["digest"] for r in runs}) == 1
         rows.append(row)
@@ -158,11 +191,11 @@ def run_overhead_bench(cfg: EngineBenchConfig, model: ClockModel = ClockModel(),
         ("n_partial", "partial"), ("host_ms", "host ms", ".3f"), ("schedule_ms", "sched", ".3f"),
         ("runner_host_ms", "runner", ".3f"), ("update_ms", "update", ".3f"), ("other_ms", "rest", ".3f"),
         ("kernel_ms", "kernels ms", ".3f"), ("host_share", "host", ".0%"), ("resolve_ms", "resolve", ".3f"),
-        ("max_step_ms", "max step", ".2f"),
+        ("p50_step_ms", "step p50", ".2f"), ("p99_step_ms", "p99", ".2f"), ("max_step_ms", "max", ".2f"),
         ("gc_max_ms", "gc max", ".2f"), ("digest", "plan digest"),
         ("deterministic", "same")], console)
-    payload = {"bench": "overhead", "config": cfg.to_dict(), "clock_model": asdict(model), "index": index_info,
-               "data": data.info, "machine": machine_info(), "rows": rows}
+    payload = {"bench": "overhead", "config": cfg.to_dict(), "clock_model": asdict(model), "contend": contend,
+               "index": index_info, "data": data.info, "machine": machine_info(), "rows": rows}
     path = write_json(cfg.out or default_out_path("overhead"), payload)
     console.print(f"wrote {path}")
     return payload

@@ -73,8 +73,9 @@ class SchedulerConfig:
         admission_interval_ms: the window of that sojourn reading.
         max_num_waiting_considered: waiting requests a plan reads from the head of the
             queue: bounds planning under a backlog (few more could start in one iteration).
-        switch_interval_ms: the interpreter's GIL switch interval while the loop runs: with
-            CPython's 5 ms a submitter or the loop can stall for a whole iteration.
+        switch_interval_ms: the interpreter's GIL switch interval while the loop runs: the
+            loop gives up the GIL in each scan, and a busy submitter, resolver or server thread
+            keeps it for up to this long (CPython's 5 ms would stall whole iterations).
         idle_wait_ms: how long an idle loop sleeps before it looks at the inbox again.
         budget: how the iteration budget follows measured iteration times.
     """
@@ -96,7 +97,7 @@ class SchedulerConfig:
     admission_share: float | None = None
     admission_interval_ms: float = 50.0
     max_num_waiting_considered: int = 256
-    switch_interval_ms: float = 0.5
+    switch_interval_ms: float = 0.1
     idle_wait_ms: float = 50.0
     budget: BudgetConfig = BudgetConfig()
 

@@ -24,7 +24,7 @@ def demote_hopeless(order: np.ndarray, aged: np.ndarray, cost: np.ndarray, deadl
     return np.concatenate((order[~late], order[late])) if late.any() else order
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True)
 def _late(aged, cost, deadline, rate, start):
     late = np.zeros(aged.size, np.bool_)
     ahead = 0.0

@@ -89,7 +89,7 @@ class ProgressTable:
         return True
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True)
 def _apply(seen, unit_costs, counters, slots, ptr, positions, completes, vectors, iteration):
     agree = True
     for i in range(slots.size):

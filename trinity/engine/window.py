@@ -22,7 +22,8 @@ the iteration) form the head sub-plan, run first with all their riders.
 
 The pairs (rider, unit) are gathered from the progress tables and split into head and rest
 with one compiled call per collection (``pairs``, ``split``); claims and fill are one
-compiled call, whatever the number of requests.
+compiled call, whatever the number of requests.  These kernels keep the GIL: the loop
+thread gives it up only in the scan, long enough to pay for getting it back.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ class Window:
         return parts
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True)
 def pairs(seen, unit_ids, rows, ranks, offset):
     """Per unseen unit of ``rows``, rider by rider: (rider, position, unit id, rank, window unit)."""
     num_pairs = 0
@@ -128,7 +129,7 @@ def pairs(seen, unit_ids, rows, ranks, offset):
     return rid, pos, lid, rank, unit
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True)
 def split(rid, pos, lid, ranks, rows, take, in_head, num_riders):
     """The taken pairs as two CSRs, the head's and the rest's: per part its riders (ascending),
     their pointer, positions, unit ids, ranks and rows, and whether the part completes them
@@ -159,7 +160,7 @@ def split(rid, pos, lid, ranks, rows, take, in_head, num_riders):
     return out[0], out[1]
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True)
 def _plan(pair_rank, pair_unit, sizes, unit_window, share, rank_window, eligible, heads, budget, read_weight,
           take, chosen, head, cut):
     num_ranks, num_units, num_pairs = rank_window.size, sizes.size, pair_unit.size
@@ -254,7 +255,7 @@ def _plan(pair_rank, pair_unit, sizes, unit_window, share, rank_window, eligible
     return planned, forced
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True)
 def _fill_new(w, budget_left, sizes, unit_window, demand, worth, unit_ptr, by_unit, read_weight, take, chosen, cut):
     """Read the units worth most to their riders while they fit; return the charge."""
     open_ = np.flatnonzero((unit_window == w) & (demand > 0) & ~chosen)

@@ -30,6 +30,7 @@ import numpy as np
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
+from trinity.index.warmup import serial_twin
 
 _EMPTY = -1
 _HASH_GOLDEN = np.uint32(2654435761)
@@ -251,8 +252,8 @@ def _advance(vecs, aux, graph, queries, rows, num_hops, nodes, scores, expanded,
             converged[i] = 0 if left else 1
 
 
-_seed_serial = numba.njit(cache=True, nogil=True, fastmath=True)(_seed.py_func)
-_advance_serial = numba.njit(cache=True, nogil=True, fastmath=True)(_advance.py_func)
+_seed_serial = serial_twin(_seed, nogil=True, fastmath=True)
+_advance_serial = serial_twin(_advance, nogil=True, fastmath=True)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -19,11 +19,15 @@ from trinity.index.metric import Metric
 from trinity.index.probes import ProbeChunk
 from trinity.index.scan import scan
 from trinity.index.topk import RunningTopK
+from trinity.index.warmup import serial_twin
 
 DEFAULT_IVF_BLOCK_SIZE = 16
 #: Queries per internal search batch; bounds per-call buffers (pairs x k), not the index.
 _SEARCH_BATCH = 256
 _ASSIGN_ROWS = 8192
+#: Up to this many queries the coarse assignment runs in the calling thread alone: waking a
+#: worker (on a core the caller's peers may hold) costs more than it saves (benchmarks/README.md).
+_SERIAL_ASSIGN_ROWS = 32
 
 
 class IVFIndex(BaseIndex):
@@ -85,8 +89,9 @@ class IVFIndex(BaseIndex):
             # NOTE: per-row scoring makes a query's probes independent of its batch (a BLAS
             # GEMM may pick other kernels for other batch shapes), and for the engine's
             # small batches of newcomers it avoids waking torch's thread pool.
-            _assign_rows(np.ascontiguousarray(queries.numpy()), self.centroids.numpy(),
-                         self._centroid_aux.numpy(), probes)
+            kernel = _assign_rows_serial if queries.shape[0] <= _SERIAL_ASSIGN_ROWS else _assign_rows
+            kernel(np.ascontiguousarray(queries.numpy()), self.centroids.numpy(),
+                   self._centroid_aux.numpy(), probes)
             probes[np.arange(width)[None, :] >= per_query[:, None]] = -1
             return probes
         # NOTE: row chunks bound the score buffer (a bulk add of 200k vectors would
@@ -144,7 +149,7 @@ class IVFIndex(BaseIndex):
         super().load_state_arrays(arrays)
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+@numba.njit(parallel=True, fastmath=True, cache=True)
 def _assign_rows(queries, centroids, c_aux, out):  # pragma: no cover - compiled
     """Best ``out.shape[1]`` centroids per query row (score desc, then smaller list id).
 
@@ -184,6 +189,9 @@ def _assign_rows(queries, centroids, c_aux, out):  # pragma: no cover - compiled
                     scores[r, c] = s + c_aux[c]
         for r in range(rows):
             _top_ids(scores[r], out[i0 + r])
+
+
+_assign_rows_serial = serial_twin(_assign_rows, fastmath=True)
 
 
 @numba.njit(inline="always")

@@ -177,7 +177,7 @@ def _scan_pairs(q, pair_q, pair_k, pair_thr, pair_b0, pair_b1, order, grp_ptr, g
                     t += 1
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
+@numba.njit(parallel=True, cache=True)
 def _merge_pairs(top_s, top_i, ks, query_ptr, out_s, out_i):  # pragma: no cover
     for r in numba.prange(top_s.shape[0]):
         k = ks[r]
