@@ -234,3 +234,16 @@ def test_warmup_compiles_the_graph_kernels():
                    graph_refine._trace, graph_refine.robust_prune, graph_refine.reverse_edges,
                    graph_update._touches_deleted, graph_update._repair_candidates):
         assert kernel.signatures, kernel.py_func.__name__
+
+
+def test_serial_twins_have_their_own_cache_entries():
+    """numba's disk cache keys machine code by function name and signature, not by options:
+    a serial twin under the parallel kernel's name loaded the other's code (the 2-thread
+    graph search ran no faster than 1 thread)."""
+    from trinity.index import graph_search, ivf
+
+    for parallel, serial in ((graph_search._seed, graph_search._seed_serial),
+                             (graph_search._advance, graph_search._advance_serial),
+                             (ivf._assign_rows, ivf._assign_rows_serial)):
+        assert parallel.targetoptions.get("parallel") and not serial.targetoptions.get("parallel")
+        assert parallel._cache._cache_file._index_name != serial._cache._cache_file._index_name
