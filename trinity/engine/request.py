@@ -113,10 +113,6 @@ class SearchRequest:
         return self._counter(1)
 
     @property
-    def num_units_left(self) -> int:
-        return self.num_units_total - self.num_units_done
-
-    @property
     def fraction_scanned(self) -> float:
         return 1.0 if self.num_units_total == 0 else self.num_units_done / self.num_units_total
 
