@@ -30,7 +30,7 @@ import numpy as np
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
-from trinity.index.warmup import serial_twin
+from trinity.index.jit import serial_twin
 
 _EMPTY = -1
 _HASH_GOLDEN = np.uint32(2654435761)

@@ -19,7 +19,7 @@ from trinity.index.metric import Metric
 from trinity.index.probes import ProbeChunk
 from trinity.index.scan import scan
 from trinity.index.topk import RunningTopK
-from trinity.index.warmup import serial_twin
+from trinity.index.jit import serial_twin
 
 DEFAULT_IVF_BLOCK_SIZE = 16
 #: Queries per internal search batch; bounds per-call buffers (pairs x k), not the index.
