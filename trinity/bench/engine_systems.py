@@ -242,7 +242,7 @@ class TrinitySystem(_System):
         self.engine._iterate = self.phases.wrap(self.engine._iterate, "step_s")
         # the runner's calls into the index, and taking results (its host sync)
         inner._results = self.phases.wrap(inner._results, "take_s")
-        for name in ("prepare_validated", "assign_prepared", "scan", "start_search", "advance"):
+        for name in ("prepare_validated", "assign_prepared", "scan", "seed_rows", "advance"):
             if hasattr(ivf, name):
                 setattr(ivf, name, self.phases.wrap(getattr(ivf, name), f"{name}_s"))
         self._status = {RequestStatus.FINISHED_COMPLETE: Status.COMPLETE,

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from trinity.index import GraphIndex
-from trinity.index.graph_search import GraphSearchState, hash_size_for
+from trinity.index.graph_search import GraphSearchState, empty_state, hash_size_for
 
 #: The largest itopk a graph request may ask for (every row is sized for it).
 GRAPH_MAX_ITOPK = 256
@@ -60,26 +60,20 @@ class GraphRows:
 
     def add(self, slots: np.ndarray, queries: torch.Tensor, offsets: torch.Tensor, ks: np.ndarray,
             itopk: np.ndarray, widths: np.ndarray) -> None:
-        """Seed rows ``slots`` for prepared ``queries`` with their ``k``, ``itopk`` (see :func:`graph_itopk`) and
-        search widths."""
-        fresh = self.index.start_search(queries.numpy(), itopk, widths, hop_limit(itopk, widths), self.width,
-                                        self.hsize)
+        """Seed rows ``slots`` in place for prepared ``queries`` with their ``k``, ``itopk`` (see
+        :func:`graph_itopk`) and search widths."""
         if self.num_rows <= int(slots.max()):
-            self._grow(1 << max(6, math.ceil(math.log2(int(slots.max()) + 1))), fresh)
-        for f in fields(GraphSearchState):
-            getattr(self.state, f.name)[slots] = getattr(fresh, f.name)
+            self._grow(1 << max(6, math.ceil(math.log2(int(slots.max()) + 1))))
+        self.index.seed_rows(self.state, slots, queries.numpy(), itopk, widths, hop_limit(itopk, widths))
         self.offsets[slots] = offsets.numpy()
         self.k[slots] = ks
 
-    def _grow(self, num_rows: int, like: GraphSearchState) -> None:
+    def _grow(self, num_rows: int) -> None:
         old, n = self.state, self.num_rows
-        arrays = {}
-        for f in fields(GraphSearchState):
-            a = getattr(like, f.name)
-            arrays[f.name] = np.zeros((num_rows, *a.shape[1:]), a.dtype)
-            if old is not None:
-                arrays[f.name][:n] = getattr(old, f.name)
-        self.state = GraphSearchState(**arrays)
+        self.state = empty_state(num_rows, self.index.dim, self.width, self.hsize)
+        if old is not None:
+            for f in fields(GraphSearchState):
+                getattr(self.state, f.name)[:n] = getattr(old, f.name)
         self.offsets = np.concatenate([self.offsets, np.zeros(num_rows - n, np.float32)])
         self.k = np.concatenate([self.k, np.zeros(num_rows - n, np.int64)])
 
@@ -89,10 +83,8 @@ class GraphRows:
             self._storage = self.index.lists
             return
         self._storage, state = self.index.lists, self.state
-        fresh = self.index.start_search(state.queries, np.maximum(state.itopk, 1), np.maximum(state.search_width, 1),
-                                        np.maximum(state.max_hops, 1), self.width, self.hsize)
-        for f in fields(GraphSearchState):
-            getattr(state, f.name)[:] = getattr(fresh, f.name)
+        self.index.seed_rows(state, np.arange(self.num_rows), state.queries, np.maximum(state.itopk, 1),
+                             np.maximum(state.search_width, 1), np.maximum(state.max_hops, 1))
 
     def advance(self, slots: np.ndarray, hops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Advance row ``slots[i]`` by ``hops[i]``; return ``(evaluations, done)`` per rider."""
@@ -109,7 +101,6 @@ class GraphRows:
     def results(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(scores, ids, k)`` of rows ``slots`` in user units (row ``n``'s answer: its first ``k[n]``)."""
         self._check_storage()
-        sub = GraphSearchState(**{f.name: getattr(self.state, f.name)[slots] for f in fields(GraphSearchState)})
         ks = self.k[slots]
-        d, i = self.index.results(sub, int(ks.max()), self.offsets[slots])
+        d, i = self.index.results(self.state, int(ks.max()), self.offsets[slots], rows=slots)
         return d, i, ks

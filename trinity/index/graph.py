@@ -23,7 +23,7 @@ from trinity.index.blocks import BlockedLists
 from trinity.index.graph_build import build_graph
 from trinity.index.graph_persist import GraphPersistence
 from trinity.index.graph_refine import refine
-from trinity.index.graph_search import GraphSearchState, advance, hash_size_for, init_state, state_topk
+from trinity.index.graph_search import GraphSearchState, advance, hash_size_for, init_state, seed_rows, state_topk
 from trinity.index.graph_update import consolidate, insert_nodes
 from trinity.index.idmap import IdMap
 from trinity.index.inputs import ArrayLike, as_ids, as_matrix, check_k
@@ -215,15 +215,23 @@ class GraphIndex(GraphPersistence, BaseIndex):
 
     # ------------------------------------------------------------------ search
     def start_search(self, queries: np.ndarray, itopk: int | np.ndarray = 64, search_width: int | np.ndarray = 1,
-                     max_hops: int | np.ndarray | None = None, width: int = 0, hsize: int = 0) -> GraphSearchState:
-        """A seeded search state for prepared ``queries`` (see :meth:`prepare_queries`); ``width`` /
-        ``hsize`` size its buffers and hashes for a persistent batch (see :func:`init_state`)."""
+                     max_hops: int | np.ndarray | None = None) -> GraphSearchState:
+        """A seeded search state for prepared ``queries`` (see :meth:`prepare_queries`)."""
         n = queries.shape[0]
         vecs, aux = self._arrays()
-        return init_state(vecs, aux, self.entries, self.graph_degree, queries,
-                          _per_query(itopk, n, "itopk", 1 << 16), _per_query(search_width, n, "search_width", 256),
-                          _per_query(_NO_HOP_LIMIT if max_hops is None else max_hops, n, "max_hops", _NO_HOP_LIMIT),
-                          width, hsize)
+        return init_state(vecs, aux, self.entries, self.graph_degree, queries, *self._limits(n, itopk, search_width,
+                                                                                             max_hops))
+
+    def seed_rows(self, state: GraphSearchState, rows: np.ndarray, queries: np.ndarray, itopk: int | np.ndarray = 64,
+                  search_width: int | np.ndarray = 1, max_hops: int | np.ndarray | None = None) -> None:
+        """(Re)start ``rows`` of ``state`` (a persistent batch, see :func:`empty_state`) for prepared ``queries``."""
+        vecs, aux = self._arrays()
+        seed_rows(vecs, aux, self.entries, state, rows, queries, *self._limits(len(rows), itopk, search_width, max_hops))
+
+    @staticmethod
+    def _limits(n: int, itopk, search_width, max_hops) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return (_per_query(itopk, n, "itopk", 1 << 16), _per_query(search_width, n, "search_width", 256),
+                _per_query(_NO_HOP_LIMIT if max_hops is None else max_hops, n, "max_hops", _NO_HOP_LIMIT))
 
     def advance(self, state: GraphSearchState, rows: np.ndarray | None = None, num_hops: int = 1) -> np.ndarray:
         """Advance ``rows`` (default: all) of ``state`` by up to ``num_hops``; return their done flags."""
@@ -231,9 +239,11 @@ class GraphIndex(GraphPersistence, BaseIndex):
         vecs, aux = self._arrays()
         return advance(vecs, aux, self._graph, state, rows, num_hops)
 
-    def results(self, state: GraphSearchState, k: int, offset: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The best ``k`` live results of ``state`` so far: ``(D, I)`` in user conventions."""
-        scores, nodes = state_topk(state, self._deleted, k)
+    def results(self, state: GraphSearchState, k: int, offset: torch.Tensor | np.ndarray,
+                rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The best ``k`` live results so far of ``rows`` (default: all) of ``state``: ``(D, I)`` in user
+        conventions (``offset``: one per row returned)."""
+        scores, nodes = state_topk(state, self._deleted, k, rows)
         valid = nodes >= 0
         ids = np.full(nodes.shape, -1, np.int64)
         ids[valid] = self.lists.slot_ids.view(-1).numpy()[nodes[valid]]

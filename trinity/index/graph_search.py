@@ -76,24 +76,35 @@ def hash_size_for(max_itopk: int, search_width: int, degree: int, num_entries: i
 
 
 def init_state(vecs: np.ndarray, aux: np.ndarray, entries: np.ndarray, degree: int, queries: np.ndarray,
-               itopk: np.ndarray, search_width: np.ndarray, max_hops: np.ndarray, width: int = 0,
-               hsize: int = 0) -> GraphSearchState:
-    """A fresh state for prepared ``queries``, its buffers seeded with the scored ``entries``
-    (``width`` / ``hsize``: buffer and hash sizes of a persistent batch, else the least that fits)."""
-    n = queries.shape[0]
-    width = max(width, int(itopk.max()))
-    hsize = hsize or hash_size_for(width, int(search_width.max()), degree, entries.size)
-    state = GraphSearchState(
-        queries=np.ascontiguousarray(queries, dtype=np.float32),
-        buf_nodes=np.full((n, width), _EMPTY, np.int32), buf_scores=np.full((n, width), -np.inf, np.float32),
-        buf_expanded=np.zeros((n, width), np.uint8), visited=np.full((n, hsize), _EMPTY, np.int32),
-        visited_count=np.zeros(n, np.int32), itopk=itopk.astype(np.int32), search_width=search_width.astype(np.int32),
-        max_hops=max_hops.astype(np.int32), hops=np.zeros(n, np.int32), num_evals=np.zeros(n, np.int64),
-        converged=np.zeros(n, np.uint8))
-    seed = _seed if n >= _PARALLEL_MIN_ROWS and numba.get_num_threads() > 1 else _seed_serial
-    seed(vecs, aux, entries, state.queries, state.buf_nodes, state.buf_scores, state.buf_expanded, state.visited,
-          state.visited_count, state.itopk, state.num_evals, state.converged)
+               itopk: np.ndarray, search_width: np.ndarray, max_hops: np.ndarray) -> GraphSearchState:
+    """A fresh state for prepared ``queries``, its buffers seeded with the scored ``entries``."""
+    n, width = queries.shape[0], int(itopk.max())
+    state = empty_state(n, queries.shape[1], width, hash_size_for(width, int(search_width.max()), degree, entries.size))
+    seed_rows(vecs, aux, entries, state, np.arange(n), queries, itopk, search_width, max_hops)
     return state
+
+
+def empty_state(num_rows: int, dim: int, width: int, hsize: int) -> GraphSearchState:
+    """Unseeded rows with buffers of ``width`` and hashes of ``hsize`` (:func:`seed_rows` fills them)."""
+    def rows(dtype, *shape):
+        return np.zeros((num_rows, *shape), dtype)
+    return GraphSearchState(queries=rows(np.float32, dim), buf_nodes=rows(np.int32, width),
+                            buf_scores=rows(np.float32, width), buf_expanded=rows(np.uint8, width),
+                            visited=rows(np.int32, hsize), visited_count=rows(np.int32), itopk=rows(np.int32),
+                            search_width=rows(np.int32), max_hops=rows(np.int32), hops=rows(np.int32),
+                            num_evals=rows(np.int64), converged=rows(np.uint8))
+
+
+def seed_rows(vecs: np.ndarray, aux: np.ndarray, entries: np.ndarray, state: GraphSearchState, rows: np.ndarray,
+              queries: np.ndarray, itopk: np.ndarray, search_width: np.ndarray, max_hops: np.ndarray) -> None:
+    """(Re)start ``rows`` of ``state`` in place for prepared ``queries``: empty buffers and hash,
+    then the scored ``entries``."""
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    state.queries[rows] = queries
+    state.itopk[rows], state.search_width[rows], state.max_hops[rows] = itopk, search_width, max_hops
+    seed = _seed if rows.size >= _PARALLEL_MIN_ROWS and numba.get_num_threads() > 1 else _seed_serial
+    seed(vecs, aux, entries, rows, state.queries, state.buf_nodes, state.buf_scores, state.buf_expanded, state.visited,
+         state.visited_count, state.itopk, state.hops, state.num_evals, state.converged)
 
 
 def advance(vecs: np.ndarray, aux: np.ndarray, graph: np.ndarray, state: GraphSearchState, rows: np.ndarray,
@@ -111,11 +122,14 @@ def advance(vecs: np.ndarray, aux: np.ndarray, graph: np.ndarray, state: GraphSe
     return state.done()[rows]
 
 
-def state_topk(state: GraphSearchState, deleted: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Best ``k`` live nodes of every row's buffer: ``(scores, nodes)``, -inf / -1 padded."""
-    scores = np.full((state.num_queries, k), -np.inf, np.float32)
-    nodes = np.full((state.num_queries, k), _EMPTY, np.int64)
-    _topk(state.buf_nodes, state.buf_scores, deleted, scores, nodes)
+def state_topk(state: GraphSearchState, deleted: np.ndarray, k: int,
+               rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``k`` live nodes of the buffer of each of ``rows`` (default: all): ``(scores, nodes)``,
+    -inf / -1 padded."""
+    rows = np.arange(state.num_queries) if rows is None else np.ascontiguousarray(rows, dtype=np.int64)
+    scores = np.full((rows.size, k), -np.inf, np.float32)
+    nodes = np.full((rows.size, k), _EMPTY, np.int64)
+    _topk(state.buf_nodes, state.buf_scores, rows, deleted, scores, nodes)
     return scores, nodes
 
 
@@ -189,9 +203,17 @@ def _push(nodes, scores, expanded, i, width, node, s):  # pragma: no cover - com
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath=True)
-def _seed(vecs, aux, entries, queries, nodes, scores, expanded, visited, vcount, itopk, evals,
+def _seed(vecs, aux, entries, rows, queries, nodes, scores, expanded, visited, vcount, itopk, hops, evals,
           converged):  # pragma: no cover - compiled
-    for i in numba.prange(queries.shape[0]):
+    for j in numba.prange(rows.size):
+        i = rows[j]
+        nodes[i, :] = _EMPTY
+        scores[i, :] = -np.inf
+        expanded[i, :] = 0
+        visited[i, :] = _EMPTY
+        vcount[i] = 0
+        hops[i] = 0
+        evals[i] = 0
         q = queries[i]
         for e in range(entries.size):
             if _visit(visited, vcount, i, entries[e]):
@@ -257,15 +279,15 @@ _advance_serial = serial_twin(_advance, nogil=True, fastmath=True)
 
 
 @numba.njit(cache=True, nogil=True)
-def _topk(buf_nodes, buf_scores, deleted, scores, nodes):  # pragma: no cover - compiled
+def _topk(buf_nodes, buf_scores, rows, deleted, scores, nodes):  # pragma: no cover - compiled
     k = scores.shape[1]
-    for i in range(buf_nodes.shape[0]):
-        m = 0
+    for j in range(rows.size):
+        i, m = rows[j], 0
         for p in range(buf_nodes.shape[1]):
             node = buf_nodes[i, p]
             if node < 0 or m == k:
                 break
             if not deleted[node]:
-                scores[i, m] = buf_scores[i, p]
-                nodes[i, m] = node
+                scores[j, m] = buf_scores[i, p]
+                nodes[j, m] = node
                 m += 1
