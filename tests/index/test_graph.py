@@ -100,6 +100,27 @@ def test_hop_steps_on_random_subsets_equal_one_shot():
     np.testing.assert_array_equal(D1, D2)
 
 
+def test_rows_of_a_persistent_batch_do_the_one_shot_work():
+    """Rows seeded in place into a batch sized for the largest itopk (the engine's) use the hash a
+    one-shot state of their own itopk gets: same answers, same distance evaluations and hops."""
+    from trinity.index.graph_search import empty_state, hash_size_for
+
+    _, q = corpus()
+    index = built("ip")
+    queries, offset = index.prepare_queries(q[:24])
+    batch = empty_state(64, queries.shape[1], 256, hash_size_for(256, 1, index.graph_degree, index.entries.size))
+    rows = np.arange(40, 64)
+    for itopk in (16, 48):
+        alone = index.start_search(queries.numpy(), itopk=itopk)
+        index.seed_rows(batch, rows, queries.numpy(), itopk=itopk)
+        index.advance(alone, None, 1000)
+        index.advance(batch, rows, 1000)
+        np.testing.assert_array_equal(index.results(batch, K, offset.numpy(), rows=rows)[1],
+                                      index.results(alone, K, offset.numpy())[1])
+        np.testing.assert_array_equal(batch.num_evals[rows], alone.num_evals)
+        np.testing.assert_array_equal(batch.hops[rows], alone.hops)
+
+
 def test_a_query_alone_gets_the_batch_result():
     _, q = corpus()
     index = built("cosine")

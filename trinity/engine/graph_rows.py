@@ -47,7 +47,8 @@ class GraphRows:
     def __init__(self, index: GraphIndex) -> None:
         self.index = index
         self.width = GRAPH_MAX_ITOPK
-        # NOTE: sized for width 1: a wider search forgets its hash sooner, costing evaluations, never answers
+        # NOTE: the hashes' room, sized for width 1; each row uses what one-shot search would give it, up to
+        # this (a wider search forgets its hash sooner, costing evaluations, never answers)
         self.hsize = hash_size_for(self.width, 1, index.graph_degree, index.entries.size)
         self.state: GraphSearchState | None = None
         self._storage = index.lists  # a compaction replaces it, renumbering the nodes rows hold

@@ -226,7 +226,10 @@ class GraphIndex(GraphPersistence, BaseIndex):
                   search_width: int | np.ndarray = 1, max_hops: int | np.ndarray | None = None) -> None:
         """(Re)start ``rows`` of ``state`` (a persistent batch, see :func:`empty_state`) for prepared ``queries``."""
         vecs, aux = self._arrays()
-        seed_rows(vecs, aux, self.entries, state, rows, queries, *self._limits(len(rows), itopk, search_width, max_hops))
+        itopk, search_width, max_hops = self._limits(len(rows), itopk, search_width, max_hops)
+        hash_size = [hash_size_for(t, w, self.graph_degree, self.entries.size)
+                     for t, w in zip(itopk.tolist(), search_width.tolist())]
+        seed_rows(vecs, aux, self.entries, state, rows, queries, itopk, search_width, max_hops, np.array(hash_size))
 
     @staticmethod
     def _limits(n: int, itopk, search_width, max_hops) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -64,7 +64,7 @@ def _trace(vecs, aux, graph, entries, scale, width, hsize, trace, nchunks):  # p
             for d in range(q.size):
                 q[d] = vecs[u, d] * scale
             for e in entries:
-                if _visit(visited, vcount, 0, e):
+                if _visit(visited, vcount, 0, e, hsize - 1):
                     _push(nodes, scores, expanded, 0, width, e, _score(q, vecs, aux, e))
             m = 0
             while True:
@@ -83,11 +83,11 @@ def _trace(vecs, aux, graph, entries, scale, width, hsize, trace, nchunks):  # p
                     trace[u, m] = v
                     m += 1
                 if vcount[0] + degree > hsize // 2:
-                    _forget(visited, vcount, nodes, 0)
+                    _forget(visited, vcount, nodes, 0, hsize)
                 f = 0
                 for e in range(degree):
                     nb = graph[v, e]
-                    if nb >= 0 and _visit(visited, vcount, 0, nb):
+                    if nb >= 0 and _visit(visited, vcount, 0, nb, hsize - 1):
                         _prefetch_row(vecs, nb)
                         fresh[f] = nb
                         f += 1

@@ -15,14 +15,15 @@ Engine seam: :func:`init_state` seeds a batch of queries from the entry points a
 which of those rows are done (converged, or at their hop limit).  Rows are independent:
 a query's result never depends on which other rows were advanced with it or in how many
 calls its hops were split, so an engine may advance every running query by one or a few
-hops per iteration, let queries join (``init_state`` for the newcomers, then
-:meth:`GraphSearchState.concat`) and leave between hops, and read a partial top-k from any
-state with :func:`state_topk`.  ``GraphIndex.search`` is a loop over ``advance`` until
-every row is done.  ``itopk``, ``search_width`` and ``max_hops`` are per row.
+hops per iteration, let queries join (:func:`seed_rows` restarts rows of a persistent
+batch in place) and leave between hops, and read a partial top-k of any rows with
+:func:`state_topk`.  ``GraphIndex.search`` is a loop over ``advance`` until every row is
+done.  ``itopk``, ``search_width``, ``max_hops`` and the hash size are per row.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numba
@@ -46,8 +47,9 @@ class GraphSearchState:
     buf_nodes: np.ndarray  # (n, max_itopk) int32, best first, -1 = empty
     buf_scores: np.ndarray  # (n, max_itopk) float32 internal similarity, -inf = empty
     buf_expanded: np.ndarray  # (n, max_itopk) uint8
-    visited: np.ndarray  # (n, hash_size) int32 open-addressing set, -1 = empty
+    visited: np.ndarray  # (n, max_hash_size) int32 open-addressing set, -1 = empty
     visited_count: np.ndarray  # (n,) int32
+    hash_size: np.ndarray  # (n,) int32 the row's part of ``visited``: a power of two, as one-shot search sizes it
     itopk: np.ndarray  # (n,) int32
     search_width: np.ndarray  # (n,) int32
     max_hops: np.ndarray  # (n,) int32
@@ -64,6 +66,7 @@ class GraphSearchState:
         return (self.converged != 0) | (self.hops >= self.max_hops)
 
 
+@functools.lru_cache(maxsize=1024)
 def hash_size_for(max_itopk: int, search_width: int, degree: int, num_entries: int) -> int:
     """Power of two >= 32x the nodes a buffer (or the seeds) plus one hop's neighbours can hold.
 
@@ -79,8 +82,9 @@ def init_state(vecs: np.ndarray, aux: np.ndarray, entries: np.ndarray, degree: i
                itopk: np.ndarray, search_width: np.ndarray, max_hops: np.ndarray) -> GraphSearchState:
     """A fresh state for prepared ``queries``, its buffers seeded with the scored ``entries``."""
     n, width = queries.shape[0], int(itopk.max())
-    state = empty_state(n, queries.shape[1], width, hash_size_for(width, int(search_width.max()), degree, entries.size))
-    seed_rows(vecs, aux, entries, state, np.arange(n), queries, itopk, search_width, max_hops)
+    hsize = hash_size_for(width, int(search_width.max()), degree, entries.size)
+    state = empty_state(n, queries.shape[1], width, hsize)
+    seed_rows(vecs, aux, entries, state, np.arange(n), queries, itopk, search_width, max_hops, hsize)
     return state
 
 
@@ -90,21 +94,24 @@ def empty_state(num_rows: int, dim: int, width: int, hsize: int) -> GraphSearchS
         return np.zeros((num_rows, *shape), dtype)
     return GraphSearchState(queries=rows(np.float32, dim), buf_nodes=rows(np.int32, width),
                             buf_scores=rows(np.float32, width), buf_expanded=rows(np.uint8, width),
-                            visited=rows(np.int32, hsize), visited_count=rows(np.int32), itopk=rows(np.int32),
+                            visited=rows(np.int32, hsize), visited_count=rows(np.int32), hash_size=rows(np.int32),
+                            itopk=rows(np.int32),
                             search_width=rows(np.int32), max_hops=rows(np.int32), hops=rows(np.int32),
                             num_evals=rows(np.int64), converged=rows(np.uint8))
 
 
 def seed_rows(vecs: np.ndarray, aux: np.ndarray, entries: np.ndarray, state: GraphSearchState, rows: np.ndarray,
-              queries: np.ndarray, itopk: np.ndarray, search_width: np.ndarray, max_hops: np.ndarray) -> None:
-    """(Re)start ``rows`` of ``state`` in place for prepared ``queries``: empty buffers and hash,
-    then the scored ``entries``."""
+              queries: np.ndarray, itopk: np.ndarray, search_width: np.ndarray, max_hops: np.ndarray,
+              hash_size: int | np.ndarray) -> None:
+    """(Re)start ``rows`` of ``state`` in place for prepared ``queries``: empty buffers and hash
+    (``hash_size`` entries of ``visited``), then the scored ``entries``."""
     rows = np.ascontiguousarray(rows, dtype=np.int64)
     state.queries[rows] = queries
     state.itopk[rows], state.search_width[rows], state.max_hops[rows] = itopk, search_width, max_hops
+    state.hash_size[rows] = np.minimum(hash_size, state.visited.shape[1])
     seed = _seed if rows.size >= _PARALLEL_MIN_ROWS and numba.get_num_threads() > 1 else _seed_serial
     seed(vecs, aux, entries, rows, state.queries, state.buf_nodes, state.buf_scores, state.buf_expanded, state.visited,
-         state.visited_count, state.itopk, state.hops, state.num_evals, state.converged)
+         state.visited_count, state.hash_size, state.itopk, state.hops, state.num_evals, state.converged)
 
 
 def advance(vecs: np.ndarray, aux: np.ndarray, graph: np.ndarray, state: GraphSearchState, rows: np.ndarray,
@@ -115,7 +122,7 @@ def advance(vecs: np.ndarray, aux: np.ndarray, graph: np.ndarray, state: GraphSe
     chunk = numba.set_parallel_chunksize(1)  # NOTE: rows take unequal numbers of hops: hand them out one by one
     try:
         kernel(vecs, aux, graph, state.queries, rows, np.int32(num_hops), state.buf_nodes, state.buf_scores,
-               state.buf_expanded, state.visited, state.visited_count, state.itopk, state.search_width,
+               state.buf_expanded, state.visited, state.visited_count, state.hash_size, state.itopk, state.search_width,
                state.max_hops, state.hops, state.num_evals, state.converged)
     finally:
         numba.set_parallel_chunksize(chunk)
@@ -163,9 +170,9 @@ def _score(q, vecs, aux, node):  # pragma: no cover - compiled
 
 
 @numba.njit(inline="always")
-def _visit(table, count, i, node):  # pragma: no cover - compiled
-    """Insert ``node`` into row ``i`` of the visited hash; False when it was already there."""
-    mask = table.shape[1] - 1
+def _visit(table, count, i, node, mask):  # pragma: no cover - compiled
+    """Insert ``node`` into row ``i`` of the visited hash (its first ``mask + 1`` entries); False
+    when it was already there."""
     j = np.int64((np.uint32(node) * _HASH_GOLDEN) >> np.uint32(8)) & mask
     while table[i, j] != _EMPTY:
         if table[i, j] == node:
@@ -177,13 +184,14 @@ def _visit(table, count, i, node):  # pragma: no cover - compiled
 
 
 @numba.njit(inline="always")
-def _forget(table, count, nodes, i):  # pragma: no cover - compiled
-    """Clear row ``i`` of the visited hash, keeping the buffer's nodes (no duplicates in it)."""
-    table[i, :] = _EMPTY
+def _forget(table, count, nodes, i, size):  # pragma: no cover - compiled
+    """Clear row ``i`` of the visited hash (``size`` entries), keeping the buffer's nodes (no
+    duplicates in it)."""
+    table[i, :size] = _EMPTY
     count[i] = 0
     for p in range(nodes.shape[1]):
         if nodes[i, p] >= 0:
-            _visit(table, count, i, nodes[i, p])
+            _visit(table, count, i, nodes[i, p], size - 1)
 
 
 @numba.njit(inline="always")
@@ -203,32 +211,32 @@ def _push(nodes, scores, expanded, i, width, node, s):  # pragma: no cover - com
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath=True)
-def _seed(vecs, aux, entries, rows, queries, nodes, scores, expanded, visited, vcount, itopk, hops, evals,
+def _seed(vecs, aux, entries, rows, queries, nodes, scores, expanded, visited, vcount, hsize, itopk, hops, evals,
           converged):  # pragma: no cover - compiled
     for j in numba.prange(rows.size):
         i = rows[j]
         nodes[i, :] = _EMPTY
         scores[i, :] = -np.inf
         expanded[i, :] = 0
-        visited[i, :] = _EMPTY
+        visited[i, :hsize[i]] = _EMPTY
         vcount[i] = 0
         hops[i] = 0
         evals[i] = 0
         q = queries[i]
         for e in range(entries.size):
-            if _visit(visited, vcount, i, entries[e]):
+            if _visit(visited, vcount, i, entries[e], hsize[i] - 1):
                 _push(nodes, scores, expanded, i, itopk[i], entries[e], _score(q, vecs, aux, entries[e]))
                 evals[i] += 1
         converged[i] = 1 if nodes[i, 0] < 0 else 0
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath=True)
-def _advance(vecs, aux, graph, queries, rows, num_hops, nodes, scores, expanded, visited, vcount, itopk, width,
+def _advance(vecs, aux, graph, queries, rows, num_hops, nodes, scores, expanded, visited, vcount, hsize, itopk, width,
              max_hops, hops, evals, converged):  # pragma: no cover - compiled
     degree = graph.shape[1]
-    limit = visited.shape[1] // 2
     for r in numba.prange(rows.size):
         i = rows[r]
+        limit = hsize[i] // 2
         q = queries[i]
         picked = np.empty(width[i], dtype=np.int32)
         fresh = np.empty(width[i] * degree, dtype=np.int32)
@@ -250,12 +258,12 @@ def _advance(vecs, aux, graph, queries, rows, num_hops, nodes, scores, expanded,
                 converged[i] = 1
                 break
             if vcount[i] + npick * degree > limit:
-                _forget(visited, vcount, nodes, i)
+                _forget(visited, vcount, nodes, i, hsize[i])
             m = 0
             for j in range(npick):
                 for e in range(degree):
                     nb = graph[picked[j], e]
-                    if nb >= 0 and _visit(visited, vcount, i, nb):
+                    if nb >= 0 and _visit(visited, vcount, i, nb, hsize[i] - 1):
                         _prefetch_row(vecs, nb)
                         fresh[m] = nb
                         m += 1
