@@ -106,10 +106,11 @@ class SearchRunner:
             return
         with index.write_lock:
             sizes = self.collections.stats(ride.collection).unit_sizes
-            row_ptr, lists, scanned, num_read = ride_csr(ride.slots, ride.ptr, ride.unit_ids, sizes, rows.num_rows)
             if isinstance(index, IVFIndex):
+                row_ptr, lists, scanned, num_read = ride_csr(ride.slots, ride.ptr, ride.unit_ids, sizes, rows.num_rows)
                 index.scan(rows.queries, ProbeChunk(row_ptr, lists), rows.topk)
             else:
+                scanned, num_read = ride_volume(ride.ptr, ride.unit_ids, sizes)
                 pair_row = np.repeat(ride.slots, counts)
                 for chunk in np.unique(ride.unit_ids).tolist():  # one GEMM per chunk, shared by every rider
                     sel = pair_row[ride.unit_ids == chunk]
@@ -131,28 +132,37 @@ class SearchRunner:
 @numba.njit(cache=True)
 def ride_csr(slots, ptr, unit_ids, sizes, num_rows):
     """A ride's pairs as a CSR over the persistent batch's rows (ascending), the vectors each
-    rider scans, and the distinct vectors read."""
+    rider scans, and the distinct vectors read (:func:`ride_volume`)."""
     row_ptr = np.zeros(num_rows + 1, np.int64)
     for i in range(slots.size):
         row_ptr[slots[i] + 1] = ptr[i + 1] - ptr[i]
     row_ptr = np.cumsum(row_ptr)
     lists = np.empty(unit_ids.size, np.int64)
-    scanned = np.zeros(slots.size, np.int64)
-    read = np.zeros(sizes.size, np.bool_)
-    num_read = 0
     for i in range(slots.size):
         at = row_ptr[slots[i]] - ptr[i]
+        lists[at + ptr[i]:at + ptr[i + 1]] = unit_ids[ptr[i]:ptr[i + 1]]
+    scanned, num_read = ride_volume(ptr, unit_ids, sizes)
+    return row_ptr, lists, scanned, num_read
+
+
+@numba.njit(cache=True)
+def ride_volume(ptr, unit_ids, sizes):
+    """The vectors rider ``i`` scans (the sizes of ``unit_ids[ptr[i]:ptr[i + 1]]``), and the
+    distinct vectors the ride reads: a unit shared by several riders is read once."""
+    scanned = np.zeros(ptr.size - 1, np.int64)
+    read = np.zeros(sizes.size, np.bool_)
+    num_read = 0
+    for i in range(ptr.size - 1):
         for j in range(ptr[i], ptr[i + 1]):
             u = unit_ids[j]
-            lists[at + j] = u
             scanned[i] += sizes[u]
             if not read[u]:
                 read[u] = True
                 num_read += sizes[u]
-    return row_ptr, lists, scanned, num_read
+    return scanned, num_read
 
 
 def compile_runner() -> None:
     """Compile the runner's kernels ahead of the first iteration."""
     one = np.zeros(1, np.int64)
-    ride_csr(one, np.zeros(2, np.int64), np.zeros(0, np.int64), one, 1)
+    ride_csr(one, np.zeros(2, np.int64), np.zeros(0, np.int64), one, 1)  # and ride_volume

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from trinity.engine import CollectionStats, Collections, IterationPlan, RunnerOutput, UnknownCollectionError
+from trinity.engine.runner import ride_volume
 from trinity.sim.profiles import SearchCost
 
 COLLECTION = "corpus"
@@ -131,13 +132,9 @@ class CostRunner:
                 out.errors.update((rid, str(e)) for rid in ride.request_ids)
                 out.vectors_scanned[ride.collection] = np.zeros(len(ride.request_ids), dtype=np.int64)
                 continue
-            counts = np.diff(ride.ptr)
-            out.vectors_scanned[ride.collection] = np.bincount(
-                np.repeat(np.arange(counts.size), counts), weights=list_len[ride.unit_ids],
-                minlength=counts.size).astype(np.int64)
-            read = np.zeros(list_len.size, dtype=bool)
-            read[ride.unit_ids] = True
-            out.vectors_read += int(list_len[read].sum())
+            scanned, num_read = ride_volume(ride.ptr, ride.unit_ids, list_len)
+            out.vectors_scanned[ride.collection] = scanned
+            out.vectors_read += int(num_read)
             for i in np.flatnonzero(ride.completes).tolist():
                 out.results[ride.request_ids[i]] = self._result(ride.request_ids[i])
         for e in plan.finish_partial:
