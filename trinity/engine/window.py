@@ -70,13 +70,9 @@ class Window:
             offset += g.unit_sizes.size
         self.parts = parts
         self.bounds = np.cumsum([0] + [p[0].size for p in parts])
-        if len(parts) == 1:
-            self.pair_rank, self.pair_unit = parts[0][3], parts[0][4]
-            self.sizes = groups[0].unit_sizes.astype(np.int64)
-        else:
-            self.pair_rank = np.concatenate([p[3] for p in parts] or [np.zeros(0, np.int64)])
-            self.pair_unit = np.concatenate([p[4] for p in parts] or [np.zeros(0, np.int64)])
-            self.sizes = np.concatenate([g.unit_sizes for g in groups] or [np.zeros(0, int)]).astype(np.int64)
+        self.pair_rank = np.concatenate([p[3] for p in parts] or [np.zeros(0, np.int64)])
+        self.pair_unit = np.concatenate([p[4] for p in parts] or [np.zeros(0, np.int64)])
+        self.sizes = np.concatenate([g.unit_sizes for g in groups] or [np.zeros(0, np.int64)]).astype(np.int64)
         self.unit_window = np.repeat(np.arange(len(groups)), [g.unit_sizes.size for g in groups])
         self.take = np.zeros(self.pair_unit.size, dtype=bool)
         self.chosen = np.zeros(self.sizes.size, dtype=bool)
